@@ -1,0 +1,316 @@
+"""The one backbone interface. Everything that differs between model families lives in a subclass of
+:class:`Backbone` (one file per family) and its Hydra config; nothing else in the project tests a family name.
+
+A backbone turns a conversation into training tensors (with assistant-only or synthesizer masking), builds
+generation batches, knows its module groups (vision / projector / llm) and LoRA targets, and loads or exports
+checkpoints. The model is always loaded through ``from_pretrained`` (hub id or folder); ``tiny`` and ``random``
+variants are materialised to a folder first, so the real loading code is what the tests exercise.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import logging
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, ClassVar, Literal
+
+import torch
+from PIL import Image
+
+from mllm_da.backbones.chat_format import ChatFormat, MaskMode
+from mllm_da.data.records import Turn
+
+log = logging.getLogger(__name__)
+
+IGNORE_INDEX = -100
+GROUPS = ("vision", "projector", "llm")
+#: LoRA only on the language model's linear layers: a plain name list would also hit vision MLPs/attention.
+LLM_LORA_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
+Variant = Literal["pretrained", "tiny", "random"]
+
+
+@dataclass
+class BackboneSpec:
+    """What a ``model=`` preset says. ``source`` is a hub id or folder (pretrained) or a config JSON (random)."""
+
+    family: str
+    variant: Variant = "pretrained"
+    source: str | None = None
+    #: architecture JSON for variant=random: a path, or a file name in mllm_da/backbones/architectures/
+    random_config: str | None = None
+    dtype: str = "float32"
+    attn_implementation: str | None = "sdpa"
+    trust_remote_code: bool = False
+    #: tiny variant sizes (hidden size, layers, vision sizes...), see each family's ``tiny_config``
+    tiny: dict[str, Any] = field(default_factory=dict)
+    #: image-processor settings (Qwen min/max pixels, mean/std, ...), applied on top of the checkpoint's
+    image: dict[str, Any] = field(default_factory=dict)
+    #: changes to the family's chat format (for example LLaVA-NeXT's image token or a system prompt)
+    chat_format: dict[str, Any] = field(default_factory=dict)
+    seed: int = 0
+    cache_dir: str = ".cache/mllm_da"
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any]) -> BackboneSpec:
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = set(cfg) - names - {"_target_"}
+        if unknown:
+            raise ValueError(f"model config: unknown field(s) {sorted(unknown)}; known: {sorted(names)}")
+        return cls(**{k: (dict(v) if isinstance(v, Mapping) else v) for k, v in cfg.items() if k in names})
+
+
+@dataclass
+class EncodedSample:
+    """One tokenised conversation before image expansion: each image is one placeholder token in ``input_ids``."""
+
+    input_ids: list[int]
+    labels: list[int]
+    images: list[Image.Image]
+    expanded_length: int
+    id: str = ""
+
+
+@dataclass
+class GroupCounts:
+    total: int = 0
+    trainable: int = 0
+
+
+class Backbone(ABC):
+    """Family adapter. Subclasses set the class attributes and implement the image-tensor methods."""
+
+    family: ClassVar[str]
+    model_class_name: ClassVar[str]
+    default_format: ClassVar[ChatFormat]
+    #: (group, parameter-name prefix) pairs; the first matching prefix wins, so put nested groups first
+    group_prefixes: ClassVar[tuple[tuple[str, str], ...]]
+    #: where a LoRA-wrapped or quantised model keeps the original names
+    lora_target_regex: ClassVar[str] = LLM_LORA_REGEX
+    #: modules never quantised by QLoRA (vision tower, projector, head), as bitsandbytes skip prefixes
+    quantization_skip_modules: ClassVar[tuple[str, ...]] = ("lm_head",)
+
+    def __init__(self, model: torch.nn.Module, processor: Any, spec: BackboneSpec):
+        self.model = model
+        self.processor = processor
+        self.spec = spec
+        self.chat_format = dataclasses.replace(self.default_format, **spec.chat_format)
+        self.tokenizer = processor.tokenizer
+        self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
+        if self.image_token_id is None or self.image_token_id == self.tokenizer.unk_token_id:
+            raise ValueError(f"{spec.family}: image token {self.image_token!r} is not in the tokenizer's vocabulary")
+
+    # ----------------------------------------------------------------------------------------------- facts
+    @property
+    @abstractmethod
+    def image_token(self) -> str:
+        """The single token each image placeholder becomes before expansion."""
+
+    @classmethod
+    def model_class(cls) -> type:
+        import transformers
+
+        return getattr(transformers, cls.model_class_name)
+
+    def stop_token_ids(self, synthesizer: bool = False) -> list[int]:
+        """Token ids that end generation: the turn end, or the synthesizer's end-of-text (reference §2.2)."""
+        strings = [self.chat_format.synthesizer_end] if synthesizer else list(self.chat_format.stop_strings)
+        ids = [self.tokenizer.convert_tokens_to_ids(s) for s in strings if s]
+        return [i for i in ids if i is not None]
+
+    # ------------------------------------------------------------------------------------- module groups
+    def group_of(self, parameter_name: str) -> str:
+        """vision / projector / llm for a parameter name, also inside a PEFT wrapper."""
+        name = re.sub(r"^(base_model\.model\.)+", "", parameter_name)
+        name = name.replace(".base_layer.", ".")
+        for group, prefix in self.group_prefixes:
+            if name.startswith(prefix):
+                return group
+        raise KeyError(f"{self.family}: parameter {parameter_name!r} belongs to no module group")
+
+    def group_parameters(self, model: torch.nn.Module | None = None) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
+        groups: dict[str, list[tuple[str, torch.nn.Parameter]]] = {g: [] for g in GROUPS}
+        for name, param in (model or self.model).named_parameters():
+            groups[self.group_of(name)].append((name, param))
+        return groups
+
+    def group_counts(self, model: torch.nn.Module | None = None) -> dict[str, GroupCounts]:
+        counts = {g: GroupCounts() for g in GROUPS}
+        for group, params in self.group_parameters(model).items():
+            for _, p in params:
+                counts[group].total += p.numel()
+                counts[group].trainable += p.numel() if p.requires_grad else 0
+        return counts
+
+    def group_module_prefixes(self, group: str) -> list[str]:
+        return [prefix.rstrip(".") for g, prefix in self.group_prefixes if g == group]
+
+    # ---------------------------------------------------------------------------------------- encoding
+    def render(self, turns: Sequence[Turn], mode: MaskMode = "assistant", add_generation_prompt: bool = False):
+        return self.chat_format.render(turns, mode=mode, add_generation_prompt=add_generation_prompt)
+
+    def encode(
+        self,
+        turns: Sequence[Turn],
+        image_sizes: Sequence[tuple[int, int]],
+        *,
+        mode: MaskMode = "assistant",
+        sample_id: str = "",
+    ) -> EncodedSample:
+        """Tokenise a conversation and label exactly the characters that carry loss.
+
+        Only the images' (width, height) are needed here, so lengths can be planned without decoding pixels;
+        the caller attaches the decoded images to ``EncodedSample.images`` before collation.
+        """
+        text, spans = self.render(turns, mode=mode)
+        enc = self.tokenizer(text, add_special_tokens=False, return_offsets_mapping=True)
+        ids: list[int] = enc["input_ids"]
+        labels = [IGNORE_INDEX] * len(ids)
+        for i, (start, end) in enumerate(enc["offset_mapping"]):
+            if end > start and any(s <= start < e for s, e in spans):
+                labels[i] = ids[i]
+        for i, tok in enumerate(ids):
+            if tok == self.image_token_id:
+                labels[i] = IGNORE_INDEX
+        n_placeholders = sum(1 for t in ids if t == self.image_token_id)
+        if n_placeholders != len(image_sizes):
+            raise ValueError(
+                f"record {sample_id or '?'}: {n_placeholders} image token(s) in the text but {len(image_sizes)} image(s)"
+            )
+        extra = sum(self.num_image_tokens(w, h) - 1 for w, h in image_sizes)
+        return EncodedSample(ids, labels, [], len(ids) + extra, sample_id)
+
+    def truncate(self, sample: EncodedSample, cutoff_len: int, policy: str) -> EncodedSample | None:
+        """Apply the cutoff without ever cutting through image tokens; ``None`` means drop the sample.
+
+        ``policy='drop'`` drops any sample longer than the cutoff; ``'cut_text'`` cuts text after the last image
+        block when what remains still has a trained token.
+        """
+        if sample.expanded_length <= cutoff_len:
+            return sample
+        if policy == "drop":
+            return None
+        if policy != "cut_text":
+            raise ValueError(f"truncation policy must be 'drop' or 'cut_text', got {policy!r}")
+        extra = sample.expanded_length - len(sample.input_ids)
+        keep = cutoff_len - extra
+        positions = [i for i, t in enumerate(sample.input_ids) if t == self.image_token_id]
+        if keep <= 0 or (positions and positions[-1] >= keep):
+            return None
+        labels = sample.labels[:keep]
+        if all(label == IGNORE_INDEX for label in labels):
+            return None
+        return dataclasses.replace(
+            sample, input_ids=sample.input_ids[:keep], labels=labels, expanded_length=keep + extra
+        )
+
+    @abstractmethod
+    def num_image_tokens(self, width: int, height: int) -> int:
+        """How many tokens one image of this size becomes in the sequence."""
+
+    @abstractmethod
+    def image_inputs(self, images_per_sample: Sequence[Sequence[Image.Image]]) -> dict[str, torch.Tensor]:
+        """Pixel tensors for a batch, in the model's own layout."""
+
+    def extra_inputs(
+        self, input_ids: torch.Tensor, image_inputs: Mapping[str, torch.Tensor], n_images: Sequence[int]
+    ) -> dict[str, torch.Tensor]:
+        """Inputs derived from the expanded ids (Qwen's token types, Mllama's cross-attention mask)."""
+        return {}
+
+    def collate(self, samples: Sequence[EncodedSample], padding_side: str = "right") -> dict[str, torch.Tensor]:
+        """Expand image tokens, pad, and add pixel tensors. Labels are padded with -100."""
+        images_per_sample = [s.images for s in samples]
+        pixel = self.image_inputs(images_per_sample) if any(images_per_sample) else {}
+        rows_ids, rows_labels = [], []
+        for s in samples:
+            counts = iter([self.num_image_tokens(img.width, img.height) for img in s.images])
+            ids, labels = [], []
+            for tok, lab in zip(s.input_ids, s.labels):
+                n = next(counts) if tok == self.image_token_id else 1
+                ids.extend([tok] * n)
+                labels.extend([lab] * n if n == 1 else [IGNORE_INDEX] * n)
+            rows_ids.append(ids)
+            rows_labels.append(labels)
+        width = max(len(r) for r in rows_ids)
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(samples), width), IGNORE_INDEX, dtype=torch.long)
+        attention = torch.zeros((len(samples), width), dtype=torch.long)
+        for row, (ids, labs) in enumerate(zip(rows_ids, rows_labels)):
+            n = len(ids)
+            sl = slice(0, n) if padding_side == "right" else slice(width - n, width)
+            input_ids[row, sl] = torch.tensor(ids)
+            labels[row, sl] = torch.tensor(labs)
+            attention[row, sl] = 1
+        batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
+        batch.update({k: v for k, v in pixel.items() if not k.startswith("_")})  # "_x": helper data, not inputs
+        batch.update(self.extra_inputs(input_ids, pixel, [len(i) for i in images_per_sample]))
+        return batch
+
+    def generation_batch(
+        self, prompts: Sequence[tuple[Sequence[Turn], Sequence[Image.Image]]]
+    ) -> dict[str, torch.Tensor]:
+        """A left-padded batch of prompts ending with the open assistant header (or an open user header when
+        the last turn is an assistant turn, as the synthesizer prompt of reference §2.2 needs)."""
+        samples = []
+        for turns, images in prompts:
+            text, _ = self.render(turns, add_generation_prompt=turns[-1].role == "user")
+            if turns[-1].role == "assistant":
+                text += self.chat_format.user_prefix
+            ids = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+            extra = sum(self.num_image_tokens(i.width, i.height) - 1 for i in images)
+            samples.append(EncodedSample(ids, [IGNORE_INDEX] * len(ids), list(images), len(ids) + extra))
+        batch = self.collate(samples, padding_side="left")
+        batch.pop("labels")
+        return batch
+
+    # ------------------------------------------------------------------------------------ construction
+    @classmethod
+    @abstractmethod
+    def tiny_config(cls, tokenizer: Any, sizes: Mapping[str, Any]) -> Any:
+        """A transformers config of this family, sized by ``sizes``, with token ids from ``tokenizer``."""
+
+    @classmethod
+    @abstractmethod
+    def tiny_processor(cls, sizes: Mapping[str, Any], image: Mapping[str, Any]) -> Any:
+        """Processor with an offline tokenizer and this family's chat template."""
+
+    @classmethod
+    @abstractmethod
+    def load_processor(cls, folder: str, image: Mapping[str, Any]) -> Any:
+        """Load the processor saved in ``folder`` (or a hub id), applying image-setting overrides."""
+
+    @classmethod
+    def random_config(cls, config_path: str, tokenizer: Any) -> Any:
+        """A real-size config from a JSON kept in the repo, with token ids pointed at ``tokenizer``."""
+        config_cls = cls.model_class().config_class
+        data = {k: v for k, v in json.loads(Path(config_path).read_text()).items() if not k.startswith("_")}
+        config = config_cls(**data)
+        cls.point_config_at_tokenizer(config, tokenizer)
+        return config
+
+    @classmethod
+    def point_config_at_tokenizer(cls, config: Any, tokenizer: Any) -> None:
+        """Override special-token ids so that a random-init real-size model works with a tiny tokenizer."""
+
+    @classmethod
+    def save_processor(cls, processor: Any, folder: Path) -> None:
+        processor.save_pretrained(folder)
+
+    def save(self, folder: str | Path, model: torch.nn.Module | None = None) -> Path:
+        """Write a plain-transformers folder: weights as safetensors, processor, chat template."""
+        folder = Path(folder)
+        folder.mkdir(parents=True, exist_ok=True)
+        (model or self.model).save_pretrained(folder, safe_serialization=True)
+        self.save_processor(self.processor, folder)
+        return folder
+
+
+def spec_hash(payload: Mapping[str, Any]) -> str:
+    return hashlib.sha256(json.dumps(payload, sort_keys=True, default=str).encode()).hexdigest()[:16]

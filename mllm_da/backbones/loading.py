@@ -1,0 +1,158 @@
+"""Build or load a backbone from a ``model=`` preset: hub id or folder, ``tiny`` (materialised to a cached folder,
+then loaded by the same ``from_pretrained`` code) or ``random`` (real-size architecture, random init, for GPU
+benchmarks)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import shutil
+import tempfile
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+import torch
+from transformers.utils import logging as transformers_logging
+
+from mllm_da.backbones.base import Backbone, BackboneSpec, spec_hash
+from mllm_da.backbones.llava_next import LlavaNext
+from mllm_da.backbones.mllama import Mllama
+from mllm_da.backbones.qwen import Qwen2_5VL, Qwen2VL
+
+log = logging.getLogger(__name__)
+transformers_logging.disable_progress_bar()  # per-shard bars drown the training log
+
+FAMILIES: dict[str, type[Backbone]] = {cls.family: cls for cls in (Qwen2VL, Qwen2_5VL, LlavaNext, Mllama)}
+#: bump when the tiny tokenizer corpus or builder changes, so cached tiny checkpoints are rebuilt
+TINY_BUILD_VERSION = 1
+
+ARCHITECTURES = Path(__file__).parent / "architectures"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
+
+
+def family_class(family: str) -> type[Backbone]:
+    try:
+        return FAMILIES[family]
+    except KeyError:
+        raise ValueError(f"model.family={family!r} is not supported; choose one of {sorted(FAMILIES)}") from None
+
+
+def tiny_checkpoint(spec: BackboneSpec) -> Path:
+    """Build (once) a deterministic tiny checkpoint folder for ``spec`` and return its path."""
+    cls = family_class(spec.family)
+    key = spec_hash({"family": spec.family, "tiny": spec.tiny, "image": spec.image, "seed": spec.seed,
+                     "version": TINY_BUILD_VERSION})
+    folder = Path(spec.cache_dir) / "tiny" / f"{spec.family}-{key}"
+    if (folder / "config.json").exists():
+        return folder
+    processor = cls.tiny_processor(spec.tiny, spec.image)
+    config = cls.tiny_config(processor.tokenizer, spec.tiny)
+    torch.manual_seed(spec.seed)
+    model = cls.model_class()(config)
+    folder.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
+    try:
+        model.save_pretrained(tmp, safe_serialization=True)
+        cls.save_processor(processor, tmp)
+        os.replace(tmp, folder)
+    except OSError:
+        if not (folder / "config.json").exists():  # another process did not win the race either
+            raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("built tiny %s checkpoint at %s", spec.family, folder)
+    return folder
+
+
+def quantization_config(cls: type[Backbone], bits: int | None, compute_dtype: torch.dtype) -> Any:
+    if not bits:
+        return None
+    from transformers import BitsAndBytesConfig
+
+    if bits == 4:
+        return BitsAndBytesConfig(
+            load_in_4bit=True,
+            bnb_4bit_quant_type="nf4",
+            bnb_4bit_compute_dtype=compute_dtype,
+            bnb_4bit_use_double_quant=True,
+            llm_int8_skip_modules=list(cls.quantization_skip_modules),
+        )
+    if bits == 8:
+        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(cls.quantization_skip_modules))
+    raise ValueError(f"finetune.quantization_bits must be 4 or 8, got {bits}")
+
+
+def load_backbone(
+    spec: BackboneSpec | Mapping[str, Any] | None = None,
+    *,
+    quantization_bits: int | None = None,
+    device: str | torch.device | None = None,
+    **fields: Any,
+) -> Backbone:
+    """Load the model and processor a preset describes and wrap them in the family's adapter.
+
+    Takes a :class:`BackboneSpec`, a mapping, or the spec's fields as keywords (as Hydra's ``instantiate`` of a
+    ``model.backbone`` node passes them).
+    """
+    if spec is None:
+        spec = BackboneSpec.from_config(fields)
+    elif not isinstance(spec, BackboneSpec):
+        spec = BackboneSpec.from_config(spec)
+    cls = family_class(spec.family)
+    dtype = DTYPES.get(spec.dtype)
+    if dtype is None:
+        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {spec.dtype!r}")
+    if spec.variant == "random":
+        return _random_backbone(cls, spec, dtype, device, quantization_bits)
+    if spec.variant == "tiny":
+        source = str(tiny_checkpoint(spec))
+    elif spec.variant == "pretrained":
+        if not spec.source:
+            raise ValueError("model.source must name a hub id or a local folder for variant=pretrained")
+        source = spec.source
+    else:
+        raise ValueError(f"model.variant must be pretrained, tiny or random, got {spec.variant!r}")
+    compute = dtype if isinstance(dtype, torch.dtype) else torch.float32
+    kwargs: dict[str, Any] = dict(
+        dtype=dtype,
+        trust_remote_code=spec.trust_remote_code,
+        use_safetensors=True,
+    )
+    if spec.attn_implementation:
+        kwargs["attn_implementation"] = spec.attn_implementation
+    qconfig = quantization_config(cls, quantization_bits, compute)
+    if qconfig is not None:
+        kwargs["quantization_config"] = qconfig
+        kwargs["device_map"] = {"": str(device or "cpu")}
+    try:
+        model = cls.model_class().from_pretrained(source, **kwargs)
+        processor = cls.load_processor(source, spec.image)
+    except OSError as err:
+        raise OSError(
+            f"could not load model.source={source!r}: {err}. Offline (HF_HUB_OFFLINE=1) a hub id works only if it is "
+            "already in the local cache; otherwise download it first or point model.source at a folder."
+        ) from err
+    if device is not None and qconfig is None:
+        model.to(device)
+    return cls(model, processor, spec)
+
+
+def _random_backbone(cls, spec, dtype, device, quantization_bits) -> Backbone:
+    if quantization_bits:
+        raise ValueError("variant=random cannot be quantised: QLoRA needs a saved checkpoint (use variant=tiny/pretrained)")
+    if not spec.random_config:
+        raise ValueError("model.backbone.random_config must name an architecture JSON for variant=random")
+    path = Path(spec.random_config)
+    if not path.is_absolute() and not path.exists():
+        path = ARCHITECTURES / path
+    if not path.exists():
+        raise FileNotFoundError(f"model.backbone.random_config: {spec.random_config} not found (looked in {ARCHITECTURES})")
+    processor = cls.tiny_processor(spec.tiny, spec.image)
+    config = cls.random_config(str(path), processor.tokenizer)
+    if spec.attn_implementation:
+        config._attn_implementation = spec.attn_implementation
+    torch.manual_seed(spec.seed)
+    with torch.device(device or "cpu"):
+        model = cls.model_class()._from_config(config, dtype=dtype if isinstance(dtype, torch.dtype) else None)
+    return cls(model, processor, spec)

@@ -1,0 +1,59 @@
+"""Export a trained model as a plain transformers folder (merged weights + processor + chat template)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import torch
+
+from mllm_da.backbones.base import Backbone
+from mllm_da.backbones.loading import load_backbone
+from mllm_da.training.finetune import FinetuneConfig
+
+log = logging.getLogger(__name__)
+
+
+def export_merged(backbone: Backbone, finetune: FinetuneConfig, folder: str | Path) -> Path:
+    """Write ``folder`` loadable by ``AutoModelForImageTextToText.from_pretrained``.
+
+    LoRA adapters are merged into the base weights. For QLoRA the base is reloaded in full precision first and
+    the adapters (and any fully trained vision/projector weights) are applied to it: merging into 4-bit weights
+    would bake the quantisation error in. The adapter alone is saved too, under ``folder/adapter``.
+    """
+    folder = Path(folder)
+    model = backbone.model
+    if finetune.method == "full":
+        backbone.save(folder, model)
+        return folder
+    from peft import PeftModel
+
+    assert isinstance(model, PeftModel), "LoRA export expects a PeftModel"
+    model.save_pretrained(folder / "adapter")
+    if finetune.method == "lora":
+        merged = model.merge_and_unload()
+        backbone.model = merged
+        backbone.save(folder, merged)
+        return folder
+    # QLoRA: full-precision base + adapter + trained non-LLM weights, then merge
+    trained_extra = {
+        _strip_peft(n): p.detach().to(torch.float32).cpu()
+        for n, p in model.named_parameters()
+        if p.requires_grad and "lora_" not in n
+    }
+    base = load_backbone(backbone.spec)
+    peft_model = PeftModel.from_pretrained(base.model, folder / "adapter")
+    merged = peft_model.merge_and_unload()
+    if trained_extra:
+        missing = set(trained_extra) - set(dict(merged.named_parameters()))
+        if missing:
+            raise RuntimeError(f"QLoRA export: trained weights not found in the base model: {sorted(missing)[:5]}")
+        merged.load_state_dict(trained_extra, strict=False)
+    base.model = merged
+    base.save(folder, merged)
+    return folder
+
+
+def _strip_peft(name: str) -> str:
+    name = name.removeprefix("base_model.model.")
+    return name.replace(".base_layer.", ".").replace(".modules_to_save.default.", ".")

@@ -1,0 +1,114 @@
+"""The LightningModule: any backbone, any finetune method, AdamW with per-group rates and a cosine schedule."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+
+from mllm_da.backbones.base import Backbone
+from mllm_da.training.finetune import FinetuneConfig, apply_finetune, parameter_groups
+
+
+@dataclass
+class OptimConfig:
+    lr: float = 1e-5
+    weight_decay: float = 0.0
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = 1e-8
+    warmup_ratio: float = 0.03
+    #: the cosine ends at ``min_lr_ratio * lr`` rather than 0
+    min_lr_ratio: float = 0.0
+    #: fused AdamW kernel on CUDA (ignored on CPU)
+    fused: bool = True
+
+
+def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float) -> float:
+    """Linear warm-up to 1, then cosine decay to ``min_ratio`` at ``total`` (a multiplier of the base rate)."""
+    import math
+
+    if warmup > 0 and step < warmup:
+        return (step + 1) / warmup
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
+
+
+class MLLMModule(pl.LightningModule):
+    """Trains ``backbone.model``; checkpoints keep only trainable weights when ``save_trainable_only``."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        finetune: FinetuneConfig,
+        optim: OptimConfig,
+        *,
+        save_trainable_only: bool = False,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.finetune = finetune
+        self.optim = optim
+        self.model = apply_finetune(backbone, finetune)
+        self.model.train()  # from_pretrained returns eval mode
+        self.save_trainable_only = save_trainable_only
+        # a trainable-only checkpoint lacks the frozen weights, which the freshly loaded model already has
+        self.strict_loading = not save_trainable_only
+        self._tokens = 0
+        self._samples = 0
+        self._window_start: float | None = None
+
+    # ---------------------------------------------------------------------------------------------- steps
+    def forward(self, batch: dict[str, Any]) -> Any:
+        inputs = {k: v for k, v in batch.items() if k != "sample_ids"}
+        return self.model(**inputs)
+
+    def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self(batch)
+        n = batch["input_ids"].shape[0]
+        self.log("train/loss", out.loss, prog_bar=True, batch_size=n)
+        self._tokens += int(batch["attention_mask"].sum())
+        self._samples += n
+        return out.loss
+
+    def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
+        out = self(batch)
+        self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0])
+        return out.loss
+
+    def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
+        if self._window_start is None:
+            self._window_start = time.perf_counter()
+
+    def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
+        interval = self.trainer.log_every_n_steps
+        if self._window_start is None or (batch_idx + 1) % max(1, interval) != 0:
+            return
+        elapsed = time.perf_counter() - self._window_start
+        if elapsed > 0:
+            self.log("train/tokens_per_s", self._tokens / elapsed, batch_size=1)
+            self.log("train/samples_per_s", self._samples / elapsed, batch_size=1)
+        self._tokens = self._samples = 0
+        self._window_start = time.perf_counter()
+
+    # ------------------------------------------------------------------------------------------ optimiser
+    def configure_optimizers(self):
+        groups = parameter_groups(self.backbone, self.model, self.optim.lr, self.optim.weight_decay, self.finetune)
+        fused = self.optim.fused and all(p.is_cuda for g in groups for p in g["params"])
+        optimizer = torch.optim.AdamW(groups, betas=tuple(self.optim.betas), eps=self.optim.eps, fused=fused or None)
+        total = max(1, int(self.trainer.estimated_stepping_batches))
+        warmup = int(round(self.optim.warmup_ratio * total))
+        min_ratio = self.optim.min_lr_ratio
+        scheduler = torch.optim.lr_scheduler.LambdaLR(
+            optimizer, lambda step: cosine_with_warmup(step, total, warmup, min_ratio)
+        )
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step"}}
+
+    # ----------------------------------------------------------------------------------------- checkpoints
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        if not self.save_trainable_only:
+            return
+        trainable = {f"model.{n}" for n, p in self.model.named_parameters() if p.requires_grad}
+        checkpoint["state_dict"] = {k: v for k, v in checkpoint["state_dict"].items() if k in trainable}
