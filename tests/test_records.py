@@ -515,7 +515,37 @@ _near_valid = st.fixed_dictionaries(
         "image": st.sampled_from(_PATHS) | st.lists(st.sampled_from(_PATHS), max_size=2),
     },
 )
-_records = st.lists(_json_values | _near_valid, max_size=6)
+
+
+@st.composite
+def _mutated_valid(draw: st.DrawFn) -> dict[str, Any]:
+    """A valid record in either form, then at most one field replaced by an arbitrary JSON value."""
+    images = draw(st.lists(st.sampled_from(["a.png", "sub/b.png", "a.png", *_PATHS]), max_size=2))
+    roles = ["system"] * draw(st.booleans()) + ["user", "assistant"] * draw(st.integers(1, 2))
+    texts = [
+        IMAGE_PLACEHOLDER * len(images) + "q" if i == roles.index("user") else "t" for i in range(len(roles))
+    ]
+    if draw(st.booleans()):
+        record: dict[str, Any] = {
+            "messages": [{"role": r, "content": t} for r, t in zip(roles, texts)],
+            "images": images,
+        }
+    else:
+        names = {"system": "system", "user": "human", "assistant": "gpt"}
+        record = {
+            "conversations": [{"from": names[r], "value": t} for r, t in zip(roles, texts)],
+            "image": images,
+        }
+    if draw(st.booleans()):
+        record["id"] = draw(st.text(max_size=4) | st.integers())
+    if draw(st.booleans()):
+        turns = record.get("messages") or record["conversations"]
+        target = draw(st.sampled_from([record, *turns]))
+        target[draw(st.sampled_from(sorted(target)))] = draw(_json_values)
+    return record
+
+
+_records = st.lists(_json_values | _near_valid | _mutated_valid(), max_size=6)
 _garbage_lines = st.lists(st.binary(max_size=12).filter(lambda b: b"\n" not in b), max_size=3)
 
 
