@@ -6,7 +6,7 @@ import importlib.util
 from typing import Any
 
 import torch
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
 
 class ConfigError(ValueError):
@@ -64,7 +64,8 @@ def check_train_config(cfg: DictConfig) -> None:
             f"data_mix={mix.name} needs rule-based tasks but domain={cfg.domain.name} has no rule_tasks file; "
             "use data_mix=caption_only or data_mix=external"
         )
-    if mix.tasks == "external" and not (mix.get("external_file") or cfg.domain.get("external_tasks")):
+    external = None if OmegaConf.is_missing(mix, "external_file") else mix.get("external_file")
+    if mix.tasks == "external" and not (external or cfg.domain.get("external_tasks")):
         raise ConfigError("data_mix=external needs data_mix.external_file=<your instruction file>")
     if cfg.data.truncation not in ("drop", "cut_text"):
         raise ConfigError(f"data.truncation must be drop or cut_text, got {cfg.data.truncation!r}")

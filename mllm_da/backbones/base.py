@@ -298,6 +298,7 @@ class Backbone(ABC):
     @classmethod
     def point_config_at_tokenizer(cls, config: Any, tokenizer: Any) -> None:
         """Override special-token ids so that a random-init real-size model works with a tiny tokenizer."""
+        return None
 
     @classmethod
     def save_processor(cls, processor: Any, folder: Path) -> None:

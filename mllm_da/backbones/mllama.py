@@ -64,7 +64,6 @@ class Mllama(Backbone):
 
     @classmethod
     def tiny_config(cls, tokenizer: Any, sizes: Mapping[str, Any]) -> Any:
-        hidden = sizes.get("hidden", 128)
         layers = sizes.get("layers", 2) + 1  # one extra layer is the cross-attention layer
         vision_hidden = sizes.get("vision_hidden", 64)
         tiles = sizes.get("max_tiles", 2)

@@ -106,7 +106,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
                     save_top_k=cfg.checkpoint.keep,
                     monitor="step",
                     mode="max",
-                    filename="step={step}",
+                    filename="step_{step}",
                     auto_insert_metric_name=False,
                 )
             )

@@ -1,0 +1,44 @@
+# Two commands for a new user: `make demo` (post-train the tiny Qwen2-VL on the toy domain, CPU) and `make test`.
+# Each creates .venv and installs what it needs; torch is pinned to the CPU wheel first so pip never pulls CUDA.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+export HF_HUB_OFFLINE ?= 1
+export WANDB_MODE ?= offline
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: demo test test-all lint install install-test clean-venv
+
+$(BIN)/python:
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install -q --upgrade pip
+
+$(VENV)/.installed: pyproject.toml | $(BIN)/python
+	$(BIN)/pip install -q torch==2.13.0
+	$(BIN)/pip install -q -e .
+	touch $@
+
+$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
+	$(BIN)/pip install -q -e '.[test,dev]'
+	touch $@
+
+install: $(VENV)/.installed
+install-test: $(VENV)/.installed-test
+
+## post-train the tiny Qwen2-VL on the built-in toy domain (CPU), export it, write summary.json
+demo: install
+	$(BIN)/python train.py experiment=toy/demo
+
+## the default test suite (slow tests excluded)
+test: install-test
+	$(BIN)/python -m pytest -q
+
+## every test, slow ones included
+test-all: install-test
+	$(BIN)/python -m pytest -q -m ''
+
+lint: install-test
+	$(BIN)/ruff check .
+
+clean-venv:
+	rm -rf $(VENV)

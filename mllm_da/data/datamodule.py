@@ -1,0 +1,260 @@
+"""Conversations to batches: tokenise once, plan lengths from image headers, group by length, resume mid-epoch."""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import random
+from collections import Counter
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import lightning.pytorch as pl
+from PIL import Image
+from torch.utils.data import DataLoader, Dataset, Sampler
+
+from mllm_da.backbones.base import IGNORE_INDEX, Backbone, EncodedSample
+from mllm_da.data.records import Conversation, load_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PlanReport:
+    """What the length plan kept, cut and dropped, and why: nothing leaves the training set uncounted."""
+
+    kept: int = 0
+    cut: int = 0
+    dropped: int = 0
+    reasons: Counter = field(default_factory=Counter)
+
+
+def image_size(path: str) -> tuple[int, int]:
+    """(width, height) from the file header, without decoding the pixels."""
+    with Image.open(path) as img:
+        return img.size
+
+
+class ConversationDataset(Dataset):
+    """Tokenised conversations within the cutoff; images are decoded when a sample is drawn."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        conversations: Sequence[Conversation],
+        *,
+        mode: str = "assistant",
+        cutoff_len: int = 2048,
+        truncation: str = "drop",
+    ):
+        self.backbone = backbone
+        self.conversations: list[Conversation] = []
+        self.samples: list[EncodedSample] = []
+        self.report = PlanReport()
+        for conv in conversations:
+            sample = backbone.encode(conv.turns, [image_size(p) for p in conv.images], mode=mode, sample_id=conv.id)
+            fitted = backbone.truncate(sample, cutoff_len, truncation)
+            if fitted is None:
+                self.report.dropped += 1
+                self.report.reasons[f"longer than cutoff_len={cutoff_len} ({truncation})"] += 1
+                continue
+            if all(label == IGNORE_INDEX for label in fitted.labels):
+                self.report.dropped += 1
+                self.report.reasons["no token carries loss"] += 1
+                continue
+            self.report.cut += fitted is not sample
+            self.report.kept += 1
+            self.conversations.append(conv)
+            self.samples.append(fitted)
+        if self.report.dropped:
+            log.warning("length plan dropped %d conversation(s): %s", self.report.dropped, dict(self.report.reasons))
+
+    @property
+    def lengths(self) -> list[int]:
+        return [s.expanded_length for s in self.samples]
+
+    def __len__(self) -> int:
+        return len(self.samples)
+
+    def __getitem__(self, index: int) -> EncodedSample:
+        sample = self.samples[index]
+        images = [load_image(p) for p in self.conversations[index].images]
+        return EncodedSample(sample.input_ids, sample.labels, images, sample.expanded_length, sample.id)
+
+
+def length_grouped_batches(
+    lengths: Sequence[int], batch_size: int, rng: random.Random, group_by_length: bool, megabatch: int = 50
+) -> list[list[int]]:
+    """Shuffled batches; with grouping, each megabatch of ``megabatch`` batches is sorted by length first, so
+    a batch holds samples of similar length (less padding) while the batch order stays random."""
+    order = list(range(len(lengths)))
+    rng.shuffle(order)
+    if group_by_length:
+        span = batch_size * megabatch
+        order = [i for k in range(0, len(order), span)
+                 for i in sorted(order[k:k + span], key=lambda i: -lengths[i])]
+    batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    if group_by_length:
+        rng.shuffle(batches)
+    return batches
+
+
+class LengthGroupedBatchSampler(Sampler[list[int]]):
+    """Deterministic per (seed, epoch); each rank takes every ``num_replicas``-th batch; ``skip_batches`` drops
+    the batches of the current epoch a resumed run has already trained on."""
+
+    def __init__(
+        self,
+        lengths: Sequence[int],
+        batch_size: int,
+        *,
+        seed: int = 0,
+        group_by_length: bool = True,
+        num_replicas: int = 1,
+        rank: int = 0,
+    ):
+        self.lengths = list(lengths)
+        self.batch_size = batch_size
+        self.seed = seed
+        self.group_by_length = group_by_length
+        self.num_replicas = num_replicas
+        self.rank = rank
+        self.epoch = 0
+        self.skip_batches = 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def epoch_batches(self) -> list[list[int]]:
+        batches = length_grouped_batches(
+            self.lengths, self.batch_size, random.Random(f"{self.seed}:{self.epoch}"), self.group_by_length
+        )
+        usable = len(batches) - len(batches) % self.num_replicas  # every rank gets the same number of steps
+        return batches[self.rank:usable:self.num_replicas]
+
+    def __iter__(self) -> Iterator[list[int]]:
+        batches = self.epoch_batches()
+        skip, self.skip_batches = self.skip_batches, 0
+        yield from batches[skip:]
+
+    def __len__(self) -> int:
+        # the whole epoch, also when resuming: Lightning restores how many of its batches were done
+        return len(self.epoch_batches())
+
+
+def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -> float:
+    """Share of the token slots in padded batches that are padding."""
+    slots = sum(max(lengths[i] for i in b) * len(b) for b in batches if b)
+    real = sum(lengths[i] for b in batches for i in b)
+    return 1 - real / slots if slots else 0.0
+
+
+class Collator:
+    """Picklable collate function (data-loader workers): the backbone's collation plus the sample ids."""
+
+    def __init__(self, backbone: Backbone):
+        self.backbone = backbone
+
+    def __call__(self, samples: Sequence[EncodedSample]) -> dict[str, Any]:
+        batch: dict[str, Any] = self.backbone.collate(samples)
+        batch["sample_ids"] = [s.id for s in samples]
+        return batch
+
+
+def split_train_val(
+    conversations: Sequence[Conversation], val_fraction: float
+) -> tuple[list[Conversation], list[Conversation]]:
+    """Held-out share chosen by a hash of the record id: stable when the data grows or is reordered."""
+    if val_fraction <= 0:
+        return list(conversations), []
+
+    def bucket(conv: Conversation) -> float:
+        return int(hashlib.sha256(conv.id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+
+    train = [c for c in conversations if bucket(c) >= val_fraction]
+    val = [c for c in conversations if bucket(c) < val_fraction]
+    return train, val
+
+
+class ConversationDataModule(pl.LightningDataModule):
+    """Batches for Lightning; on resume it skips the micro batches the checkpoint's step already consumed."""
+
+    def __init__(
+        self,
+        backbone: Backbone,
+        train_conversations: Sequence[Conversation],
+        val_conversations: Sequence[Conversation] = (),
+        *,
+        micro_batch_size: int = 1,
+        eval_batch_size: int | None = None,
+        mode: str = "assistant",
+        cutoff_len: int = 2048,
+        truncation: str = "drop",
+        group_by_length: bool = True,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        seed: int = 0,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.train_conversations = list(train_conversations)
+        self.val_conversations = list(val_conversations)
+        self.micro_batch_size = micro_batch_size
+        self.eval_batch_size = eval_batch_size or micro_batch_size
+        self.dataset_args = {"mode": mode, "cutoff_len": cutoff_len, "truncation": truncation}
+        self.group_by_length = group_by_length
+        self.num_workers = num_workers
+        self.pin_memory = pin_memory
+        self.seed = seed
+        self.train_set: ConversationDataset | None = None
+        self.val_set: ConversationDataset | None = None
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is None:
+            self.train_set = ConversationDataset(self.backbone, self.train_conversations, **self.dataset_args)
+            if not len(self.train_set):
+                raise ValueError(f"no training sample is left after the length plan: {dict(self.train_set.report.reasons)}")
+            self.val_set = ConversationDataset(self.backbone, self.val_conversations, **self.dataset_args)
+
+    def _loader(self, dataset: Dataset, sampler: Sampler) -> DataLoader:
+        return DataLoader(
+            dataset,
+            batch_sampler=sampler,
+            collate_fn=Collator(self.backbone),
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            persistent_workers=self.num_workers > 0,
+        )
+
+    def _world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
+
+    def train_sampler(self) -> LengthGroupedBatchSampler:
+        world, rank = self._world()
+        return LengthGroupedBatchSampler(
+            self.train_set.lengths, self.micro_batch_size, seed=self.seed,
+            group_by_length=self.group_by_length, num_replicas=world, rank=rank,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        sampler = self.train_sampler()
+        trainer = self.trainer
+        if trainer is not None and trainer.global_step > 0:
+            # resuming: Lightning restores the epoch; skip the micro batches already seen in it
+            sampler.set_epoch(trainer.current_epoch)
+            per_epoch = len(sampler.epoch_batches())
+            consumed = trainer.global_step * trainer.accumulate_grad_batches
+            sampler.skip_batches = consumed % per_epoch if per_epoch else 0
+        return self._loader(self.train_set, sampler)
+
+    def val_dataloader(self) -> DataLoader | list:
+        if not self.val_set:
+            return []
+        world, rank = self._world()
+        sampler = LengthGroupedBatchSampler(
+            self.val_set.lengths, self.eval_batch_size, seed=self.seed, group_by_length=True,
+            num_replicas=world, rank=rank,
+        )
+        return self._loader(self.val_set, sampler)

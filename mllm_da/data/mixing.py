@@ -1,0 +1,123 @@
+"""Training sets from a domain's files: caption tasks, optionally mixed with instruction tasks per image.
+
+Single-stage mixing follows reference §4.1: one conversation per image-caption record; the caption turn goes at
+the start or at the end with probability 1/2 (``random.Random(record id)``) and the image's tasks on the other
+side; ``<image>\\n`` is put before whichever user turn comes first. Unlike the reference writer, ``images`` is kept.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import random
+from collections import defaultdict
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+from mllm_da.data.records import IMAGE_PLACEHOLDER, Conversation, Turn, read_conversations
+
+TaskSource = Literal["none", "rule_based", "external"]
+
+
+@dataclass(frozen=True)
+class DomainFiles:
+    """Where a domain's training inputs are (all paths absolute or relative to the working directory)."""
+
+    name: str
+    image_root: str
+    image_caption_pairs: str
+    rule_tasks: str | None = None
+    external_tasks: str | None = None
+
+
+def strip_placeholders(text: str) -> str:
+    """A user turn's text without image placeholders (the mixer places the single ``<image>`` itself)."""
+    return text.replace(IMAGE_PLACEHOLDER, "").strip()
+
+
+def question_answer_turns(conversation: Conversation) -> list[Turn]:
+    """The user/assistant turns of a record with placeholders removed; system turns are dropped."""
+    turns = []
+    for turn in conversation.turns:
+        if turn.role == "system":
+            continue
+        content = strip_placeholders(turn.content) if turn.role == "user" else turn.content
+        turns.append(Turn(turn.role, content))
+    return turns
+
+
+def mix_single_stage(
+    record_id: str, caption_turns: Sequence[Turn], task_turns: Sequence[Turn], image_count: int = 1
+) -> list[Turn]:
+    """Caption turns and task turns in one conversation, order drawn from ``random.Random(record_id)``."""
+    caption_first = random.Random(record_id).random() < 0.5
+    turns = [*caption_turns, *task_turns] if caption_first else [*task_turns, *caption_turns]
+    if not turns:
+        return []
+    first_user = next(i for i, t in enumerate(turns) if t.role == "user")
+    turns[first_user] = Turn("user", f"{IMAGE_PLACEHOLDER}\n" * image_count + turns[first_user].content)
+    return turns
+
+
+def report_dict(report: Any) -> dict[str, Any]:
+    data = dataclasses.asdict(report) if dataclasses.is_dataclass(report) else dict(vars(report))
+    return {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
+
+
+@dataclass
+class DataMix:
+    """Which tasks go with the captions. ``build`` returns the training conversations and fills ``reports``."""
+
+    name: str
+    captions: bool = True
+    tasks: TaskSource = "none"
+    external_file: str | None = None
+    #: keep at most this many question-answer pairs per image (None: all)
+    max_tasks_per_image: int | None = None
+    reports: dict[str, Any] = field(default_factory=dict)
+
+    def task_file(self, domain: DomainFiles) -> str | None:
+        if self.tasks == "rule_based":
+            return domain.rule_tasks
+        if self.tasks == "external":
+            return self.external_file or domain.external_tasks
+        return None
+
+    def build(self, domain: DomainFiles, policy: str = "skip", rejects_dir: str | Path | None = None) -> list[Conversation]:
+        rejects = Path(rejects_dir) if rejects_dir else None
+        caption_records, report = read_conversations(
+            domain.image_caption_pairs,
+            image_root=domain.image_root,
+            policy=policy,
+            rejects_path=rejects / "image_caption_pairs.jsonl" if rejects else None,
+        )
+        self.reports["image_caption_pairs"] = report_dict(report)
+        tasks_by_image: dict[tuple[str, ...], list[Turn]] = defaultdict(list)
+        task_path = self.task_file(domain)
+        if self.tasks != "none":
+            if not task_path:
+                raise ValueError(f"data_mix {self.name}: tasks={self.tasks} but no task file is configured")
+            task_records, task_report = read_conversations(
+                task_path,
+                image_root=domain.image_root,
+                policy=policy,
+                rejects_path=rejects / f"{Path(task_path).stem}.jsonl" if rejects else None,
+            )
+            self.reports[Path(task_path).name] = report_dict(task_report)
+            for record in task_records:
+                tasks_by_image[tuple(record.images)].extend(question_answer_turns(record))
+
+        mixed = []
+        matched = 0
+        for record in caption_records:
+            caption = question_answer_turns(record) if self.captions else []
+            tasks = tasks_by_image.get(tuple(record.images), [])
+            if self.max_tasks_per_image is not None:
+                tasks = tasks[: 2 * self.max_tasks_per_image]
+            matched += bool(tasks)
+            turns = mix_single_stage(record.id, caption, tasks, image_count=len(record.images))
+            if turns:
+                mixed.append(Conversation(id=record.id, turns=turns, images=list(record.images), source=record.source))
+        self.reports["mixed"] = {"conversations": len(mixed), "with_tasks": matched}
+        return mixed

@@ -1,0 +1,88 @@
+"""Every option of every config group composes and resolves; impossible combinations are refused at start."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from conftest import CONF
+from hydra.utils import instantiate
+from omegaconf import OmegaConf
+
+from mllm_da.config_checks import ConfigError, accumulation_steps, check_train_config
+from mllm_da.utils.runinfo import close_wandb, instantiate_dict
+
+GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "local", "experiment"))
+OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
+EXPERIMENTS = sorted(str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").rglob("*.yaml"))
+#: options that need a value only the user can give
+REQUIRED = {("data_mix", "external"): ["data_mix.external_file=/x/tasks.json"]}
+
+
+def resolve(cfg) -> dict:
+    return OmegaConf.to_container(cfg, resolve=True)
+
+
+@pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
+def test_every_option_composes_and_resolves(compose_cfg, group: str, option: str):
+    cfg = compose_cfg([f"{group}={option}", *REQUIRED.get((group, option), [])])
+    resolve(cfg)
+    assert cfg.model.backbone._target_ == "mllm_da.backbones.loading.load_backbone"
+    if group == "model":
+        assert set(cfg.model.groups) == {"vision", "projector", "llm"}
+
+
+@pytest.mark.parametrize("experiment", EXPERIMENTS)
+def test_every_experiment_composes(compose_cfg, experiment: str):
+    cfg = compose_cfg([f"experiment={experiment}"])
+    resolve(cfg)
+    check_train_config(cfg)
+
+
+def test_the_default_config_passes_the_checks(compose_cfg):
+    cfg = compose_cfg()
+    check_train_config(cfg)
+    assert accumulation_steps(cfg) == 1
+
+
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["trainer=gpu"], "needs a CUDA GPU"),
+        (["trainer=ddp"], "needs a CUDA GPU"),
+        (["trainer=fsdp", "trainer.accelerator=cpu"], "fsdp needs GPUs"),
+        (["trainer=deepspeed", "trainer.accelerator=cpu"], "deepspeed"),
+        (["domain=biomed"], "has no rule_tasks file"),
+        (["data_mix=external"], "external_file"),
+        (["data.global_batch_size=10", "data.micro_batch_size=4"], "not a multiple"),
+        (["data.truncation=middle"], "truncation"),
+        (["data.bad_records=ignore"], "bad_records"),
+        (["data.mask_mode=all"], "mask_mode"),
+        (["finetune=qlora", "model=qwen2_vl_2b", "model.backbone.variant=random"], "qlora needs a saved checkpoint"),
+    ],
+)
+def test_invalid_combinations_are_refused_with_a_fix(compose_cfg, overrides: list[str], message: str):
+    with pytest.raises(ConfigError, match=message):
+        check_train_config(compose_cfg(overrides))
+
+
+def test_accumulation_follows_the_device_count(compose_cfg):
+    cfg = compose_cfg(["data.global_batch_size=32", "data.micro_batch_size=4", "trainer.devices=2"])
+    assert accumulation_steps(cfg) == 4
+
+
+def test_all_loggers_instantiate_offline_and_wandb_closes(compose_cfg, tmp_path: Path, monkeypatch):
+    import wandb
+
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    cfg = compose_cfg(["logger=many"], output_dir=tmp_path)
+    loggers = instantiate_dict(cfg.logger, instantiate)
+    assert {type(lg).__name__ for lg in loggers} == {"CSVLogger", "WandbLogger", "TensorBoardLogger"}
+    for lg in loggers:
+        lg.log_hyperparams({"lr": 1e-3})
+        lg.log_metrics({"train/loss": 1.0}, step=0)
+        lg.finalize("success")
+    assert wandb.run is not None
+    close_wandb()
+    assert wandb.run is None
+    assert list((tmp_path / "wandb").glob("offline-run-*"))
