@@ -65,4 +65,6 @@ def small_run_overrides(family: str = "qwen2_vl", steps: int = 2) -> list[str]:
         "data.val_fraction=0.1",
         "checkpoint.every_n_steps=0",
         "logger=csv",
+        "eval.limit=4",
+        "eval.batch_size=4",
     ]

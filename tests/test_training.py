@@ -50,6 +50,8 @@ def test_each_family_trains_a_step_and_exports_a_loadable_checkpoint(compose_cfg
     counts = summary["trainable_parameters"]
     assert all(counts[g]["trainable"] > 0 for g in ("vision", "projector", "llm"))
     assert summary["data"]["train"] > 0 and summary["data"]["plan"]["kept"] > 0
+    assert {"eval/toy_vqa/closed_accuracy", "eval/toy_mc/accuracy"} <= set(summary["metrics"]), sorted(summary["metrics"])
+    assert len((tmp_path / "eval" / "trained" / "predictions" / "toy_vqa.jsonl").read_text().splitlines()) == 4
     reload_and_compare(summary, family)
 
 

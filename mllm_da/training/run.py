@@ -14,9 +14,12 @@ from omegaconf import DictConfig, OmegaConf
 from mllm_da.config_checks import accumulation_steps, check_train_config
 from mllm_da.data.datamodule import ConversationDataModule, split_train_val
 from mllm_da.data.mixing import DataMix, DomainFiles
+from mllm_da.evaluation.benchmarks import Benchmark, benchmark_specs, load_benchmark
+from mllm_da.evaluation.runner import evaluate_backbone, format_score_table
 from mllm_da.training.export import export_merged
 from mllm_da.training.finetune import FinetuneConfig
 from mllm_da.training.module import MLLMModule, OptimConfig
+from mllm_da.utils.io import atomic_write_text
 from mllm_da.utils.runinfo import instantiate_dict, run_folder
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,54 @@ def prepare_domain(cfg: DictConfig) -> DomainFiles:
     )
 
 
+def load_eval_benchmarks(cfg: DictConfig) -> list[Benchmark]:
+    """The domain's benchmarks, read before training so that a missing download fails at once."""
+    if not cfg.eval.enabled or not cfg.eval.benchmarks:
+        return []
+    definitions = OmegaConf.to_container(cfg.benchmark, resolve=True)
+    names = [cfg.eval.benchmarks] if isinstance(cfg.eval.benchmarks, str) else list(cfg.eval.benchmarks)
+    specs = benchmark_specs(definitions, names, limit=cfg.eval.limit, max_new_tokens=cfg.eval.max_new_tokens)
+    try:
+        return [load_benchmark(spec, cache_dir=Path(cfg.paths.cache_dir) / "datasets") for spec in specs]
+    except Exception as err:
+        raise type(err)(f"{err}\n(evaluation after training needs these benchmarks; set eval.enabled=false to "
+                        "train without it)") from err
+
+
+def evaluate_after_training(
+    cfg: DictConfig, backbone: Any, benchmarks: list[Benchmark], out: Path, loggers: list[Any], step: int
+) -> dict[str, dict[str, float]]:
+    """Score the trained model (and, when asked, the blind control and the untrained model) into <run>/eval/."""
+    settings = dict(batch_size=int(cfg.eval.batch_size), seed=int(cfg.seed),
+                    image_separator=str(cfg.eval.image_separator), cache_dir=Path(cfg.paths.cache_dir) / "datasets")
+    trained_id = {"run": str(out), "model": "trained", "step": step}
+
+    def log_metrics(prefix: str) -> Any:
+        def _log(metrics: dict[str, float]) -> None:
+            finite = {f"{prefix}{k}": v for k, v in metrics.items() if v == v}
+            for lg in loggers:
+                lg.log_metrics(finite, step=step)
+                lg.save()
+        return _log
+
+    backbone.model.eval()
+    columns = {"trained": evaluate_backbone(backbone, benchmarks, out / "eval" / "trained", model_id=trained_id,
+                                            logger_fn=log_metrics(""), **settings)}
+    if cfg.eval.shuffled_control:
+        columns["trained, shuffled images"] = evaluate_backbone(
+            backbone, benchmarks, out / "eval" / "trained_shuffled", shuffle_images=True,
+            model_id=trained_id | {"images": "shuffled"}, logger_fn=log_metrics("shuffled/"), **settings)
+    if cfg.eval.untrained_baseline:
+        untrained = instantiate(cfg.model.backbone, _convert_="all")
+        columns["untrained"] = evaluate_backbone(
+            untrained, benchmarks, out / "eval" / "untrained", model_id={"run": str(out), "model": "untrained"},
+            logger_fn=log_metrics("untrained/"), **settings)
+    table = format_score_table(columns)
+    atomic_write_text(out / "eval" / "scores.md", table + "\n")
+    print(f"\nScores (step {step}):\n{table}", flush=True)
+    return columns
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit one run and return its metrics; ``summary.json`` in the run folder records them and the artifacts."""
     with run_folder(cfg, "train") as summary:
@@ -63,6 +114,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         domain = prepare_domain(cfg)
         mix: DataMix = instantiate(cfg.data_mix, _convert_="all")
         conversations = mix.build(domain, policy=cfg.data.bad_records, rejects_dir=out / "rejects")
+        benchmarks = load_eval_benchmarks(cfg)
         train_convs, val_convs = split_train_val(conversations, cfg.data.val_fraction)
         summary["data"] = {"mix": mix.name, "read": mix.reports, "train": len(train_convs), "val": len(val_convs)}
 
@@ -140,4 +192,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             summary["artifacts"]["checkpoints"] = str(ckpt_dir)
         if cfg.export and trainer.is_global_zero:
             summary["artifacts"]["export"] = str(export_merged(backbone, finetune, out / "export"))
+        if benchmarks and trainer.is_global_zero:
+            columns = evaluate_after_training(cfg, backbone, benchmarks, out, trainer.loggers, trainer.global_step)
+            metrics.update(columns["trained"])
+            summary["eval"] = columns
+            summary["artifacts"]["eval"] = str(out / "eval")
+        summary["metrics"] = metrics
         return metrics

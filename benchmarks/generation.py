@@ -1,0 +1,147 @@
+"""Generation throughput for any ``model=`` preset: samples/s batched vs one prompt at a time.
+
+    python benchmarks/generation.py                                   # tiny_qwen2_vl on this machine
+    python benchmarks/generation.py model=qwen2_vl_2b model.backbone.variant=random --n 64 --batch 16
+
+Arguments with ``=`` are Hydra overrides of ``conf/evaluate.yaml``. Two prompt kinds, both on toy-domain scenes
+drawn at ``--image-size``, both through the evaluation generator (:class:`HFGenerator`, greedy, left-padded,
+sorted by length):
+
+* ``eval``: one user turn, image then a benchmark-style question (the toy VQA/MC prompts), stopping at the turn end;
+* ``synthesis``: a caption round (user instruction + assistant caption) then an open user turn, stopping at the
+  synthesizer's end-of-text (reference §2.2).
+
+Each kind runs ``--n`` prompts with ``--batch`` prompts per batch and again one at a time. Prints a table and
+writes ``benchmarks/results/generation-<model>-<device>.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import random
+import sys
+from pathlib import Path
+
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.utils import instantiate
+from omegaconf import open_dict
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from mllm_da.backbones.base import Backbone  # noqa: E402
+from mllm_da.data import toy  # noqa: E402
+from mllm_da.data.records import IMAGE_PLACEHOLDER, Turn  # noqa: E402
+from mllm_da.evaluation.generation import GenerationRequest, HFGenerator, question_turns  # noqa: E402
+
+
+def toy_requests(n: int, image_size: int, kind: str, seed: int = 0) -> list[GenerationRequest]:
+    """``n`` prompts on freshly drawn toy scenes: benchmark questions or synthesizer continuations."""
+    rng = random.Random(seed)
+    requests = []
+    for i in range(n):
+        scene = toy.sample_scene(rng, image_size)
+        image = toy.render_scene(scene)
+        if kind == "eval":
+            task = toy.rule_tasks(scene, rng, 1)[0]
+            turns = question_turns(task.prompt)
+        else:
+            turns = (
+                Turn("user", IMAGE_PLACEHOLDER + toy.caption_instruction(rng)),
+                Turn("assistant", toy.describe_scene(scene)),
+            )
+        requests.append(GenerationRequest(i, turns, lambda img=image: [img], (image.size,)))
+    return requests
+
+
+def measure(backbone: Backbone, requests, batch_size: int, max_new_tokens: int, synthesizer: bool) -> dict:
+    generator = HFGenerator(backbone, batch_size=batch_size, progress=False, synthesizer=synthesizer)
+    generator.generate(requests[: min(len(requests), batch_size)], max_new_tokens=max_new_tokens)  # warm-up
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+    generator.generate(requests, max_new_tokens=max_new_tokens)
+    stats = generator.stats.as_dict()
+    stats["batch_size"] = batch_size
+    stats["padding_share"] = (
+        1 - stats["prompt_tokens"] / stats["padded_tokens"] if stats["padded_tokens"] else 0.0
+    )
+    return stats
+
+
+def main(argv: list[str] | None = None) -> dict:
+    parser = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    parser.add_argument("--n", type=int, default=32, help="prompts per measurement")
+    parser.add_argument("--batch", type=int, default=8, help="prompts per batch for the batched measurement")
+    parser.add_argument("--max-new-tokens", type=int, default=32)
+    parser.add_argument("--image-size", type=int, default=112)
+    parser.add_argument("--kinds", nargs="+", default=["eval", "synthesis"], choices=["eval", "synthesis"])
+    parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
+    args, overrides = parser.parse_known_args(argv)
+
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name="evaluate", overrides=overrides)
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(ROOT / "logs" / "benchmarks")
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    torch.manual_seed(0)
+    backbone: Backbone = instantiate(cfg.model.backbone, device=str(device), _convert_="all")
+    backbone.model.eval()
+
+    model_name = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), "tiny_qwen2_vl")
+    device_name = (
+        torch.cuda.get_device_name(device)
+        if device.type == "cuda"
+        else f"cpu-{torch.get_num_threads()}threads"
+    )
+    result: dict = {
+        "model": model_name,
+        "family": backbone.family,
+        "variant": backbone.spec.variant,
+        "device": device_name,
+        "dtype": str(next(backbone.model.parameters()).dtype).removeprefix("torch."),
+        "parameters": sum(p.numel() for p in backbone.model.parameters()),
+        "prompts": args.n,
+        "max_new_tokens": args.max_new_tokens,
+        "image_size": args.image_size,
+        "torch": torch.__version__,
+        "host": platform.node(),
+        "overrides": overrides,
+        "runs": {},
+    }
+    for kind in args.kinds:
+        requests = toy_requests(args.n, args.image_size, kind)
+        synth = kind == "synthesis"
+        batched = measure(backbone, requests, args.batch, args.max_new_tokens, synth)
+        single = measure(backbone, requests, 1, args.max_new_tokens, synth)
+        result["runs"][kind] = {
+            "batched": batched,
+            "one_at_a_time": single,
+            "speedup": batched["samples_per_s"] / single["samples_per_s"],
+        }
+
+    args.out.mkdir(parents=True, exist_ok=True)
+    path = args.out / f"generation-{model_name}-{device_name.replace(' ', '_')}.json"
+    path.write_text(json.dumps(result, indent=2) + "\n")
+    print(f"{model_name} on {device_name}, {args.n} prompts, up to {args.max_new_tokens} new tokens")
+    print(
+        f"{'kind':<10} {'mode':<14} {'batch':>5} {'samples/s':>10} {'new tok/s':>10} {'new tok':>8} {'pad':>6}"
+    )
+    for kind, run in result["runs"].items():
+        for mode in ("batched", "one_at_a_time"):
+            s = run[mode]
+            print(
+                f"{kind:<10} {mode:<14} {s['batch_size']:>5} {s['samples_per_s']:>10.2f} "
+                f"{s['new_tokens_per_s']:>10.1f} {s['new_tokens']:>8} {s['padding_share']:>6.1%}"
+            )
+        print(f"{kind:<10} speedup batched / one at a time: {run['speedup']:.2f}x")
+    print(f"written: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
+    return result
+
+
+if __name__ == "__main__":
+    main()
