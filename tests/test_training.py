@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 import torch
-from conftest import FAMILIES, small_run_overrides
+from conftest import FAMILIES, ROOT, small_run_overrides
 from omegaconf import open_dict
 from PIL import Image
 from transformers import AutoModelForImageTextToText
@@ -58,7 +61,8 @@ def test_each_family_trains_a_step_and_exports_a_loadable_checkpoint(compose_cfg
 @pytest.mark.parametrize("method", ["lora", "qlora"])
 def test_lora_and_qlora_train_only_adapters_in_the_llm_and_export_merged(compose_cfg, tmp_path: Path, method: str):
     overrides = [*small_run_overrides("qwen2_vl", steps=2), f"finetune={method}",
-                 "model.groups.vision.train=false", "model.groups.projector.train=false"]
+                 "model.groups.vision.train=false", "model.groups.projector.train=false",
+                 "finetune.gradient_checkpointing=true"]
     summary = run(compose_cfg, tmp_path, overrides)
     counts = summary["trainable_parameters"]
     assert counts["vision"]["trainable"] == counts["projector"]["trainable"] == 0
@@ -88,3 +92,17 @@ def test_failed_run_writes_a_failed_summary(compose_cfg, tmp_path: Path):
         train(cfg)
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "failed" and "pairs.json" in summary["error"]
+
+
+def test_multirun_jobs_each_get_their_own_closed_wandb_run(work_root: Path, tmp_path: Path):
+    """Two jobs of one ``train.py -m`` process: two summaries, two offline wandb runs, none left open."""
+    overrides = [o for o in small_run_overrides("qwen2_vl", steps=1) if not o.startswith("logger=")]
+    env = {**os.environ, "MLLM_DA_ROOT": str(work_root), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "seed=0,1", "logger=wandb", "export=false",
+           "eval.enabled=false", f"hydra.sweep.dir={tmp_path}", *overrides]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summaries = [json.loads((tmp_path / str(job) / "summary.json").read_text()) for job in (0, 1)]
+    assert [s["status"] for s in summaries] == ["ok", "ok"]
+    runs = [sorted((tmp_path / str(job) / "wandb").glob("offline-run-*")) for job in (0, 1)]
+    assert [len(r) for r in runs] == [1, 1] and runs[0][0].name != runs[1][0].name
