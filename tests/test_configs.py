@@ -5,12 +5,30 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import yaml
 from conftest import CONF
 from hydra.utils import instantiate
 from omegaconf import OmegaConf
 
 from mllm_da.config_checks import ConfigError, accumulation_steps, check_train_config
 from mllm_da.utils.runinfo import close_wandb, instantiate_dict
+
+ENTRY_CONFIGS = ("train", "evaluate", "synth")
+
+
+def groups_of(config_name: str) -> set[str]:
+    """Group names in an entry config's defaults list."""
+    path = CONF / f"{config_name}.yaml"
+    if not path.exists():
+        return set()
+    defaults = yaml.safe_load(path.read_text()).get("defaults", [])
+    return {next(iter(d)).split("@")[0].split(" ")[-1] for d in defaults if isinstance(d, dict)}
+
+
+def entry_config(group: str) -> str:
+    """The first entry config that composes ``group`` (every group must belong to one)."""
+    return next(name for name in ENTRY_CONFIGS if group in groups_of(name))
+
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "local", "experiment"))
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
@@ -25,7 +43,7 @@ def resolve(cfg) -> dict:
 
 @pytest.mark.parametrize(("group", "option"), OPTIONS, ids=[f"{g}={o}" for g, o in OPTIONS])
 def test_every_option_composes_and_resolves(compose_cfg, group: str, option: str):
-    cfg = compose_cfg([f"{group}={option}", *REQUIRED.get((group, option), [])])
+    cfg = compose_cfg([f"{group}={option}", *REQUIRED.get((group, option), [])], config_name=entry_config(group))
     resolve(cfg)
     assert cfg.model.backbone._target_ == "mllm_da.backbones.loading.load_backbone"
     if group == "model":

@@ -18,6 +18,7 @@ from transformers import AutoModelForImageTextToText
 
 from mllm_da.backbones.loading import load_backbone
 from mllm_da.data.records import Turn
+from mllm_da.report import write_report
 from mllm_da.training.run import train
 
 
@@ -94,15 +95,53 @@ def test_failed_run_writes_a_failed_summary(compose_cfg, tmp_path: Path):
     assert summary["status"] == "failed" and "pairs.json" in summary["error"]
 
 
-def test_multirun_jobs_each_get_their_own_closed_wandb_run(work_root: Path, tmp_path: Path):
-    """Two jobs of one ``train.py -m`` process: two summaries, two offline wandb runs, none left open."""
+def test_multirun_goes_on_after_a_failed_job_closes_each_wandb_run_and_reruns_only_unfinished_jobs(
+    work_root: Path, tmp_path: Path
+):
+    """One ``train.py -m`` process, three jobs, one of them invalid: two ok summaries with one offline wandb run
+    each, one failed summary naming the error; rerun into the same sweep folder, the finished jobs are skipped."""
     overrides = [o for o in small_run_overrides("qwen2_vl", steps=1) if not o.startswith("logger=")]
     env = {**os.environ, "MLLM_DA_ROOT": str(work_root), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "seed=0,1", "logger=wandb", "export=false",
-           "eval.enabled=false", f"hydra.sweep.dir={tmp_path}", *overrides]
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "data.truncation=drop,cut_text,bogus", "logger=wandb",
+           "export=false", "eval.enabled=false", f"hydra.sweep.dir={tmp_path}", *overrides]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
-    summaries = [json.loads((tmp_path / str(job) / "summary.json").read_text()) for job in (0, 1)]
-    assert [s["status"] for s in summaries] == ["ok", "ok"]
+    summaries = [json.loads((tmp_path / str(job) / "summary.json").read_text()) for job in (0, 1, 2)]
+    assert [s["status"] for s in summaries] == ["ok", "ok", "failed"]
+    assert "data.truncation" in summaries[2]["error"]
     runs = [sorted((tmp_path / str(job) / "wandb").glob("offline-run-*")) for job in (0, 1)]
     assert [len(r) for r in runs] == [1, 1] and runs[0][0].name != runs[1][0].name
+
+    report = write_report(tmp_path)
+    assert report["jobs"] == 3 and report["failed"] == 1
+    header = report["table"].splitlines()[0]
+    assert "data.truncation" in header and "train/loss_last" in header
+    assert (tmp_path / "report.csv").read_text().count("\n") == 4 and (tmp_path / "report.png").stat().st_size
+
+    again = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stdout.count("already finished with this config; skipped") == 2
+    assert [len(sorted((tmp_path / str(job) / "wandb").glob("offline-run-*"))) for job in (0, 1)] == [1, 1]
+
+
+def test_two_stage_trains_captions_then_tasks_starting_stage_two_from_stage_one_weights(
+    compose_cfg, tmp_path: Path
+):
+    overrides = [*small_run_overrides("qwen2_vl", steps=4), "stage_mode=two_stage", "checkpoint.every_n_steps=2",
+                 "export=false", "eval.enabled=false"]
+    summary = run(compose_cfg, tmp_path, overrides)
+    first, second = summary["stages"]
+    assert (first["name"], second["name"]) == ("stage1_captions", "stage2_tasks")
+    assert first["global_step"] == second["global_step"] == 2
+    assert first["data"]["tasks"] == "none" and not second["data"]["captions"]
+    assert second["started_from"] == {"stage": "stage1_captions", "weights_sha256": first["final_weights_sha256"]}
+    assert second["start_weights_sha256"] == first["final_weights_sha256"] != first["start_weights_sha256"]
+    assert second["final_weights_sha256"] != second["start_weights_sha256"]
+    assert {"stage1_captions/train/loss_last", "stage2_tasks/train/loss_last", "train/loss_last"} <= set(
+        summary["metrics"])
+    assert (tmp_path / "checkpoints" / "stage1_captions" / "last.ckpt").exists()
+    # resuming from a stage-2 checkpoint skips stage 1 and starts from the checkpoint's weights
+    ckpt = tmp_path / "checkpoints" / "stage2_tasks" / "last.ckpt"
+    resumed = run(compose_cfg, tmp_path / "resumed", [*overrides, f"ckpt_path={ckpt}"])
+    assert "skipped" in resumed["stages"][0]
+    assert resumed["stages"][1]["started_from"] == {"checkpoint": str(ckpt)}

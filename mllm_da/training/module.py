@@ -36,6 +36,13 @@ def cosine_with_warmup(step: int, total: int, warmup: int, min_ratio: float) -> 
     return min_ratio + (1 - min_ratio) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
+def batch_tokens(batch: dict[str, Any]) -> int:
+    """Non-padding tokens of a padded (``attention_mask``) or packed (``_real_tokens``) batch."""
+    if "_real_tokens" in batch:
+        return int(batch["_real_tokens"])
+    return int(batch["attention_mask"].sum())
+
+
 class MLLMModule(pl.LightningModule):
     """Trains ``backbone.model``; checkpoints keep only trainable weights when ``save_trainable_only``."""
 
@@ -46,6 +53,7 @@ class MLLMModule(pl.LightningModule):
         optim: OptimConfig,
         *,
         save_trainable_only: bool = False,
+        compile: bool = False,
     ):
         super().__init__()
         self.backbone = backbone
@@ -53,7 +61,13 @@ class MLLMModule(pl.LightningModule):
         self.optim = optim
         self.model = apply_finetune(backbone, finetune)
         self.model.train()  # from_pretrained returns eval mode
+        if compile:
+            # in place (nn.Module.compile): parameter names, checkpoints and the export stay as they are;
+            # dynamic shapes because every length-grouped batch has its own width
+            self.model.compile(dynamic=True)
         self.save_trainable_only = save_trainable_only
+        #: put before every logged key ("stage1_captions/" in two-stage runs, so both stages stay apart)
+        self.log_prefix = ""
         # a trainable-only checkpoint lacks the frozen weights, which the freshly loaded model already has
         self.strict_loading = not save_trainable_only
         self._tokens = 0
@@ -62,20 +76,23 @@ class MLLMModule(pl.LightningModule):
 
     # ---------------------------------------------------------------------------------------------- steps
     def forward(self, batch: dict[str, Any]) -> Any:
-        inputs = {k: v for k, v in batch.items() if k != "sample_ids"}
+        # "_x" keys are bookkeeping (a packed batch's token count); a KV cache is never useful in training
+        inputs = {k: v for k, v in batch.items() if k != "sample_ids" and not k.startswith("_")}
+        inputs.setdefault("use_cache", False)
         return self.model(**inputs)
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self(batch)
-        n = batch["input_ids"].shape[0]
-        self.log("train/loss", out.loss, prog_bar=True, batch_size=n)
-        self._tokens += int(batch["attention_mask"].sum())
+        n = len(batch["sample_ids"]) if "sample_ids" in batch else batch["input_ids"].shape[0]  # packed: rows < samples
+        self.log(f"{self.log_prefix}train/loss", out.loss, prog_bar=True, batch_size=n)
+        self._tokens += batch_tokens(batch)
         self._samples += n
         return out.loss
 
     def validation_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self(batch)
-        self.log("val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=batch["input_ids"].shape[0])
+        n = batch["input_ids"].shape[0]
+        self.log(f"{self.log_prefix}val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=n)
         return out.loss
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
@@ -88,8 +105,8 @@ class MLLMModule(pl.LightningModule):
             return
         elapsed = time.perf_counter() - self._window_start
         if elapsed > 0:
-            self.log("train/tokens_per_s", self._tokens / elapsed, batch_size=1)
-            self.log("train/samples_per_s", self._samples / elapsed, batch_size=1)
+            self.log(f"{self.log_prefix}train/tokens_per_s", self._tokens / elapsed, batch_size=1)
+            self.log(f"{self.log_prefix}train/samples_per_s", self._samples / elapsed, batch_size=1)
         self._tokens = self._samples = 0
         self._window_start = time.perf_counter()
 

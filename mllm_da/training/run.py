@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import logging
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -11,7 +14,7 @@ import torch
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
-from mllm_da.config_checks import accumulation_steps, check_train_config
+from mllm_da.config_checks import ConfigError, accumulation_steps, check_train_config
 from mllm_da.data.datamodule import ConversationDataModule, split_train_val
 from mllm_da.data.mixing import DataMix, DomainFiles
 from mllm_da.evaluation.benchmarks import Benchmark, benchmark_specs, load_benchmark
@@ -20,21 +23,27 @@ from mllm_da.training.export import export_merged
 from mllm_da.training.finetune import FinetuneConfig
 from mllm_da.training.module import MLLMModule, OptimConfig
 from mllm_da.utils.io import atomic_write_text
-from mllm_da.utils.runinfo import instantiate_dict, run_folder
+from mllm_da.utils.runinfo import finished_run, instantiate_dict, instantiate_loggers, run_folder
 
 log = logging.getLogger(__name__)
 
 
 class LossHistory(pl.Callback):
-    """Keeps every logged training loss, so the summary can say how far it fell."""
+    """Keeps every logged training loss, so the summary can say how far it fell, and the fingerprint of the
+    weights the fit started from (after a checkpoint is restored)."""
 
-    def __init__(self) -> None:
+    def __init__(self, key: str = "train/loss") -> None:
+        self.key = key
         self.steps: list[int] = []
         self.losses: list[float] = []
+        self.start_fingerprint: str | None = None
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self.start_fingerprint = weights_fingerprint(pl_module.model)
 
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if trainer.global_step % max(1, trainer.log_every_n_steps) == 0 or not self.losses:
-            loss = trainer.callback_metrics.get("train/loss")
+            loss = trainer.callback_metrics.get(self.key)
             if loss is not None and (not self.steps or self.steps[-1] != trainer.global_step):
                 self.steps.append(trainer.global_step)
                 self.losses.append(float(loss))
@@ -102,8 +111,129 @@ def evaluate_after_training(
     return columns
 
 
+@dataclass(frozen=True)
+class Stage:
+    """One fit of a run: which part of the data mix it trains on and its share of ``trainer.max_steps``."""
+
+    name: str
+    captions: bool = True
+    tasks: bool = True
+    steps_fraction: float = 1.0
+
+    def data_mix(self, mix: DataMix) -> DataMix:
+        """The run's data mix restricted to this stage's part (captions, tasks or both)."""
+        return dataclasses.replace(mix, captions=mix.captions and self.captions,
+                                   tasks=mix.tasks if self.tasks else "none", reports={})
+
+
+def stages_of(cfg: DictConfig) -> list[Stage]:
+    stages = [Stage(**dict(s)) for s in cfg.stage_mode.stages]
+    if not stages:
+        raise ConfigError(f"stage_mode={cfg.stage_mode.name} lists no stages")
+    if any(not s.captions for s in stages) and cfg.data_mix.tasks == "none":
+        raise ConfigError(f"stage_mode={cfg.stage_mode.name} has a task-only stage but data_mix={cfg.data_mix.name} "
+                          "has no tasks; pick a data_mix with tasks (e.g. rule_based, synthetic)")
+    return stages
+
+
+def weights_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of the trainable weights: shows which weights a stage started from and ended with."""
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters()):
+        if param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.detach().to(torch.float32).cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
+
+
+def resume_point(cfg: DictConfig, stages: list[Stage]) -> tuple[int, str | None]:
+    """(index of the stage to start with, checkpoint) for ``ckpt_path``: a two-stage checkpoint lives in
+    ``checkpoints/<stage name>/``, so the stages before it are already done and their weights are in it."""
+    ckpt = cfg.get("ckpt_path")
+    if not ckpt:
+        return 0, None
+    folder = Path(ckpt).parent.name
+    for index, stage in enumerate(stages):
+        if len(stages) > 1 and folder == stage.name:
+            return index, str(ckpt)
+    return 0, str(ckpt)
+
+
+def stage_steps(cfg: DictConfig, stage: Stage) -> int:
+    total = int(cfg.trainer.get("max_steps", -1))
+    return max(1, round(total * stage.steps_fraction)) if total > 0 else -1
+
+
+def fit_stage(
+    cfg: DictConfig,
+    stage: Stage,
+    module: MLLMModule,
+    datamodule: ConversationDataModule,
+    loggers: list[Any],
+    out: Path,
+    prefix: str,
+    ckpt_path: str | None,
+) -> tuple[pl.Trainer, LossHistory]:
+    """One Lightning fit with its own optimiser and schedule (configure_optimizers runs per fit)."""
+    module.log_prefix = prefix
+    history = LossHistory(f"{prefix}train/loss")
+    callbacks: list[pl.Callback] = [history, pl.callbacks.LearningRateMonitor(logging_interval="step")]
+    ckpt_dir = out / "checkpoints" / (stage.name if prefix else "")
+    if cfg.checkpoint.every_n_steps:
+        callbacks.append(
+            pl.callbacks.ModelCheckpoint(
+                dirpath=ckpt_dir,
+                every_n_train_steps=cfg.checkpoint.every_n_steps,
+                save_last=True,
+                save_top_k=cfg.checkpoint.keep,
+                monitor="step",
+                mode="max",
+                filename="step_{step}",
+                auto_insert_metric_name=False,
+            )
+        )
+    callbacks += instantiate_dict(cfg.get("callbacks"), instantiate)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer,
+        max_steps=stage_steps(cfg, stage),
+        accumulate_grad_batches=accumulation_steps(cfg),
+        logger=loggers or False,
+        callbacks=callbacks,
+        default_root_dir=str(out),
+        enable_checkpointing=bool(cfg.checkpoint.every_n_steps),
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    return trainer, history
+
+
+def make_datamodule(cfg: DictConfig, backbone: Any, train_convs: list, val_convs: list) -> ConversationDataModule:
+    datamodule = ConversationDataModule(
+        backbone,
+        train_convs,
+        val_convs,
+        micro_batch_size=cfg.data.micro_batch_size,
+        eval_batch_size=cfg.data.get("eval_batch_size"),
+        mode=cfg.data.mask_mode,
+        cutoff_len=cfg.data.cutoff_len,
+        truncation=cfg.data.truncation,
+        group_by_length=cfg.data.group_by_length,
+        packing=bool(cfg.data.get("packing", False)),
+        num_workers=cfg.data.num_workers,
+        pin_memory=cfg.data.pin_memory,
+        seed=cfg.seed,
+    )
+    datamodule.setup("fit")
+    return datamodule
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
-    """Fit one run and return its metrics; ``summary.json`` in the run folder records them and the artifacts."""
+    """Fit one run (one or more stages) and return its metrics; ``summary.json`` in the run folder records them,
+    the data counts, each stage's start and end weights, and the artifacts."""
+    done = finished_run(cfg) if cfg.get("skip_finished", True) else None
+    if done is not None:
+        print(f"[mllm-da] train: {cfg.paths.output_dir} already finished with this config; skipped "
+              "(skip_finished=false reruns it)", flush=True)
+        return done["metrics"]
     with run_folder(cfg, "train") as summary:
         check_train_config(cfg)
         pl.seed_everything(cfg.seed, workers=True)
@@ -111,12 +241,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         out = Path(cfg.paths.output_dir)
         OmegaConf.save(cfg, out / "config.yaml", resolve=True)
 
+        stages = stages_of(cfg)
         domain = prepare_domain(cfg)
         mix: DataMix = instantiate(cfg.data_mix, _convert_="all")
-        conversations = mix.build(domain, policy=cfg.data.bad_records, rejects_dir=out / "rejects")
+        two_or_more = len(stages) > 1
+        stage_data = []
+        for stage in stages:
+            stage_mix = stage.data_mix(mix)
+            rejects = out / "rejects" / (stage.name if two_or_more else "")
+            conversations = stage_mix.build(domain, policy=cfg.data.bad_records, rejects_dir=rejects)
+            stage_data.append((stage_mix, *split_train_val(conversations, cfg.data.val_fraction)))
         benchmarks = load_eval_benchmarks(cfg)
-        train_convs, val_convs = split_train_val(conversations, cfg.data.val_fraction)
-        summary["data"] = {"mix": mix.name, "read": mix.reports, "train": len(train_convs), "val": len(val_convs)}
 
         finetune = FinetuneConfig.from_config(cfg.finetune, cfg.model.get("groups"))
         backbone = instantiate(cfg.model.backbone, quantization_bits=finetune.load_bits, _convert_="all")
@@ -124,72 +259,68 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         save_trainable_only = cfg.checkpoint.save_trainable_only
         if save_trainable_only == "auto":
             save_trainable_only = finetune.method != "full"
-        module = MLLMModule(backbone, finetune, optim, save_trainable_only=bool(save_trainable_only))
+        module = MLLMModule(backbone, finetune, optim, save_trainable_only=bool(save_trainable_only),
+                            compile=bool(cfg.get("compile", False)))
         counts = backbone.group_counts(module.model)
         summary["trainable_parameters"] = {g: {"trainable": c.trainable, "total": c.total} for g, c in counts.items()}
 
-        datamodule = ConversationDataModule(
-            backbone,
-            train_convs,
-            val_convs,
-            micro_batch_size=cfg.data.micro_batch_size,
-            eval_batch_size=cfg.data.get("eval_batch_size"),
-            mode=cfg.data.mask_mode,
-            cutoff_len=cfg.data.cutoff_len,
-            truncation=cfg.data.truncation,
-            group_by_length=cfg.data.group_by_length,
-            num_workers=cfg.data.num_workers,
-            pin_memory=cfg.data.pin_memory,
-            seed=cfg.seed,
-        )
-        datamodule.setup("fit")
-        summary["data"]["plan"] = vars(datamodule.train_set.report) | {"reasons": dict(datamodule.train_set.report.reasons)}
-
-        loggers = instantiate_dict(cfg.get("logger"), instantiate)
-        history = LossHistory()
-        callbacks: list[pl.Callback] = [history, pl.callbacks.LearningRateMonitor(logging_interval="step")]
-        ckpt_dir = out / "checkpoints"
-        if cfg.checkpoint.every_n_steps:
-            callbacks.append(
-                pl.callbacks.ModelCheckpoint(
-                    dirpath=ckpt_dir,
-                    every_n_train_steps=cfg.checkpoint.every_n_steps,
-                    save_last=True,
-                    save_top_k=cfg.checkpoint.keep,
-                    monitor="step",
-                    mode="max",
-                    filename="step_{step}",
-                    auto_insert_metric_name=False,
-                )
-            )
-        callbacks += instantiate_dict(cfg.get("callbacks"), instantiate)
-        trainer: pl.Trainer = instantiate(
-            cfg.trainer,
-            accumulate_grad_batches=accumulation_steps(cfg),
-            logger=loggers or False,
-            callbacks=callbacks,
-            default_root_dir=str(out),
-            enable_checkpointing=bool(cfg.checkpoint.every_n_steps),
-        )
-        for lg in trainer.loggers:
+        loggers = instantiate_loggers(cfg)
+        for lg in loggers:
             lg.log_hyperparams(
                 {
                     **OmegaConf.to_container(cfg, resolve=True),  # type: ignore[arg-type]
                     "trainable_parameters": summary["trainable_parameters"],
                 }
             )
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
-
-        metrics = {k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1}
-        if history.losses:
-            first, last = history.losses[0], history.losses[-1]
-            metrics.update({"train/loss_first": first, "train/loss_last": last,
-                            "train/loss_drop": (first - last) / first if first else 0.0})
+        first_stage, ckpt_path = resume_point(cfg, stages)
+        summary["stage_mode"] = cfg.stage_mode.name
+        summary["stages"] = []
+        metrics: dict[str, float] = {}
+        trainer: pl.Trainer | None = None
+        previous: dict[str, Any] | None = None
+        for index, (stage, (stage_mix, train_convs, val_convs)) in enumerate(zip(stages, stage_data)):
+            record: dict[str, Any] = {"name": stage.name, "data": {"mix": stage_mix.name, "captions": stage_mix.captions,
+                                      "tasks": stage_mix.tasks, "read": stage_mix.reports,
+                                      "train": len(train_convs), "val": len(val_convs)}}
+            summary["stages"].append(record)
+            if index < first_stage:
+                record["skipped"] = f"done before the checkpoint {ckpt_path}"
+                continue
+            datamodule = make_datamodule(cfg, backbone, train_convs, val_convs)
+            report = datamodule.train_set.report
+            record["data"]["plan"] = vars(report) | {"reasons": dict(report.reasons)}
+            record["started_from"] = (
+                {"checkpoint": ckpt_path} if index == first_stage and ckpt_path
+                else {"stage": previous["name"], "weights_sha256": previous["final_weights_sha256"]} if previous
+                else {"model": cfg.model.backbone.get("source") or cfg.model.backbone.variant}
+            )
+            prefix = f"{stage.name}/" if two_or_more else ""
+            trainer, history = fit_stage(cfg, stage, module, datamodule, loggers, out, prefix,
+                                         ckpt_path if index == first_stage else None)
+            record["start_weights_sha256"] = history.start_fingerprint
+            record["final_weights_sha256"] = weights_fingerprint(module.model)
+            record["global_step"] = trainer.global_step
+            record["loss_curve"] = {"step": history.steps, "loss": history.losses}
+            if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
+                record["checkpoints"] = trainer.checkpoint_callback.dirpath
+            metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
+            if history.losses:
+                first, last = history.losses[0], history.losses[-1]
+                metrics.update({f"{prefix}train/loss_first": first, f"{prefix}train/loss_last": last,
+                                f"{prefix}train/loss_drop": (first - last) / first if first else 0.0})
+            previous = record
+        assert trainer is not None and previous is not None
+        # the run's headline numbers are its last stage's
+        last_prefix = f"{stages[-1].name}/" if two_or_more else ""
+        for key in ("train/loss_first", "train/loss_last", "train/loss_drop", "train/loss", "val/loss"):
+            if f"{last_prefix}{key}" in metrics:
+                metrics[key] = metrics[f"{last_prefix}{key}"]
+        summary["data"] = previous["data"]
+        summary["loss_curve"] = previous["loss_curve"]
+        summary["global_step"] = previous["global_step"]
         summary["metrics"] = metrics
-        summary["loss_curve"] = {"step": history.steps, "loss": history.losses}
-        summary["global_step"] = trainer.global_step
-        if trainer.checkpoint_callback is not None and ckpt_dir.exists():
-            summary["artifacts"]["checkpoints"] = str(ckpt_dir)
+        if (out / "checkpoints").exists():
+            summary["artifacts"]["checkpoints"] = str(out / "checkpoints")
         if cfg.export and trainer.is_global_zero:
             summary["artifacts"]["export"] = str(export_merged(backbone, finetune, out / "export"))
         if benchmarks and trainer.is_global_zero:

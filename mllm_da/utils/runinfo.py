@@ -65,3 +65,51 @@ def instantiate_dict(cfg: DictConfig | None, fn: Callable[[DictConfig], Any]) ->
     if not cfg:
         return []
     return [fn(value) for value in cfg.values() if value is not None and "_target_" in value]
+
+
+def hydra_job() -> tuple[bool, str | None, list[str]]:
+    """(in a multirun?, sweep folder name, this job's command-line overrides) — empty outside Hydra."""
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.types import RunMode
+
+    if not HydraConfig.initialized():
+        return False, None, []
+    hc = HydraConfig.get()
+    multirun = hc.mode == RunMode.MULTIRUN
+    return multirun, Path(hc.sweep.dir).name if multirun else None, list(hc.overrides.task)
+
+
+def instantiate_loggers(cfg: DictConfig) -> list[Any]:
+    """The configured loggers; in a multirun, wandb runs are grouped by sweep and tagged with the job's axis
+    values (its overrides), and named after them, so a sweep reads as one group on the wandb page."""
+    from hydra.utils import instantiate
+
+    node = cfg.get("logger")
+    if not node:
+        return []
+    multirun, sweep, overrides = hydra_job()
+    loggers = []
+    for value in node.values():
+        if value is None or "_target_" not in value:
+            continue
+        if multirun and value._target_.endswith("WandbLogger"):
+            # wandb tags hold at most 64 characters
+            axes = [o.lstrip("+~")[:64] for o in overrides if not o.startswith(("hydra.", "paths."))]
+            value = OmegaConf.to_container(value, resolve=True)
+            value.update(group=f"{cfg.task_name}/{sweep}", tags=[*(value.get("tags") or []), *axes],
+                         name=",".join(axes) or None)
+        loggers.append(instantiate(value))
+    return loggers
+
+
+def finished_run(cfg: DictConfig) -> dict[str, Any] | None:
+    """The summary of a run that already finished in this run folder with the same config, if any: a rerun of
+    a sweep into its folder (hydra.sweep.dir=...) skips the jobs that are done."""
+    path = Path(cfg.paths.output_dir) / "summary.json"
+    try:
+        summary = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None
+    if summary.get("status") == "ok" and summary.get("config_hash") == config_hash(cfg):
+        return summary
+    return None
