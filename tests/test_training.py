@@ -145,3 +145,17 @@ def test_two_stage_trains_captions_then_tasks_starting_stage_two_from_stage_one_
     resumed = run(compose_cfg, tmp_path / "resumed", [*overrides, f"ckpt_path={ckpt}"])
     assert "skipped" in resumed["stages"][0]
     assert resumed["stages"][1]["started_from"] == {"checkpoint": str(ckpt)}
+
+
+def test_ddp_with_two_cpu_processes(work_root: Path, tmp_path: Path):
+    """trainer=ddp on 2 CPU processes (gloo), run as its own process: both ranks train, rank 0 writes the run."""
+    overrides = [o for o in small_run_overrides("qwen2_vl", steps=2) if not o.startswith("data.global_batch")]
+    env = {**os.environ, "MLLM_DA_ROOT": str(work_root), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, str(ROOT / "train.py"), *overrides, "trainer=ddp", "trainer.accelerator=cpu",
+           "trainer.devices=2", "trainer.precision=32-true", "data.global_batch_size=8", "export=false",
+           "eval.enabled=false", f"hydra.run.dir={tmp_path}"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "ok" and summary["world_size"] == 2 and summary["global_step"] == 2
+    assert all(math.isfinite(v) for v in summary["loss_curve"]["loss"])

@@ -318,6 +318,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         summary["data"] = previous["data"]
         summary["loss_curve"] = previous["loss_curve"]
         summary["global_step"] = previous["global_step"]
+        summary["world_size"] = trainer.world_size
         summary["metrics"] = metrics
         if (out / "checkpoints").exists():
             summary["artifacts"]["checkpoints"] = str(out / "checkpoints")

@@ -5,6 +5,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import sys
 import time
 import traceback
@@ -35,10 +36,21 @@ def close_wandb() -> None:
         wandb.finish()
 
 
+def is_rank_zero() -> bool:
+    """True in the process that owns the run folder (ranks > 0 of a DDP job share it and must not write it)."""
+    return int(os.environ.get("LOCAL_RANK", 0)) == 0 and int(os.environ.get("NODE_RANK", 0)) == 0
+
+
 @contextmanager
 def run_folder(cfg: DictConfig, entry: str) -> Iterator[dict[str, Any]]:
     """Print the run folder, time the run, and always write ``summary.json`` (status ok or failed with the
-    error), closing wandb whatever happens."""
+    error), closing wandb whatever happens. Only rank zero writes; other ranks get a summary that is dropped."""
+    if not is_rank_zero():
+        try:
+            yield {"metrics": {}, "artifacts": {}}
+        finally:
+            close_wandb()
+        return
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     print(f"[mllm-da] {entry} run folder: {out.resolve()}", flush=True)
