@@ -24,7 +24,10 @@ def main(cfg: DictConfig) -> float | None:
             log.exception("job failed; the sweep goes on")
             return math.nan
         raise
-    return metrics.get(cfg.get("optimized_metric"))
+    name = cfg.get("optimized_metric")
+    if name and name not in metrics:
+        log.warning("optimized_metric=%s is not among this run's metrics; returning nan", name)
+    return metrics.get(name, math.nan) if name else None
 
 
 if __name__ == "__main__":

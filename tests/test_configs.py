@@ -104,3 +104,24 @@ def test_all_loggers_instantiate_offline_and_wandb_closes(compose_cfg, tmp_path:
     close_wandb()
     assert wandb.run is None
     assert list((tmp_path / "wandb").glob("offline-run-*"))
+
+
+@pytest.mark.parametrize("launcher", sorted(p.stem for p in (CONF / "hydra" / "launcher").glob("*.yaml")))
+def test_launchers_compose_with_the_hydra_config(launcher: str):
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=[f"hydra/launcher={launcher}", "trainer.devices=2"],
+                      return_hydra_config=True)
+    assert cfg.hydra.launcher._target_.startswith("hydra_plugins.hydra_submitit_launcher")
+    assert cfg.hydra.launcher.tasks_per_node in (1, 2)
+
+
+def test_optuna_search_space_composes():
+    from hydra import compose, initialize_config_dir
+
+    with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        cfg = compose("train", overrides=["experiment=toy/hparam_search"], return_hydra_config=True)
+    assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
+    assert set(cfg.hydra.sweeper.params) == {"optim.lr", "optim.warmup_ratio"}
+    assert cfg.optimized_metric == "val/loss"

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -55,7 +56,7 @@ def test_each_family_trains_a_step_and_exports_a_loadable_checkpoint(compose_cfg
     assert all(counts[g]["trainable"] > 0 for g in ("vision", "projector", "llm"))
     assert summary["data"]["train"] > 0 and summary["data"]["plan"]["kept"] > 0
     assert {"eval/toy_vqa/closed_accuracy", "eval/toy_mc/accuracy"} <= set(summary["metrics"]), sorted(summary["metrics"])
-    assert len((tmp_path / "eval" / "trained" / "predictions" / "toy_vqa.jsonl").read_text().splitlines()) == 4
+    assert len((Path(summary["artifacts"]["eval"]) / "trained" / "predictions" / "toy_vqa.jsonl").read_text().splitlines()) == 4
     reload_and_compare(summary, family)
 
 
@@ -82,6 +83,14 @@ def test_resume_from_a_checkpoint_continues_at_the_right_step_with_the_same_data
     assert whole["loss_curve"]["step"] == [1, 2, 3, 4]
     assert resumed["loss_curve"]["step"] == [3, 4]
     assert resumed["loss_curve"]["loss"] == pytest.approx(whole["loss_curve"]["loss"][2:], rel=1e-4)
+
+    # a run that died after its step-2 checkpoint, rerun in its folder with ckpt_path=auto, goes on from there
+    stopped = tmp_path / "stopped"
+    (stopped / "checkpoints").mkdir(parents=True)
+    shutil.copy(ckpt, stopped / "checkpoints" / "last.ckpt")
+    auto = run(compose_cfg, stopped, [*overrides, "ckpt_path=auto"])
+    assert auto["stages"][0]["started_from"] == {"checkpoint": str(stopped / "checkpoints" / "last.ckpt")}
+    assert auto["loss_curve"]["loss"] == pytest.approx(whole["loss_curve"]["loss"][2:], rel=1e-4)
 
 
 def test_failed_run_writes_a_failed_summary(compose_cfg, tmp_path: Path):
@@ -159,3 +168,17 @@ def test_ddp_with_two_cpu_processes(work_root: Path, tmp_path: Path):
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["world_size"] == 2 and summary["global_step"] == 2
     assert all(math.isfinite(v) for v in summary["loss_curve"]["loss"])
+
+
+@pytest.mark.slow
+def test_optuna_search_through_the_local_process_launcher(work_root: Path, tmp_path: Path):
+    """Two Optuna trials, each train.py job in its own process (submitit): both finish and report val/loss."""
+    overrides = [o for o in small_run_overrides("qwen2_vl", steps=2) if not o.startswith("data.val_fraction")]
+    env = {**os.environ, "MLLM_DA_ROOT": str(work_root), "HF_HUB_OFFLINE": "1"}
+    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "experiment=toy/hparam_search", *overrides,
+           "hydra.sweeper.n_trials=2", "hydra/launcher=local_processes", f"hydra.sweep.dir={tmp_path}"]
+    done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/summary.json"))]
+    assert len(summaries) == 2 and all(s["status"] == "ok" and "val/loss" in s["metrics"] for s in summaries)
+    assert "best_value" in (tmp_path / "optimization_results.yaml").read_text()

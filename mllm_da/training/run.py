@@ -94,19 +94,20 @@ def evaluate_after_training(
         return _log
 
     backbone.model.eval()
-    columns = {"trained": evaluate_backbone(backbone, benchmarks, out / "eval" / "trained", model_id=trained_id,
+    folder = out / "eval" / f"step_{step}"  # a run continued later evaluates a different model
+    columns = {"trained": evaluate_backbone(backbone, benchmarks, folder / "trained", model_id=trained_id,
                                             logger_fn=log_metrics(""), **settings)}
     if cfg.eval.shuffled_control:
         columns["trained, shuffled images"] = evaluate_backbone(
-            backbone, benchmarks, out / "eval" / "trained_shuffled", shuffle_images=True,
+            backbone, benchmarks, folder / "trained_shuffled", shuffle_images=True,
             model_id=trained_id | {"images": "shuffled"}, logger_fn=log_metrics("shuffled/"), **settings)
     if cfg.eval.untrained_baseline:
         untrained = instantiate(cfg.model.backbone, _convert_="all")
         columns["untrained"] = evaluate_backbone(
-            untrained, benchmarks, out / "eval" / "untrained", model_id={"run": str(out), "model": "untrained"},
+            untrained, benchmarks, folder / "untrained", model_id={"run": str(out), "model": "untrained"},
             logger_fn=log_metrics("untrained/"), **settings)
     table = format_score_table(columns)
-    atomic_write_text(out / "eval" / "scores.md", table + "\n")
+    atomic_write_text(folder / "scores.md", table + "\n")
     print(f"\nScores (step {step}):\n{table}", flush=True)
     return columns
 
@@ -147,11 +148,25 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
 
 
 def resume_point(cfg: DictConfig, stages: list[Stage]) -> tuple[int, str | None]:
-    """(index of the stage to start with, checkpoint) for ``ckpt_path``: a two-stage checkpoint lives in
-    ``checkpoints/<stage name>/``, so the stages before it are already done and their weights are in it."""
+    """(index of the stage to start with, checkpoint) for ``ckpt_path``.
+
+    A two-stage checkpoint lives in ``checkpoints/<stage name>/``, so the stages before it are done and their
+    weights are in it. ``ckpt_path=auto`` takes the newest ``last.ckpt`` in this run folder, if any (a job
+    resubmitted after a crash or a time limit goes on where it stopped)."""
     ckpt = cfg.get("ckpt_path")
     if not ckpt:
         return 0, None
+    if ckpt == "auto":
+        root = Path(cfg.paths.output_dir) / "checkpoints"
+        candidates = [root / s.name / "last.ckpt" for s in stages] if len(stages) > 1 else [root / "last.ckpt"]
+        found = [(i, c) for i, c in enumerate(candidates) if c.exists()]
+        if not found:
+            return 0, None
+        index, path = found[-1]
+        log.info("ckpt_path=auto: resuming from %s", path)
+        return index, str(path)
+    if not Path(ckpt).exists():
+        raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint")
     folder = Path(ckpt).parent.name
     for index, stage in enumerate(stages):
         if len(stages) > 1 and folder == stage.name:
@@ -203,6 +218,10 @@ def fit_stage(
         enable_checkpointing=bool(cfg.checkpoint.every_n_steps),
     )
     trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    val_key = f"{prefix}val/loss"
+    if datamodule.val_set and val_key not in trainer.callback_metrics and trainer.limit_val_batches:
+        # a budget in steps ends mid-epoch, before Lightning's own validation: the final val/loss is still wanted
+        trainer.validate(module, datamodule=datamodule, verbose=False)
     return trainer, history
 
 
@@ -328,6 +347,6 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             columns = evaluate_after_training(cfg, backbone, benchmarks, out, trainer.loggers, trainer.global_step)
             metrics.update(columns["trained"])
             summary["eval"] = columns
-            summary["artifacts"]["eval"] = str(out / "eval")
+            summary["artifacts"]["eval"] = str(out / "eval" / f"step_{trainer.global_step}")
         summary["metrics"] = metrics
         return metrics
