@@ -11,8 +11,10 @@ sorted by length):
 * ``synthesis``: a caption round (user instruction + assistant caption) then an open user turn, stopping at the
   synthesizer's end-of-text (reference §2.2).
 
-Each kind runs ``--n`` prompts with ``--batch`` prompts per batch and again one at a time. Prints a table and
-writes ``benchmarks/results/generation-<model>-<device>.json``.
+Each kind runs ``--n`` prompts with ``--batch`` prompts per batch, again batched with a static (preallocated)
+KV cache (``cache_implementation="static"``; ``--compile`` also compiles the decoding step, as transformers does
+for a static cache), and one at a time. Prints a table and writes
+``benchmarks/results/generation-<model>-<device>.json``.
 """
 
 from __future__ import annotations
@@ -22,6 +24,7 @@ import json
 import platform
 import random
 import sys
+import time
 from pathlib import Path
 
 import torch
@@ -32,6 +35,7 @@ from omegaconf import open_dict
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import environment  # noqa: E402
 from mllm_da.backbones.base import Backbone  # noqa: E402
 from mllm_da.data import toy  # noqa: E402
 from mllm_da.data.records import IMAGE_PLACEHOLDER, Turn  # noqa: E402
@@ -57,14 +61,41 @@ def toy_requests(n: int, image_size: int, kind: str, seed: int = 0) -> list[Gene
     return requests
 
 
-def measure(backbone: Backbone, requests, batch_size: int, max_new_tokens: int, synthesizer: bool) -> dict:
-    generator = HFGenerator(backbone, batch_size=batch_size, progress=False, synthesizer=synthesizer)
+class StaticCacheGenerator(HFGenerator):
+    """The evaluation generator with a preallocated KV cache (and, if asked, a compiled decoding step)."""
+
+    def __init__(self, *args, compile_step: bool = False, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.compile_step = compile_step
+
+    def _config(self, max_new_tokens: int):
+        config = super()._config(max_new_tokens)
+        config.cache_implementation = "static"
+        if not self.compile_step:
+            config.disable_compile = True
+        return config
+
+
+def measure(
+    backbone: Backbone, requests, batch_size: int, max_new_tokens: int, synthesizer: bool, cache: str = "dynamic",
+    compile_step: bool = False,
+) -> dict:
+    if cache == "static":
+        generator: HFGenerator = StaticCacheGenerator(backbone, batch_size=batch_size, progress=False,
+                                                      synthesizer=synthesizer, compile_step=compile_step)
+    else:
+        generator = HFGenerator(backbone, batch_size=batch_size, progress=False, synthesizer=synthesizer)
     generator.generate(requests[: min(len(requests), batch_size)], max_new_tokens=max_new_tokens)  # warm-up
     if torch.cuda.is_available():
         torch.cuda.synchronize()
+    cpu = time.process_time()
     generator.generate(requests, max_new_tokens=max_new_tokens)
+    cpu = time.process_time() - cpu
     stats = generator.stats.as_dict()
+    stats["cpu_s"] = cpu
+    stats["samples_per_cpu_s"] = stats["samples"] / cpu if cpu else float("nan")
     stats["batch_size"] = batch_size
+    stats["cache"] = cache + (" + compile" if compile_step else "")
     stats["padding_share"] = (
         1 - stats["prompt_tokens"] / stats["padded_tokens"] if stats["padded_tokens"] else 0.0
     )
@@ -80,8 +111,14 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--kinds", nargs="+", default=["eval", "synthesis"], choices=["eval", "synthesis"])
+    parser.add_argument("--no-static", action="store_true", help="skip the static-cache measurement")
+    parser.add_argument("--threads", type=int, default=None,
+                        help="torch CPU threads (1 on a shared CPU: a busy core stalls every multi-threaded op)")
+    parser.add_argument("--compile", action="store_true", help="compile the static-cache decoding step too")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args, overrides = parser.parse_known_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
 
     with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
         cfg = compose(config_name="evaluate", overrides=overrides)
@@ -111,6 +148,7 @@ def main(argv: list[str] | None = None) -> dict:
         "torch": torch.__version__,
         "host": platform.node(),
         "overrides": overrides,
+        "environment": environment(),
         "runs": {},
     }
     for kind in args.kinds:
@@ -122,23 +160,35 @@ def main(argv: list[str] | None = None) -> dict:
             "batched": batched,
             "one_at_a_time": single,
             "speedup": batched["samples_per_s"] / single["samples_per_s"],
+            "cpu_speedup": batched["samples_per_cpu_s"] / single["samples_per_cpu_s"],
         }
+        if not args.no_static:
+            static = measure(backbone, requests, args.batch, args.max_new_tokens, synth, "static", args.compile)
+            result["runs"][kind]["batched_static_cache"] = static
+            result["runs"][kind]["static_vs_dynamic"] = static["samples_per_s"] / batched["samples_per_s"]
+            result["runs"][kind]["static_vs_dynamic_cpu"] = static["samples_per_cpu_s"] / batched["samples_per_cpu_s"]
 
     args.out.mkdir(parents=True, exist_ok=True)
     path = args.out / f"generation-{model_name}-{device_name.replace(' ', '_')}.json"
     path.write_text(json.dumps(result, indent=2) + "\n")
     print(f"{model_name} on {device_name}, {args.n} prompts, up to {args.max_new_tokens} new tokens")
     print(
-        f"{'kind':<10} {'mode':<14} {'batch':>5} {'samples/s':>10} {'new tok/s':>10} {'new tok':>8} {'pad':>6}"
+        f"{'kind':<10} {'mode':<22} {'batch':>5} {'samples/s':>10} {'samples/cpu-s':>13} {'new tok/s':>10} "
+        f"{'new tok':>8} {'pad':>6}"
     )
     for kind, run in result["runs"].items():
-        for mode in ("batched", "one_at_a_time"):
+        for mode in ("batched", "batched_static_cache", "one_at_a_time"):
+            if mode not in run:
+                continue
             s = run[mode]
             print(
-                f"{kind:<10} {mode:<14} {s['batch_size']:>5} {s['samples_per_s']:>10.2f} "
+                f"{kind:<10} {mode:<22} {s['batch_size']:>5} {s['samples_per_s']:>10.2f} {s['samples_per_cpu_s']:>13.2f} "
                 f"{s['new_tokens_per_s']:>10.1f} {s['new_tokens']:>8} {s['padding_share']:>6.1%}"
             )
-        print(f"{kind:<10} speedup batched / one at a time: {run['speedup']:.2f}x")
+        print(f"{kind:<10} speedup batched / one at a time: {run['speedup']:.2f}x wall, {run['cpu_speedup']:.2f}x CPU time")
+        if "static_vs_dynamic" in run:
+            print(f"{kind:<10} static / dynamic cache (batched): {run['static_vs_dynamic']:.2f}x wall, "
+                  f"{run['static_vs_dynamic_cpu']:.2f}x CPU time")
     print(f"written: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return result
 

@@ -223,18 +223,24 @@ class Backbone(ABC):
         """Inputs derived from the expanded ids (Qwen's token types, Mllama's cross-attention mask)."""
         return {}
 
+    def expand(self, sample: EncodedSample) -> tuple[list[int], list[int]]:
+        """``input_ids`` and ``labels`` with each image placeholder repeated to the image's token count."""
+        counts = iter([self.num_image_tokens(img.width, img.height) for img in sample.images])
+        ids: list[int] = []
+        labels: list[int] = []
+        for tok, lab in zip(sample.input_ids, sample.labels):
+            n = next(counts) if tok == self.image_token_id else 1
+            ids.extend([tok] * n)
+            labels.extend([lab] * n if n == 1 else [IGNORE_INDEX] * n)
+        return ids, labels
+
     def collate(self, samples: Sequence[EncodedSample], padding_side: str = "right") -> dict[str, torch.Tensor]:
         """Expand image tokens, pad, and add pixel tensors. Labels are padded with -100."""
         images_per_sample = [s.images for s in samples]
         pixel = self.image_inputs(images_per_sample) if any(images_per_sample) else {}
         rows_ids, rows_labels = [], []
         for s in samples:
-            counts = iter([self.num_image_tokens(img.width, img.height) for img in s.images])
-            ids, labels = [], []
-            for tok, lab in zip(s.input_ids, s.labels):
-                n = next(counts) if tok == self.image_token_id else 1
-                ids.extend([tok] * n)
-                labels.extend([lab] * n if n == 1 else [IGNORE_INDEX] * n)
+            ids, labels = self.expand(s)
             rows_ids.append(ids)
             rows_labels.append(labels)
         width = max(len(r) for r in rows_ids)
@@ -251,6 +257,64 @@ class Backbone(ABC):
         batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
         batch.update({k: v for k, v in pixel.items() if not k.startswith("_")})  # "_x": helper data, not inputs
         batch.update(self.extra_inputs(input_ids, pixel, [len(i) for i in images_per_sample]))
+        return batch
+
+    # ------------------------------------------------------------------------------------------ packing
+    #: several samples may share a row (positions restart per sample, no cross-sample attention); see collate_packed
+    supports_packing: ClassVar[bool] = False
+    #: why a family cannot be packed (the error message of collate_packed)
+    packing_unsupported_reason: ClassVar[str] = "this family's inputs have no packed form"
+
+    def sample_position_ids(self, ids: Sequence[int], images: Sequence[Image.Image]) -> torch.Tensor:
+        """Position ids of one expanded sample, from 0, shape (rows, len): one row (1-D RoPE) by default."""
+        return torch.arange(len(ids)).unsqueeze(0)
+
+    def collate_packed(self, samples: Sequence[EncodedSample], capacity: int) -> dict[str, torch.Tensor]:
+        """Pack the samples into as few rows of at most ``capacity`` tokens as first-fit decreasing finds, with
+        no attention across samples.
+
+        Instead of an attention mask the batch carries ``position_ids`` that restart at 0 for every sample;
+        transformers (5.x) turns restarts into a block-diagonal causal mask for SDPA and eager attention and into
+        variable-length kernels for flash attention. Each sample's first label is -100, so no token learns to
+        predict the next sample. The row-tail padding is its own segment with labels -100. Same samples, same
+        loss as :meth:`collate` (the loss is the mean over labelled tokens either way); ``_real_tokens`` counts
+        the non-padding tokens; ``use_cache=False`` because transformers reads packed positions only without a
+        KV cache.
+        """
+        if not self.supports_packing:
+            raise ValueError(f"{self.family}: data.packing=true is not supported: {self.packing_unsupported_reason}")
+        expanded = [self.expand(s) for s in samples]
+        bins = pack_bins([len(ids) for ids, _ in expanded], capacity)
+        order = [i for b in bins for i in b]
+        images_in_order = [samples[i].images for i in order]  # images follow their tokens, row by row
+        pixel = self.image_inputs(images_in_order) if any(images_in_order) else {}
+        width = max(sum(len(expanded[i][0]) for i in b) for b in bins)
+        pad_id = self.tokenizer.pad_token_id
+        input_ids = torch.full((len(bins), width), pad_id, dtype=torch.long)
+        labels = torch.full((len(bins), width), IGNORE_INDEX, dtype=torch.long)
+        position_rows = None
+        real = 0
+        for row, members in enumerate(bins):
+            at = 0
+            for i in members:
+                ids, labs = expanded[i]
+                n = len(ids)
+                positions = self.sample_position_ids(ids, samples[i].images)
+                if position_rows is None:
+                    position_rows = torch.zeros((positions.shape[0], len(bins), width), dtype=torch.long)
+                input_ids[row, at:at + n] = torch.tensor(ids)
+                labels[row, at + 1:at + n] = torch.tensor(labs[1:])
+                position_rows[:, row, at:at + n] = positions
+                at += n
+            real += at
+            if position_rows is not None and at < width:  # the padding tail: a segment of its own
+                position_rows[:, row, at:] = torch.arange(width - at)
+        batch = {"input_ids": input_ids, "labels": labels,
+                 "position_ids": position_rows[0] if position_rows.shape[0] == 1 else position_rows}
+        batch.update({k: v for k, v in pixel.items() if not k.startswith("_")})
+        batch.update(self.extra_inputs(input_ids, pixel, [len(i) for i in images_in_order]))
+        batch["_real_tokens"] = torch.tensor(real)
+        batch["use_cache"] = False  # transformers detects packed segments only without a KV cache
         return batch
 
     def generation_batch(
@@ -311,6 +375,23 @@ class Backbone(ABC):
         (model or self.model).save_pretrained(folder, safe_serialization=True)
         self.save_processor(self.processor, folder)
         return folder
+
+
+def pack_bins(lengths: Sequence[int], capacity: int) -> list[list[int]]:
+    """Indices grouped first-fit decreasing into bins of total length at most ``capacity`` (a longer item gets a
+    bin of its own); deterministic for equal lengths."""
+    bins: list[list[int]] = []
+    room: list[int] = []
+    for i in sorted(range(len(lengths)), key=lambda i: (-lengths[i], i)):
+        for b, free in enumerate(room):
+            if lengths[i] <= free:
+                bins[b].append(i)
+                room[b] -= lengths[i]
+                break
+        else:
+            bins.append([i])
+            room.append(capacity - lengths[i])
+    return bins
 
 
 def spec_hash(payload: Mapping[str, Any]) -> str:

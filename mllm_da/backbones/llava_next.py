@@ -72,6 +72,8 @@ class LlavaNext(Backbone):
         ("llm", "lm_head."),
     )
     quantization_skip_modules = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
+    #: 1-D positions restarting per sample; image features are scattered into the image tokens in row order
+    supports_packing = True
 
     @property
     def image_token(self) -> str:

@@ -31,6 +31,11 @@ class Mllama(Backbone):
     )
     # the CPU int8 kernel cannot take the projector's 5-D input (docs/cpu-feasibility.md §5)
     quantization_skip_modules = ("model.vision_model", "model.multi_modal_projector", "lm_head")
+    packing_unsupported_reason = (
+        "Mllama's images enter through cross-attention with a per-row (batch, images, tiles) pixel layout and a "
+        "cross_attention_mask that transformers derives from image-token spans, so in a packed row the text before "
+        "a sample's <|image|> would cross-attend to the previous sample's image; use data.packing=false"
+    )
 
     @property
     def image_token(self) -> str:

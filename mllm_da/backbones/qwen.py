@@ -9,10 +9,12 @@ from typing import Any
 import torch
 from PIL import Image
 from transformers import Qwen2_5_VLProcessor, Qwen2VLImageProcessorPil, Qwen2VLProcessor
+from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 from transformers.processing_utils import ProcessorMixin
 
 from mllm_da.backbones.base import Backbone
 from mllm_da.backbones.chat_format import QWEN_CHATML
+from mllm_da.backbones.fast_image import qwen_pixel_inputs
 from mllm_da.backbones.tiny import mrope_section, tokenizer_corpus, train_bpe_tokenizer
 
 QWEN_SPECIALS = (
@@ -56,6 +58,8 @@ class Qwen2VL(Backbone):
         ("llm", "lm_head."),
     )
     quantization_skip_modules = ("model.visual", "lm_head")
+    #: build pixel inputs with the bit-identical fast path (fast_image.py); False: transformers' processor
+    fast_pixels: bool = True
 
     @property
     def image_token(self) -> str:
@@ -67,13 +71,53 @@ class Qwen2VL(Backbone):
 
     def image_inputs(self, images_per_sample: Sequence[Sequence[Image.Image]]) -> dict[str, torch.Tensor]:
         flat = [img for imgs in images_per_sample for img in imgs]
-        out = self.processor.image_processor(images=flat, return_tensors="pt")
+        # pixels in the model's half-precision dtype when it has one: the same values the model casts them to
+        dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16}.get(self.spec.dtype, torch.float32)
+        out = qwen_pixel_inputs(flat, self.processor.image_processor, dtype) if self.fast_pixels else None
+        if out is None:
+            out = self.processor.image_processor(images=flat, return_tensors="pt")
         merge = self.processor.image_processor.merge_size
         counts = (out["image_grid_thw"].prod(-1) // merge**2).tolist()
         expected = [self.num_image_tokens(i.width, i.height) for i in flat]
         if counts != expected:
             raise RuntimeError(f"image token counts {counts} differ from the planned {expected}")
         return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+
+    # ------------------------------------------------------------------------------------------ packing
+    supports_packing = True
+
+    def image_grid(self, width: int, height: int) -> tuple[int, int]:
+        """(rows, columns) of patches the image processor makes of an image of this size."""
+        ip = self.processor.image_processor
+        h, w = smart_resize(height, width, factor=ip.patch_size * ip.merge_size,
+                            min_pixels=ip.size["shortest_edge"], max_pixels=ip.size["longest_edge"])
+        return h // ip.patch_size, w // ip.patch_size
+
+    def sample_position_ids(self, ids, images) -> torch.Tensor:
+        """(4, len): the text positions transformers reads packing segments from, then the M-RoPE
+        (temporal, height, width) positions exactly as ``get_rope_index`` computes them for one sample."""
+        merge = self.processor.image_processor.merge_size
+        grids = iter([self.image_grid(img.width, img.height) for img in images])
+        mrope = torch.empty((3, len(ids)), dtype=torch.long)
+        pos = j = 0
+        while j < len(ids):
+            if ids[j] == self.image_token_id:
+                gh, gw = next(grids)
+                rows, cols = gh // merge, gw // merge
+                n = rows * cols
+                mrope[0, j:j + n] = pos
+                mrope[1, j:j + n] = torch.arange(rows).repeat_interleave(cols) + pos
+                mrope[2, j:j + n] = torch.arange(cols).repeat(rows) + pos
+                j += n
+                pos += max(gh, gw) // merge
+            else:
+                k = j
+                while k < len(ids) and ids[k] != self.image_token_id:
+                    k += 1
+                mrope[:, j:k] = torch.arange(k - j) + pos
+                pos += k - j
+                j = k
+        return torch.cat([torch.arange(len(ids)).unsqueeze(0), mrope])
 
     def extra_inputs(self, input_ids, image_inputs, n_images) -> dict[str, torch.Tensor]:
         # transformers 5.x Qwen2-VL needs the token types whenever image_grid_thw is given

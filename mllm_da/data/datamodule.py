@@ -151,13 +151,22 @@ def padding_fraction(lengths: Sequence[int], batches: Sequence[Sequence[int]]) -
 
 
 class Collator:
-    """Picklable collate function (data-loader workers): the backbone's collation plus the sample ids."""
+    """Picklable collate function (data-loader workers): the backbone's collation plus the sample ids.
 
-    def __init__(self, backbone: Backbone):
+    With ``pack_capacity`` the micro batch is packed into rows of at most that many tokens
+    (:meth:`Backbone.collate_packed`) instead of padded to its longest sample: the same samples per step, so
+    the sampler, gradient accumulation and resume are unchanged.
+    """
+
+    def __init__(self, backbone: Backbone, pack_capacity: int | None = None):
         self.backbone = backbone
+        self.pack_capacity = pack_capacity
 
     def __call__(self, samples: Sequence[EncodedSample]) -> dict[str, Any]:
-        batch: dict[str, Any] = self.backbone.collate(samples)
+        if self.pack_capacity:
+            batch: dict[str, Any] = self.backbone.collate_packed(samples, self.pack_capacity)
+        else:
+            batch = self.backbone.collate(samples)
         batch["sample_ids"] = [s.id for s in samples]
         return batch
 
@@ -170,7 +179,9 @@ def split_train_val(
         return list(conversations), []
 
     def bucket(conv: Conversation) -> float:
-        return int(hashlib.sha256(conv.id.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
+        # the record id before "#": copies of one record in a weighted mixture stay on one side
+        key = conv.id.split("#", 1)[0]
+        return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) / 0xFFFFFFFF
 
     train = [c for c in conversations if bucket(c) >= val_fraction]
     val = [c for c in conversations if bucket(c) < val_fraction]
@@ -192,6 +203,7 @@ class ConversationDataModule(pl.LightningDataModule):
         cutoff_len: int = 2048,
         truncation: str = "drop",
         group_by_length: bool = True,
+        packing: bool = False,
         num_workers: int = 0,
         pin_memory: bool = False,
         seed: int = 0,
@@ -204,6 +216,10 @@ class ConversationDataModule(pl.LightningDataModule):
         self.eval_batch_size = eval_batch_size or micro_batch_size
         self.dataset_args = {"mode": mode, "cutoff_len": cutoff_len, "truncation": truncation}
         self.group_by_length = group_by_length
+        self.pack_capacity = cutoff_len if packing else None
+        if packing and not backbone.supports_packing:
+            raise ValueError(f"{backbone.family}: data.packing=true is not supported: "
+                             f"{backbone.packing_unsupported_reason}")
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.seed = seed
@@ -221,7 +237,7 @@ class ConversationDataModule(pl.LightningDataModule):
         return DataLoader(
             dataset,
             batch_sampler=sampler,
-            collate_fn=Collator(self.backbone),
+            collate_fn=Collator(self.backbone, self.pack_capacity),
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             persistent_workers=self.num_workers > 0,

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import hashlib
 import logging
 from dataclasses import dataclass
@@ -123,8 +122,7 @@ class Stage:
 
     def data_mix(self, mix: DataMix) -> DataMix:
         """The run's data mix restricted to this stage's part (captions, tasks or both)."""
-        return dataclasses.replace(mix, captions=mix.captions and self.captions,
-                                   tasks=mix.tasks if self.tasks else "none", reports={})
+        return mix.restricted(self.captions, self.tasks)
 
 
 def stages_of(cfg: DictConfig) -> list[Stage]:
