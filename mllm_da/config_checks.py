@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -73,4 +74,77 @@ def check_train_config(cfg: DictConfig) -> None:
         raise ConfigError(f"data.bad_records must be skip or fail, got {cfg.data.bad_records!r}")
     if cfg.data.mask_mode not in ("assistant", "synthesizer"):
         raise ConfigError(f"data.mask_mode must be assistant or synthesizer, got {cfg.data.mask_mode!r}")
+    if mix.tasks == "synthetic":
+        check_synthesis_spec(mix)
     accumulation_steps(cfg)
+
+
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
+
+
+def _preset_names(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+def check_synthesis_spec(mix: DictConfig) -> None:
+    """``data_mix=synthetic``: the synthesis node names presets that exist."""
+    spec = mix.get("synthesis")
+    if not spec:
+        raise ConfigError(f"data_mix={mix.name} has tasks=synthetic but no 'synthesis' node; start from data_mix=synthetic")
+    for group in ("synthesizer", "filter"):
+        names = _preset_names(group)
+        if spec.get(group) not in names:
+            raise ConfigError(f"data_mix.synthesis.{group}={spec.get(group)!r} is not a preset; choose one of {names}")
+
+
+SYNTH_STAGES = ("tune_synthesizer", "synthesize", "filter", "all")
+
+
+def check_synth_config(cfg: DictConfig) -> None:
+    """synth.py's options, checked before any stage runs."""
+    if cfg.stage not in SYNTH_STAGES:
+        raise ConfigError(f"stage must be one of {list(SYNTH_STAGES)}, got {cfg.stage!r}")
+    if cfg.bad_records not in ("skip", "fail"):
+        raise ConfigError(f"bad_records must be skip or fail, got {cfg.bad_records!r}")
+    kind = cfg.synthesizer.kind
+    if kind not in ("model", "rules"):
+        raise ConfigError(f"synthesizer.kind must be model or rules, got {kind!r}")
+    checkpoint = cfg.synthesizer.get("checkpoint")
+    if checkpoint and not Path(checkpoint).is_dir():
+        raise ConfigError(f"synthesizer.checkpoint={checkpoint} is not a folder holding a tuned synthesizer")
+    syn = cfg.synthesis
+    for key in ("batch_size", "max_new_tokens", "num_shards", "processes"):
+        if int(syn.get(key) or 0) < 1:
+            raise ConfigError(f"synthesis.{key} must be >= 1, got {syn.get(key)!r}")
+    if syn.get("limit") is not None and int(syn.limit) < 1:
+        raise ConfigError(f"synthesis.limit must be null or >= 1, got {syn.limit}")
+    shard = syn.get("shard_index")
+    if shard is not None and not 0 <= int(shard) < int(syn.num_shards):
+        raise ConfigError(f"synthesis.shard_index={shard} must lie in [0, num_shards={syn.num_shards})")
+    if shard is not None and int(syn.processes) > 1:
+        raise ConfigError("synthesis.shard_index runs one shard in this process; it cannot go with processes > 1")
+    if int(syn.processes) > int(syn.num_shards):
+        raise ConfigError(f"synthesis.processes={syn.processes} needs at least as many shards; set synthesis.num_shards")
+    device = str(syn.device)
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise ConfigError(f"synthesis.device={device} needs a CUDA GPU and none is visible; use synthesis.device=cpu")
+    backend = cfg.filter.backend
+    if backend not in ("llm", "heuristic", "none"):
+        raise ConfigError(f"filter.backend must be llm, heuristic or none, got {backend!r}")
+    if backend == "llm":
+        prompt = cfg.filter.get("prompt_file")
+        if prompt and not Path(prompt).is_file():
+            raise ConfigError(f"filter.prompt_file={prompt} does not exist")
+        if int(cfg.filter.max_new_tokens) < 1 or int(cfg.filter.batch_size) < 1:
+            raise ConfigError("filter.max_new_tokens and filter.batch_size must be >= 1")
+    templates = cfg.formatting.get("templates_file")
+    if templates and not Path(templates).is_file():
+        raise ConfigError(f"formatting.templates_file={templates} does not exist")
+    seed = cfg.seed_data
+    if seed.source not in ("toy", "visionflan"):
+        raise ConfigError(f"seed_data.source must be toy or visionflan, got {seed.source!r}")
+    if not 0.0 <= float(seed.blank_fraction) <= 1.0 or not 0.0 <= float(seed.dev_fraction) < 1.0:
+        raise ConfigError("seed_data.blank_fraction must lie in [0, 1] and seed_data.dev_fraction in [0, 1)")
+    tune = cfg.tune
+    if kind == "model" and tune.enabled and not checkpoint and not (tune.get("steps") or tune.get("epochs")):
+        raise ConfigError("tune needs tune.steps or tune.epochs")

@@ -3,6 +3,10 @@
 Single-stage mixing follows reference §4.1: one conversation per image-caption record; the caption turn goes at
 the start or at the end with probability 1/2 (``random.Random(record id)``) and the image's tasks on the other
 side; ``<image>\\n`` is put before whichever user turn comes first. Unlike the reference writer, ``images`` is kept.
+
+Task sources: ``rule_based`` (the domain's rule_tasks file), ``external`` (a user's file) and ``synthetic`` (the
+synthesis pipeline's synthetic-only file, synthesized once and reused from its cache, see
+:func:`mllm_da.synthesis.pipeline.synthetic_task_file`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from typing import Any, Literal
 
 from mllm_da.data.records import IMAGE_PLACEHOLDER, Conversation, Turn, read_conversations
 
-TaskSource = Literal["none", "rule_based", "external"]
+TaskSource = Literal["none", "rule_based", "external", "synthetic"]
 
 
 @dataclass(frozen=True)
@@ -75,14 +79,33 @@ class DataMix:
     external_file: str | None = None
     #: keep at most this many question-answer pairs per image (None: all)
     max_tasks_per_image: int | None = None
+    #: for tasks=synthetic: synthesizer and filter presets, synth.py overrides, paths (conf/data_mix/synthetic.yaml)
+    synthesis: dict[str, Any] | None = None
     reports: dict[str, Any] = field(default_factory=dict)
+
+    def restricted(self, captions: bool, tasks: bool) -> DataMix:
+        """This mix cut to its caption task and/or its instruction tasks (the stages of a two-stage run)."""
+        return dataclasses.replace(self, captions=self.captions and captions,
+                                   tasks=self.tasks if tasks else "none", reports={})
 
     def task_file(self, domain: DomainFiles) -> str | None:
         if self.tasks == "rule_based":
             return domain.rule_tasks
         if self.tasks == "external":
             return self.external_file or domain.external_tasks
+        if self.tasks == "synthetic":
+            return self.synthetic_file(domain)
         return None
+
+    def synthetic_file(self, domain: DomainFiles, policy: str = "skip") -> str:
+        """Run (or reuse) the synthesis pipeline for ``domain`` and return its synthetic-only file."""
+        from mllm_da.synthesis.pipeline import synthetic_task_file
+
+        if not self.synthesis:
+            raise ValueError(f"data_mix {self.name}: tasks=synthetic needs a 'synthesis' node (see data_mix/synthetic.yaml)")
+        path, metrics = synthetic_task_file(domain, self.synthesis, policy=policy)
+        self.reports["synthesis"] = metrics
+        return str(path)
 
     def build(self, domain: DomainFiles, policy: str = "skip", rejects_dir: str | Path | None = None) -> list[Conversation]:
         rejects = Path(rejects_dir) if rejects_dir else None
@@ -94,7 +117,7 @@ class DataMix:
         )
         self.reports["image_caption_pairs"] = report_dict(report)
         tasks_by_image: dict[tuple[str, ...], list[Turn]] = defaultdict(list)
-        task_path = self.task_file(domain)
+        task_path = self.synthetic_file(domain, policy) if self.tasks == "synthetic" else self.task_file(domain)
         if self.tasks != "none":
             if not task_path:
                 raise ValueError(f"data_mix {self.name}: tasks={self.tasks} but no task file is configured")
