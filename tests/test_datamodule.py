@@ -171,3 +171,25 @@ def test_plan_drops_or_cuts_long_samples_but_never_through_image_tokens(qwen, tm
 
     too_short = ConversationDataset(qwen, [conv], cutoff_len=image_tokens + first_trained - 1, truncation="cut_text")
     assert len(too_short) == 0 and too_short.report.dropped == 1
+
+
+def test_weighted_mixture_subsamples_repeats_and_keeps_copies_on_one_side_of_the_split(toy: DomainFiles):
+    from mllm_da.data.weighted import WeightedMix, weighted_sample
+
+    mix = WeightedMix(name="w", seed=0, components={
+        "rules": {"mix": DataMix(name="rule_based", tasks="rule_based"), "weight": 1.5},
+        "captions": {"mix": DataMix(name="caption_only"), "weight": 0.25},
+    })
+    convs = mix.build(toy)
+    n = len(json.loads(Path(toy.image_caption_pairs).read_text()))
+    assert mix.reports["rules"]["used"] == n + n // 2 and mix.reports["captions"]["used"] == round(n / 4)
+    assert len(convs) == len({c.id for c in convs}) == mix.reports["mixed"]["conversations"]
+    assert convs == mix.build(toy), "seeded"
+    train, val = split_train_val(convs, 0.3)
+    base = lambda c: c.id.split("#")[0]  # noqa: E731
+    assert not {base(c) for c in train} & {base(c) for c in val}
+    two_stage_tasks = mix.restricted(captions=False, tasks=True).build(toy)
+    assert all(len(c.turns) == 6 for c in two_stage_tasks if "#rules" in c.id)
+    assert not [c for c in two_stage_tasks if "#captions" in c.id]
+    with pytest.raises(ValueError, match="weight"):
+        weighted_sample([], -1.0, random.Random(0))
