@@ -134,3 +134,18 @@ def write_result(name: str, result: dict[str, Any], out: Path = RESULTS) -> Path
 def model_choice(overrides: Sequence[str], default: str) -> str:
     """The ``model=`` preset named in Hydra overrides, or ``default``."""
     return next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), default)
+
+
+def compose_config(config_name: str, overrides: Sequence[str], threads: int | None = None) -> Any:
+    """An entry config (train / evaluate / synth) as its script would compose it, with this repo as root and
+    ``logs/benchmarks`` as the run folder; ``threads`` sets torch's CPU threads first."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import open_dict
+
+    if threads:
+        torch.set_num_threads(threads)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=[f"paths.root_dir={ROOT}", *overrides])
+    with open_dict(cfg):
+        cfg.paths.output_dir = str(ROOT / "logs" / "benchmarks")
+    return cfg

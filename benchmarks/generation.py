@@ -28,14 +28,12 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
 from hydra.utils import instantiate
-from omegaconf import open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from benchmarks.common import environment  # noqa: E402
+from benchmarks.common import compose_config, environment  # noqa: E402
 from mllm_da.backbones.base import Backbone  # noqa: E402
 from mllm_da.data import toy  # noqa: E402
 from mllm_da.data.records import IMAGE_PLACEHOLDER, Turn  # noqa: E402
@@ -117,13 +115,7 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--compile", action="store_true", help="compile the static-cache decoding step too")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args, overrides = parser.parse_known_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="evaluate", overrides=overrides)
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(ROOT / "logs" / "benchmarks")
+    cfg = compose_config("evaluate", overrides, args.threads)
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     torch.manual_seed(0)
     backbone: Backbone = instantiate(cfg.model.backbone, device=str(device), _convert_="all")

@@ -22,13 +22,14 @@ import time
 from pathlib import Path
 
 import torch
-from hydra import compose, initialize_config_dir
+from hydra import initialize_config_dir
 from hydra.utils import instantiate
 from omegaconf import open_dict
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from benchmarks.common import compose_config  # noqa: E402
 from mllm_da.backbones.loading import load_backbone  # noqa: E402
 from mllm_da.synthesis import pipeline  # noqa: E402
 from mllm_da.synthesis.cache import StageDir  # noqa: E402
@@ -58,15 +59,10 @@ def main(argv: list[str] | None = None) -> dict:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args, overrides = parser.parse_known_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="synth", overrides=overrides)
-        with open_dict(cfg):
-            cfg.paths.output_dir = str(ROOT / "logs" / "benchmarks")
-        if cfg.domain.get("prepare"):
-            instantiate(cfg.domain.prepare)
+    cfg = compose_config("synth", overrides, args.threads)
+    if cfg.domain.get("prepare"):
+        instantiate(cfg.domain.prepare)
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):  # tuning composes train.yaml
         tuned = tuned_stage(cfg, args.tune) if cfg.synthesizer.kind == "model" else None
     if cfg.synthesizer.kind != "model":
         raise SystemExit("the rule synthesizer has no generation to benchmark; pick a model synthesizer")

@@ -43,12 +43,11 @@ sys.path.insert(0, str(ROOT))
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 import torch  # noqa: E402
-from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
-from omegaconf import open_dict  # noqa: E402
 from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 from benchmarks.common import (  # noqa: E402
+    compose_config,
     device,
     device_name,
     environment,
@@ -155,13 +154,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--compile", action="store_true",
                         help="also measure torch.compile on CPU (always on a GPU; minutes of compilation on CPU)")
     args, overrides = parser.parse_known_args(argv)
-    if args.threads:
-        torch.set_num_threads(args.threads)
-
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-        cfg = compose(config_name="train", overrides=[f"paths.root_dir={ROOT}", *overrides])
-    with open_dict(cfg):
-        cfg.paths.output_dir = str(ROOT / "logs" / "benchmarks")
+    cfg = compose_config("train", overrides, args.threads)
     dev = device()
     torch.manual_seed(0)
     finetune = FinetuneConfig.from_config(cfg.finetune, cfg.model.get("groups"))
