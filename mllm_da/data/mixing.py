@@ -121,10 +121,13 @@ class DataMix:
         if self.tasks != "none":
             if not task_path:
                 raise ValueError(f"data_mix {self.name}: tasks={self.tasks} but no task file is configured")
+            # only tasks whose images are among the captions' (decoded and checked above) are used: existence
+            # is still checked here, but the images are not decoded a second time
             task_records, task_report = read_conversations(
                 task_path,
                 image_root=domain.image_root,
                 policy=policy,
+                check_images=False,
                 rejects_path=rejects / f"{Path(task_path).stem}.jsonl" if rejects else None,
             )
             self.reports[Path(task_path).name] = report_dict(task_report)

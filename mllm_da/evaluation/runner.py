@@ -450,7 +450,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Evaluate one model on the selected benchmarks; ``summary.json`` records the metrics and the files."""
     from hydra.utils import instantiate
 
-    from mllm_da.utils.runinfo import instantiate_dict, run_folder
+    from mllm_da.utils.runinfo import instantiate_loggers, run_folder
 
     with run_folder(cfg, "evaluate") as summary:
         out = Path(cfg.paths.output_dir)
@@ -472,7 +472,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         )
         node = backbone_config(cfg)
         backbone: Backbone = instantiate(node, device=resolve_device(cfg.get("device")), _convert_="all")
-        loggers = instantiate_dict(cfg.get("logger"), instantiate)
+        loggers = instantiate_loggers(cfg)
         for lg in loggers:
             lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
 

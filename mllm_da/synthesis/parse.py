@@ -21,7 +21,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from mllm_da.backbones.chat_format import ChatFormat
+from mllm_da.backbones.chat_format import LLAMA3_HEADERS, ChatFormat
 from mllm_da.data.records import Turn
 
 #: the fixed hints of the synthesizer's input/output format (reference §1.3); part of the protocol the released
@@ -45,12 +45,8 @@ class ParseFormat:
         return cls(chat_format.user_prefix, close + chat_format.assistant_prefix, close)
 
 
-#: the reference's delimiters (Llama-3 headers, ``llava_llama_3``)
-LLAMA3 = ParseFormat(
-    user_header="<|start_header_id|>user<|end_header_id|>\n\n",
-    qa_separator="<|eot_id|><|start_header_id|>assistant<|end_header_id|>\n\n",
-    turn_close="<|eot_id|>",
-)
+#: the reference's delimiters (Llama-3 headers, ``llava_llama_3``), from the backbones' own chat format
+LLAMA3 = ParseFormat.from_chat_format(LLAMA3_HEADERS)
 
 
 @dataclass(frozen=True)

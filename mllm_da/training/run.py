@@ -72,8 +72,8 @@ def load_eval_benchmarks(cfg: DictConfig) -> list[Benchmark]:
     try:
         return [load_benchmark(spec, cache_dir=Path(cfg.paths.cache_dir) / "datasets") for spec in specs]
     except Exception as err:
-        raise type(err)(f"{err}\n(evaluation after training needs these benchmarks; set eval.enabled=false to "
-                        "train without it)") from err
+        err.add_note("evaluation after training needs these benchmarks; set eval.enabled=false to train without it")
+        raise
 
 
 def evaluate_after_training(

@@ -62,7 +62,7 @@ def run_folder(cfg: DictConfig, entry: str) -> Iterator[dict[str, Any]]:
         summary["status"] = "ok"
     except BaseException as err:
         summary["status"] = "failed"
-        summary["error"] = f"{type(err).__name__}: {err}"
+        summary["error"] = "\n".join([f"{type(err).__name__}: {err}", *getattr(err, "__notes__", [])])
         summary["traceback"] = traceback.format_exc(limit=20)
         raise
     finally:
