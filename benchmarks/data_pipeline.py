@@ -13,9 +13,10 @@ images with the long side between 448 and 1280 px, 1 to 8 tasks each):
   persistent workers already running as in a long run.
 
 "Per core" divides samples by the CPU seconds all of the pipeline's processes used (user + system, workers
-included, from ``/proc``), so it holds on a shared machine; samples/s is wall clock. For Qwen presets the load is measured with
-the fast pixel path (``fast_image.py``) and with transformers' processor (``fast=off``), the before/after of
-that change. Prints one table and writes ``benchmarks/results/data_pipeline-<device>.json``.
+included, from ``/proc``), so it holds on a shared machine; samples/s is wall clock. For every adapter with a fast
+pixel path (``fast_image.py``, the adapter's ``fast_pixels``: Qwen2-VL, Qwen2.5-VL, LLaVA-NeXT, Mllama) the load is
+measured with it (``fast``) and with transformers' processor (``hf``), the before/after of that change. Prints one
+table and writes ``benchmarks/results/data_pipeline-<device>.json``.
 """
 
 from __future__ import annotations

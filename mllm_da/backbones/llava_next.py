@@ -13,6 +13,7 @@ from transformers import LlavaNextImageProcessorPil, LlavaNextProcessor
 
 from mllm_da.backbones.base import Backbone
 from mllm_da.backbones.chat_format import LLAMA3_HEADERS
+from mllm_da.backbones.fast_image import llava_next_pixel_inputs, pixel_dtype
 from mllm_da.backbones.tiny import tokenizer_corpus, train_bpe_tokenizer
 
 LLAMA3_SPECIALS = (
@@ -74,6 +75,8 @@ class LlavaNext(Backbone):
     quantization_skip_modules = ("model.vision_tower", "model.multi_modal_projector", "lm_head")
     #: 1-D positions restarting per sample; image features are scattered into the image tokens in row order
     supports_packing = True
+    #: build pixel inputs with the bit-identical fast path (fast_image.py); False: transformers' processor
+    fast_pixels: bool = True
 
     @property
     def image_token(self) -> str:
@@ -85,7 +88,10 @@ class LlavaNext(Backbone):
 
     def image_inputs(self, images_per_sample: Sequence[Sequence[Image.Image]]) -> dict[str, torch.Tensor]:
         flat = [img for imgs in images_per_sample for img in imgs]
-        out = self.processor.image_processor(images=flat, return_tensors="pt")
+        ip = self.processor.image_processor
+        out = llava_next_pixel_inputs(flat, ip, pixel_dtype(self.spec.dtype)) if self.fast_pixels else None
+        if out is None:
+            out = ip(images=flat, return_tensors="pt")
         return {"pixel_values": out["pixel_values"], "image_sizes": out["image_sizes"]}
 
     @classmethod
@@ -125,17 +131,22 @@ class LlavaNext(Backbone):
         text.pad_token_id = tokenizer.pad_token_id
 
     @classmethod
-    def tiny_processor(cls, sizes: Mapping[str, Any], image: Mapping[str, Any]) -> Any:
-        crop, patch = sizes.get("vision_image_size", 56), sizes.get("vision_patch", 14)
-        tokenizer = llama3_tokenizer(sizes, cls.default_format.to_jinja())
-        ip = LlavaNextImageProcessorPil(
+    def image_processor(cls, sizes: Mapping[str, Any], image: Mapping[str, Any]) -> LlavaNextImageProcessorPil:
+        """The tiny/random presets' image processor: square tiles of the vision tower's size, a 2×2 anyres grid."""
+        crop = sizes.get("vision_image_size", 56)
+        return LlavaNextImageProcessorPil(
             size={"shortest_edge": crop},
             crop_size={"height": crop, "width": crop},
             image_grid_pinpoints=cls.pinpoints(crop),
             **{k: list(v) if isinstance(v, Sequence) else v for k, v in image.items()},
         )
+
+    @classmethod
+    def tiny_processor(cls, sizes: Mapping[str, Any], image: Mapping[str, Any]) -> Any:
+        patch = sizes.get("vision_patch", 14)
+        tokenizer = llama3_tokenizer(sizes, cls.default_format.to_jinja())
         return LlavaNextProcessor(
-            image_processor=ip,
+            image_processor=cls.image_processor(sizes, image),
             tokenizer=tokenizer,
             patch_size=patch,
             vision_feature_select_strategy="default",

@@ -16,6 +16,7 @@ from transformers.models.mllama.processing_mllama import (
 
 from mllm_da.backbones.base import Backbone
 from mllm_da.backbones.chat_format import LLAMA3_HEADERS
+from mllm_da.backbones.fast_image import mllama_pixel_inputs, pixel_dtype
 from mllm_da.backbones.llava_next import llama3_tokenizer, llama_text_config
 
 
@@ -36,6 +37,8 @@ class Mllama(Backbone):
         "cross_attention_mask that transformers derives from image-token spans, so in a packed row the text before "
         "a sample's <|image|> would cross-attend to the previous sample's image; use data.packing=false"
     )
+    #: build pixel inputs with the bit-identical fast path (fast_image.py); False: transformers' processor
+    fast_pixels: bool = True
 
     @property
     def image_token(self) -> str:
@@ -47,7 +50,11 @@ class Mllama(Backbone):
     def image_inputs(self, images_per_sample: Sequence[Sequence[Image.Image]]) -> dict[str, Any]:
         if any(len(imgs) == 0 for imgs in images_per_sample):
             raise ValueError("mllama: a batch must not mix samples with and without images")
-        out = self.processor.image_processor(images=[list(i) for i in images_per_sample], return_tensors="pt")
+        nested = [list(i) for i in images_per_sample]
+        ip = self.processor.image_processor
+        out = mllama_pixel_inputs(nested, ip, pixel_dtype(self.spec.dtype)) if self.fast_pixels else None
+        if out is None:
+            out = ip(images=nested, return_tensors="pt")
         return {
             "pixel_values": out["pixel_values"],
             "aspect_ratio_ids": out["aspect_ratio_ids"],
@@ -107,15 +114,20 @@ class Mllama(Backbone):
         text.pad_token_id = tokenizer.pad_token_id
 
     @classmethod
-    def tiny_processor(cls, sizes: Mapping[str, Any], image: Mapping[str, Any]) -> Any:
-        tokenizer = llama3_tokenizer(sizes, cls.default_format.to_jinja())
+    def image_processor(cls, sizes: Mapping[str, Any], image: Mapping[str, Any]) -> MllamaImageProcessorPil:
+        """The tiny/random presets' image processor: tiles of the vision tower's size, up to ``max_tiles``."""
         size = sizes.get("vision_image_size", 56)
-        ip = MllamaImageProcessorPil(
+        return MllamaImageProcessorPil(
             size={"height": size, "width": size},
             max_image_tiles=sizes.get("max_tiles", 2),
             **{k: list(v) if isinstance(v, Sequence) else v for k, v in image.items()},
         )
-        return MllamaProcessor(image_processor=ip, tokenizer=tokenizer, chat_template=tokenizer.chat_template)
+
+    @classmethod
+    def tiny_processor(cls, sizes: Mapping[str, Any], image: Mapping[str, Any]) -> Any:
+        tokenizer = llama3_tokenizer(sizes, cls.default_format.to_jinja())
+        return MllamaProcessor(image_processor=cls.image_processor(sizes, image), tokenizer=tokenizer,
+                               chat_template=tokenizer.chat_template)
 
     @classmethod
     def load_processor(cls, folder: str, image: Mapping[str, Any]) -> Any:
