@@ -311,6 +311,17 @@ def test_toy_seed_set_is_written_and_reads_back(tmp_path: Path):
         [e.caption for e in toy_seed_examples(tmp_path / "again2", 5)]
 
 
+def test_toy_seed_set_narrowed_to_count_questions(tmp_path: Path):
+    """The demo's seed set: one count question per image, asked under both hints, answered as the caption says."""
+    examples = toy_seed_examples(tmp_path, 12, questions_per_image=3, question_types=["count"], answer_types=["OPEN"])
+    for example in examples:
+        assert [(qa.hint, qa.question) for qa in example.qa] == [
+            (PRECISE_HINT, "How many shapes are there?"), (INFORMATIVE_HINT, "How many shapes are there?")]
+        precise = example.qa[0].answer
+        assert example.caption.startswith("There is one shape" if precise == "one" else f"There are {precise} shapes")
+        assert precise in example.qa[1].answer
+
+
 def _vf_record(image: str, question: str, answer: str, **extra) -> dict:
     return {"image": image, "conversations": [{"from": "human", "value": question},
                                               {"from": "gpt", "value": answer}], **extra}

@@ -281,6 +281,10 @@ def test_answer_type_filter_and_validation() -> None:
     assert rule_tasks(scene, random.Random(0), 0) == []
     with pytest.raises(ValueError):
         rule_tasks(scene, random.Random(0), 2, {"NOPE"})
+    counts = rule_tasks(scene, random.Random(0), 6, {"OPEN", "CLOSED"}, {"count"})
+    assert counts and {(t.question_type, t.answer_type) for t in counts} <= {("count", "OPEN"), ("count", "CLOSED")}
+    with pytest.raises(ValueError, match="question_types"):
+        rule_tasks(scene, random.Random(0), 2, question_types={"weight"})
     with pytest.raises(ValueError):
         ToyTask("Is there a red circle?", "maybe", "exist", "CLOSED")
     with pytest.raises(ValueError):

@@ -347,7 +347,11 @@ _FAMILIES: tuple[_Family, ...] = (
 
 
 def rule_tasks(
-    scene: ToyScene, rng: random.Random, n: int, answer_types: Collection[str] = ANSWER_TYPES
+    scene: ToyScene,
+    rng: random.Random,
+    n: int,
+    answer_types: Collection[str] = ANSWER_TYPES,
+    question_types: Collection[str] = QUESTION_TYPES,
 ) -> list[ToyTask]:
     """Up to ``n`` tasks with distinct questions, answered from the scene by rule (the "manual rules" baseline).
 
@@ -360,9 +364,14 @@ def rule_tasks(
         raise ValueError(
             f"answer_types must be a non-empty subset of {ANSWER_TYPES}, got {sorted(answer_types)}"
         )
+    unknown = set(question_types) - set(QUESTION_TYPES)
+    if unknown or not question_types:
+        raise ValueError(
+            f"question_types must be a non-empty subset of {QUESTION_TYPES}, got {sorted(question_types)}"
+        )
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
-    families = [f for f in _FAMILIES if f.answer_type in answer_types]
+    families = [f for f in _FAMILIES if f.answer_type in answer_types and f.question_type in question_types]
     pools = {f: f.candidates(scene) for f in families}
     used: set[str] = set()
     tasks: list[ToyTask] = []

@@ -22,6 +22,7 @@ Two sources:
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import random
@@ -34,9 +35,18 @@ from typing import Any
 from PIL import Image
 
 from mllm_da.data import toy
-from mllm_da.data.records import IMAGE_PLACEHOLDER, BadRecordError, Conversation, Turn, write_sharegpt
+from mllm_da.data.records import (
+    IMAGE_PLACEHOLDER,
+    BadImageError,
+    BadRecordError,
+    Conversation,
+    Turn,
+    load_image,
+    load_json_list,
+    write_sharegpt,
+)
 from mllm_da.synthesis.parse import CAPTION_HINT, INFORMATIVE_HINT, PRECISE_HINT
-from mllm_da.utils.io import atomic_write_json
+from mllm_da.utils.io import atomic_write_json, atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -79,6 +89,13 @@ class SeedReport:
     blank_dev: int = 0
     qa_pairs: int = 0
     dropped: dict[str, int] = field(default_factory=dict)
+    #: VisionFLAN: records read in the three files, refused as bad, merged into examples, and left out by the merge
+    #: (by reason); read == rejected + merged + sum(unused)
+    read: int = 0
+    rejected: int = 0
+    merged: int = 0
+    unused: dict[str, int] = field(default_factory=dict)
+    rejects_path: str | None = None
 
 
 @dataclass(frozen=True)
@@ -217,9 +234,20 @@ def informative_answer(scene: toy.ToyScene, task: toy.ToyTask, rng: random.Rando
 
 
 def toy_seed_examples(
-    folder: Path, n_images: int, questions_per_image: int = 3, seed: int = 0, image_size: int = toy.REFERENCE_SIZE
+    folder: Path,
+    n_images: int,
+    questions_per_image: int = 3,
+    seed: int = 0,
+    image_size: int = toy.REFERENCE_SIZE,
+    question_types: Sequence[str] | None = None,
+    answer_types: Sequence[str] | None = None,
 ) -> list[SeedExample]:
-    """Draw ``n_images`` toy scenes into ``folder/images`` with a caption and rule-made precise/informative QA."""
+    """Draw ``n_images`` toy scenes into ``folder/images`` with a caption and rule-made precise/informative QA.
+
+    ``question_types`` / ``answer_types`` (None: all) narrow the kinds of question asked. A tiny synthesizer decodes
+    greedily, so it writes the seed set's most common question shape for every image; narrowing the seed set picks
+    which shape that is (the toy demo asks for counts, what a tiny model learns from pixels first).
+    """
     if n_images < 1 or questions_per_image < 1:
         raise ValueError(f"need n_images >= 1 and questions_per_image >= 1, got {n_images}, {questions_per_image}")
     scene_rng, text_rng = random.Random(f"mllm-da-seed/{seed}/scenes"), random.Random(f"mllm-da-seed/{seed}/texts")
@@ -233,7 +261,9 @@ def toy_seed_examples(
             tmp = path.with_name(f".{path.name}.tmp")
             toy.render_scene(scene).save(tmp, format="PNG")
             os.replace(tmp, path)
-        tasks = toy.rule_tasks(scene, text_rng, questions_per_image)
+        tasks = toy.rule_tasks(
+            scene, text_rng, questions_per_image, answer_types or toy.ANSWER_TYPES, question_types or toy.QUESTION_TYPES
+        )
         qa = []
         for task in tasks:
             qa.append(SeedQA(PRECISE_HINT, task.prompt, task.answer))
@@ -256,56 +286,184 @@ def strip_image_marker(text: str) -> str | None:
     return None if IMAGE_PLACEHOLDER in text else text
 
 
+class _SeedInvalid(Exception):
+    """Why one seed record (or its image) is refused; counted, written to the rejects file, raised under fail."""
+
+    def __init__(self, key: str, where: str, reason: str) -> None:
+        assert key in SEED_REASONS, key
+        super().__init__(reason)
+        self.key = key
+        self.field = where
+        self.reason = reason
+
+
+#: why a seed record is refused (a bad record: an error under ``policy="fail"``) or left out of the seed set by the
+#: §1.2 merge (never an error); ``seed_rejects.jsonl`` and the report use these keys
+SEED_REASONS: Mapping[str, str] = {
+    "not_object": "the record is not a JSON object",
+    "missing_field": "a required field ('image', 'conversations', a turn's 'value') is absent or empty",
+    "wrong_type": "a field has the wrong JSON type, or the turns are not an even, non-empty list",
+    "not_utf8": "a string holds a lone surrogate (it cannot be written as UTF-8)",
+    "bad_path": "the image path contains a NUL byte",
+    "bad_marker": "the <image> marker is neither a leading '<image>\\n' nor a trailing '\\n<image>'",
+    "empty_turn": "a caption, question or answer is empty or only whitespace",
+    "path_escape": "the image path resolves outside the image root",
+    "missing_image": "no image file for the record's image",
+    "bad_image": "the image file does not decode (truncated, not an image)",
+    # left out by the merge (good records)
+    "duplicate_caption": "a later caption of an image that already has one (the first caption wins)",
+    "no_caption": "QA of an image that has no caption record",
+    "no_precise_or_informative_qa": "an image without both precise and informative QA",
+    "image_refused": "QA of an image whose caption record was refused for its image",
+}
+#: the merge's reasons: records left out, not bad
+_UNUSED = ("duplicate_caption", "no_caption", "no_precise_or_informative_qa", "image_refused")
+
+
+@dataclass
+class _SeedRecord:
+    """One well-formed record of a seed file: where it is, its image and its (question, answer) pairs."""
+
+    path: Path
+    location: str  # 1-based record index
+    source: str  # file#index
+    raw: Any
+    image: str
+    pairs: list[tuple[str, str]]
+    task_name: str
+
+    @property
+    def name(self) -> str:
+        return Path(self.image).name
+
+
+def _seed_text(value: Any, where: str, *, empty_ok: bool = False) -> str:
+    if value is None:
+        raise _SeedInvalid("missing_field", where, "the field is absent or null")
+    if not isinstance(value, str):
+        raise _SeedInvalid("wrong_type", where, f"expected a string, got {type(value).__name__}")
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as err:
+        raise _SeedInvalid("not_utf8", where, f"not valid UTF-8 (lone surrogate at character {err.start})") from None
+    if not empty_ok and not value.strip():
+        raise _SeedInvalid("empty_turn", where, "the text is empty")
+    return value
+
+
 class _SeedReader:
-    """Reads one LLaVA-form JSON list; a bad record is skipped and counted, or raises naming file#index and field."""
+    """Reads LLaVA-form JSON lists. Every record read ends as merged, rejected (bad: skipped and counted, or an error
+    naming file#index and field under ``policy="fail"``) or unused (left out by the merge, counted); each rejected
+    or unused record is a row of the rejects file."""
 
     def __init__(self, policy: str, report: SeedReport) -> None:
+        if policy not in ("skip", "fail"):
+            raise ValueError(f"policy must be skip or fail, got {policy!r}")
         self.policy = policy
         self.report = report
+        self.rejects: list[dict[str, Any]] = []
+        self.rejects_path: Path | None = None
 
-    def records(self, path: Path) -> list[tuple[str, dict[str, Any]]]:
-        import json
-
+    def records(self, path: Path) -> list[tuple[str, str, Any]]:
+        """(source, location, record) of each element of the file's top-level list."""
         if not path.is_file():
             raise FileNotFoundError(f"seed file {path} does not exist")
-        data = json.loads(path.read_text(encoding="utf-8"))
-        if not isinstance(data, list):
-            raise ValueError(f"{path}: expected a JSON list of records")
-        return [(f"{path}#{i + 1}", record) for i, record in enumerate(data)]
+        data = load_json_list(path, "a seed file")
+        self.report.read += len(data)
+        return [(f"{path}#{i}", str(i), record) for i, record in enumerate(data, start=1)]
 
-    def bad(self, path: Path, source: str, where: str, key: str, reason: str) -> None:
+    def reject(self, path: Path, location: str, source: str, raw: Any, where: str, key: str, reason: str) -> None:
+        """Count and keep a rejects row; a bad record raises :class:`BadRecordError` under ``policy="fail"``."""
+        self.rejects.append({"source": source, "location": location, "reason_key": key, "field": where,
+                             "reason": reason, "raw": raw})
+        if key in _UNUSED:
+            self.report.unused[key] = self.report.unused.get(key, 0) + 1
+            return
+        self.report.rejected += 1
         self.report.dropped[key] = self.report.dropped.get(key, 0) + 1
         if self.policy == "fail":
-            raise BadRecordError(path, source.rsplit("#", 1)[-1], source, where, key, reason)
+            self.write_rejects()
+            raise BadRecordError(path, location, source, where, key, reason)
         log.debug("%s: field '%s': %s [%s]", source, where, reason, key)
 
-    def qa(self, path: Path, source: str, record: Any) -> tuple[str, list[tuple[str, str]]] | None:
-        """(image basename, [(question, answer)]) of one record, or None when it is bad (and counted)."""
+    def leave_out(self, record: _SeedRecord, key: str, reason: str) -> None:
+        self.reject(record.path, record.location, record.source, record.raw, "image", key, reason)
+
+    def write_rejects(self) -> None:
+        if self.rejects_path is not None:
+            # ASCII-escaped, so a rejected record holding a lone surrogate is still written
+            atomic_write_text(self.rejects_path, "".join(json.dumps(row) + "\n" for row in self.rejects))
+            self.report.rejects_path = str(self.rejects_path)
+
+    def parse(self, path: Path, source: str, location: str, record: Any) -> _SeedRecord | None:
+        """The record's image and (question, answer) pairs, or None when it is bad (and counted)."""
+        try:
+            return self._parse(path, source, location, record)
+        except _SeedInvalid as bad:
+            self.reject(path, location, source, record, bad.field, bad.key, bad.reason)
+            return None
+
+    @staticmethod
+    def _parse(path: Path, source: str, location: str, record: Any) -> _SeedRecord:
         if not isinstance(record, dict):
-            self.bad(path, source, "$", "not_object", "a record must be a JSON object")
-            return None
-        image = record.get("image")
-        if not isinstance(image, str) or not image:
-            self.bad(path, source, "image", "missing_field", "needs an 'image' path")
-            return None
+            raise _SeedInvalid("not_object", "$", f"a record must be a JSON object, got {type(record).__name__}")
+        if not record.get("image"):
+            raise _SeedInvalid("missing_field", "image", "needs an 'image' path")
+        image = _seed_text(record["image"], "image")
+        if "\x00" in image:
+            raise _SeedInvalid("bad_path", "image", "the image path contains a NUL byte")
         turns = record.get("conversations")
+        if turns is None:
+            raise _SeedInvalid("missing_field", "conversations", "needs a 'conversations' list")
         if not isinstance(turns, list) or len(turns) < 2 or len(turns) % 2:
-            self.bad(path, source, "conversations", "wrong_type", "needs an even, non-empty list of turns")
-            return None
+            raise _SeedInvalid("wrong_type", "conversations", "needs an even, non-empty list of turns")
         pairs = []
         for i in range(0, len(turns), 2):
-            human, gpt = turns[i], turns[i + 1]
-            ok = isinstance(human, dict) and isinstance(gpt, dict)
-            if not ok or not isinstance(human.get("value"), str) or not isinstance(gpt.get("value"), str):
-                self.bad(path, source, f"conversations[{i}]", "wrong_type", "turns need string 'value's")
-                return None
-            question = strip_image_marker(human["value"])
+            for j in (i, i + 1):
+                if not isinstance(turns[j], dict):
+                    raise _SeedInvalid("wrong_type", f"conversations[{j}]", "a turn must be an object with a 'value'")
+            human = _seed_text(turns[i].get("value"), f"conversations[{i}].value")
+            answer = _seed_text(turns[i + 1].get("value"), f"conversations[{i + 1}].value")
+            question = strip_image_marker(human)
             if question is None:
-                self.bad(path, source, f"conversations[{i}].value", "bad_marker",
-                         "the <image> marker must be a leading '<image>\\n' or a trailing '\\n<image>'")
-                return None
-            pairs.append((question.strip(), gpt["value"].strip()))
-        return Path(image).name, pairs
+                raise _SeedInvalid("bad_marker", f"conversations[{i}].value",
+                                   "the <image> marker must be a leading '<image>\\n' or a trailing '\\n<image>'")
+            if not question.strip():
+                raise _SeedInvalid("empty_turn", f"conversations[{i}].value", "the question is empty")
+            pairs.append((question.strip(), answer.strip()))
+        task_name = record.get("task_name", "unknown")
+        task_name = _seed_text(task_name, "task_name") if task_name is not None else "unknown"
+        return _SeedRecord(path, location, source, record, image, pairs, task_name)
+
+    def read(self, path: Path) -> list[_SeedRecord]:
+        parsed = (self.parse(path, source, location, record) for source, location, record in self.records(path))
+        return [record for record in parsed if record is not None]
+
+
+def _seed_image(root: Path, candidates: Sequence[str], check: bool) -> Path:
+    """The first candidate path that is a file inside ``root`` (decoded when ``check``), else :class:`_SeedInvalid`."""
+    escaped = None
+    for text in candidates:
+        try:
+            resolved = (root / text).resolve()  # an absolute path replaces the root
+            inside = resolved.is_relative_to(root)
+            is_file = inside and resolved.is_file()
+        except (OSError, RuntimeError, ValueError):  # too long a name, a symlink loop
+            continue
+        if not inside:
+            escaped = escaped or text
+        elif is_file:
+            break
+    else:
+        if escaped is not None:
+            raise _SeedInvalid("path_escape", "image", f"image {escaped!r} resolves outside the image root {root}")
+        raise _SeedInvalid("missing_image", "image", f"no image file for {Path(candidates[0]).name} under {root}")
+    if check:
+        try:
+            load_image(resolved)
+        except BadImageError as err:
+            raise _SeedInvalid("bad_image", "image", str(err)) from None
+    return resolved
 
 
 def visionflan_examples(
@@ -315,46 +473,68 @@ def visionflan_examples(
     image_root: str | os.PathLike,
     policy: str = "skip",
     report: SeedReport | None = None,
+    rejects_path: str | os.PathLike | None = None,
+    check_images: bool = False,
 ) -> tuple[list[SeedExample], SeedReport]:
     """Merge the three reference files by image file name (first caption wins; every QA pair appended; images
-    without both precise and informative QA dropped; task name from the last precise record)."""
+    without both precise and informative QA dropped; task name from the last precise record).
+
+    A bad record (not an object, a missing or mistyped field, a lone surrogate, a misplaced ``<image>`` marker, an
+    empty caption or answer) and an image that is missing, outside ``image_root`` (``..``, an absolute path, a
+    symlink) or, with ``check_images``, does not decode, are skipped and counted under ``policy="skip"`` and raise
+    :class:`BadRecordError` naming file#index and field under ``"fail"``. Records the merge leaves out are counted
+    in ``report.unused``; with ``rejects_path`` every refused or unused record is written there with its reason,
+    so ``report.read == report.rejected + report.merged + sum(report.unused.values())``.
+    """
     report = report or SeedReport()
     reader = _SeedReader(policy, report)
+    reader.rejects_path = Path(rejects_path) if rejects_path is not None else None
     root = Path(image_root)
-    captions: dict[str, tuple[str, str]] = {}
-    for source, record in reader.records(Path(caption_file)):
-        parsed = reader.qa(Path(caption_file), source, record)
-        if parsed is not None and parsed[0] not in captions:
-            captions[parsed[0]] = (parsed[1][0][1], record["image"])
-    precise: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    task_names: dict[str, str] = {}
-    image_paths: dict[str, str] = {}
-    for source, record in reader.records(Path(precise_file)):
-        parsed = reader.qa(Path(precise_file), source, record)
-        if parsed is None:
-            continue
-        precise[parsed[0]].extend(parsed[1])
-        task_names[parsed[0]] = str(record.get("task_name", "unknown"))
-        image_paths[parsed[0]] = record["image"]
-    informative: dict[str, list[tuple[str, str]]] = defaultdict(list)
-    for source, record in reader.records(Path(informative_file)):
-        parsed = reader.qa(Path(informative_file), source, record)
-        if parsed is not None:
-            informative[parsed[0]].extend(parsed[1])
+    if not root.is_dir():
+        raise FileNotFoundError(f"seed image root {root} is not an existing folder")
+    root = root.resolve()
+    captions: dict[str, _SeedRecord] = {}
+    for record in reader.read(Path(caption_file)):
+        if record.name in captions:
+            reader.leave_out(record, "duplicate_caption", f"{record.name} already has a caption "
+                             f"({captions[record.name].source})")
+        else:
+            captions[record.name] = record
+    precise: dict[str, list[_SeedRecord]] = defaultdict(list)
+    for record in reader.read(Path(precise_file)):
+        precise[record.name].append(record)
+    informative: dict[str, list[_SeedRecord]] = defaultdict(list)
+    for record in reader.read(Path(informative_file)):
+        informative[record.name].append(record)
     examples = []
-    for name, (caption, caption_image) in captions.items():
-        if not precise.get(name) or not informative.get(name):
+    for name, caption in captions.items():
+        p, i = precise.pop(name, []), informative.pop(name, [])
+        if not p or not i:
             report.dropped["no_precise_or_informative_qa"] = report.dropped.get("no_precise_or_informative_qa", 0) + 1
+            for record in (caption, *p, *i):
+                reader.leave_out(record, "no_precise_or_informative_qa", f"{name} lacks precise or informative QA")
             continue
-        candidates = [root / image_paths[name], root / name, root / caption_image]
-        path = next((p for p in candidates if p.is_file()), None)
-        if path is None:
-            reader.bad(Path(caption_file), f"{caption_file}:{name}", "image", "missing_image",
-                       f"no image file for {name} under {root}")
+        try:
+            path = _seed_image(root, [p[-1].image, name, caption.image], check_images)
+        except _SeedInvalid as bad:
+            reader.reject(caption.path, caption.location, caption.source, caption.raw, bad.field, bad.key, bad.reason)
+            for record in (*p, *i):
+                reader.leave_out(record, "image_refused", f"the image of {name} was refused ({bad.key})")
             continue
-        qa = [SeedQA(PRECISE_HINT, q, a) for q, a in precise[name]]
-        qa += [SeedQA(INFORMATIVE_HINT, q, a) for q, a in informative[name]]
-        examples.append(SeedExample(Path(name).stem, path.resolve(), caption, tuple(qa), task_names[name], len(examples)))
+        report.merged += 1 + len(p) + len(i)
+        qa = [SeedQA(PRECISE_HINT, q, a) for record in p for q, a in record.pairs]
+        qa += [SeedQA(INFORMATIVE_HINT, q, a) for record in i for q, a in record.pairs]
+        examples.append(SeedExample(Path(name).stem, path, caption.pairs[0][1], tuple(qa), p[-1].task_name,
+                                    len(examples)))
+    for leftover in (precise, informative):
+        for name, records in leftover.items():
+            for record in records:
+                reader.leave_out(record, "no_caption", f"{name} has no caption record")
+    reader.write_rejects()
+    if report.rejected or report.unused:
+        where = f"; rejects written to {reader.rejects_path}" if reader.rejects_path else ""
+        log.warning("seed files: %d of %d records refused (%s), %d left out by the merge (%s)%s", report.rejected,
+                    report.read, report.dropped, sum(report.unused.values()), report.unused, where)
     return examples, report
 
 
@@ -364,16 +544,26 @@ def build_seed(folder: Path, settings: Mapping[str, Any], policy: str = "skip") 
     blank, dev = float(settings["blank_fraction"]), float(settings["dev_fraction"])
     if source == "toy":
         examples = toy_seed_examples(
-            folder, int(settings["n_images"]), int(settings["questions_per_image"]), int(settings["seed"])
+            folder,
+            int(settings["n_images"]),
+            int(settings["questions_per_image"]),
+            int(settings["seed"]),
+            question_types=settings.get("question_types"),
+            answer_types=settings.get("answer_types"),
         )
         return write_seed(folder, examples, folder.resolve(), blank, dev)
     if source == "visionflan":
         vf = settings["visionflan"]
+        rejects = folder / "seed_rejects.jsonl"
         examples, report = visionflan_examples(
-            vf["caption_file"], vf["precise_file"], vf["informative_file"], vf["image_root"], policy
+            vf["caption_file"], vf["precise_file"], vf["informative_file"], vf["image_root"], policy,
+            rejects_path=rejects, check_images=True,
         )
         if not examples:
-            raise ValueError(f"seed_data.visionflan: no usable image in {vf['caption_file']} (dropped: {report.dropped})")
+            raise ValueError(
+                f"seed_data.visionflan: no usable image in {vf['caption_file']} (refused: {report.dropped}, "
+                f"left out: {report.unused}; see {rejects})"
+            )
         # the blank image lives in the seed folder and the photos in the user's folder: one root above both
         root = Path(os.path.commonpath([folder.resolve(), Path(vf["image_root"]).resolve()]))
         return write_seed(folder, examples, root, blank, dev, report)
