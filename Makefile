@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test test-all lint install install-test clean-venv
+.PHONY: demo test test-all test-faults lint install install-test clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -36,6 +36,11 @@ test: install-test
 ## every test, slow ones included
 test-all: install-test
 	$(BIN)/python -m pytest -q -m ''
+
+## the whole fault-injection suite (full Hypothesis profile, slow crash tests too); tally in docs/reliability.md
+test-faults: install-test
+	MLLM_DA_FAULT_PROFILE=full MLLM_DA_FAULT_REPORT=faults-report.json $(BIN)/python -m pytest -q -m '' tests/faults; \
+	status=$$?; $(BIN)/python -m tests.faults.report faults-report.json docs/reliability.md; exit $$status
 
 lint: install-test
 	$(BIN)/ruff check .

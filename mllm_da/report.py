@@ -20,7 +20,7 @@ from typing import Any
 
 import yaml
 
-from mllm_da.utils.io import atomic_write_text
+from mllm_da.utils.io import atomic_open, atomic_write_text
 
 #: per-question-type metrics (eval/<task>/<type>/<metric>) are left to --all-metrics: the table stays readable
 TOP_LEVEL_EVAL = re.compile(r"^eval/[^/]+/[^/]+$")
@@ -129,8 +129,8 @@ def chart(jobs: Sequence[Job], metrics: Sequence[str], path: Path) -> Path:
     for ax in list(axes.flat)[len(shown):]:
         ax.axis("off")
     fig.tight_layout()
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path, dpi=110)
+    with atomic_open(path) as handle:
+        fig.savefig(handle, dpi=110, format="png")
     plt.close(fig)
     return path
 

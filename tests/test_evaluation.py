@@ -425,6 +425,17 @@ def test_toy_benchmark_end_to_end_through_evaluate(eval_cfg, tmp_path: Path):
     assert {"index", "id", "prompt", "prediction", "label", "score", "random_selected"} <= set(rows[0])
     assert "eval/toy_vqa/open_recall" in (run / "csv" / "metrics.csv").read_text()
     assert "| toy_vqa/open_recall" in (run / "scores.md").read_text()
+    assert (run / "rejects" / "toy_vqa.jsonl").read_text() == ""  # every row of the toy benchmark is valid
+
+
+def test_evaluate_refuses_options_that_do_not_fit_before_loading_a_model(eval_cfg, tmp_path: Path):
+    from mllm_da.config_checks import ConfigError
+
+    with pytest.raises(ConfigError, match="batch_size"):
+        evaluate(eval_cfg("batch_size=0"))
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["status"] == "failed" and "batch_size" in summary["error"]
+    assert not (tmp_path / "run" / "predictions").exists()
 
 
 def test_checkpoint_key_points_the_preset_at_a_saved_folder(eval_cfg, backbone, tmp_path: Path):

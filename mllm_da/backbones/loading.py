@@ -1,9 +1,18 @@
 """Build or load a backbone from a ``model=`` preset: hub id or folder, ``tiny`` (materialised to a cached folder,
 then loaded by the same ``from_pretrained`` code) or ``random`` (real-size architecture, random init, for GPU
-benchmarks)."""
+benchmarks).
+
+Loading never runs code that came with a checkpoint. Weights are read from safetensors only
+(``use_safetensors=True``; a folder with only pickle weights — ``pytorch_model.bin``, ``*.pt``, ``*.ckpt`` — is
+refused before anything is read), the family's own model class is used (never an ``auto_map`` class), and unless
+``model.backbone.trust_remote_code=true`` a folder (or cached hub snapshot) whose configs ask for custom code
+(``auto_map`` in config.json, tokenizer_config.json, processor or preprocessor config) is refused before
+transformers reads it (:func:`check_checkpoint_folder`).
+"""
 
 from __future__ import annotations
 
+import json
 import logging
 import os
 import shutil
@@ -19,6 +28,7 @@ from mllm_da.backbones.base import Backbone, BackboneSpec, spec_hash
 from mllm_da.backbones.llava_next import LlavaNext
 from mllm_da.backbones.mllama import Mllama
 from mllm_da.backbones.qwen import Qwen2_5VL, Qwen2VL
+from mllm_da.utils.io import default_permissions
 
 log = logging.getLogger(__name__)
 transformers_logging.disable_progress_bar()  # per-shard bars drown the training log
@@ -28,6 +38,64 @@ FAMILIES: dict[str, type[Backbone]] = {cls.family: cls for cls in (Qwen2VL, Qwen
 TINY_BUILD_VERSION = 1
 
 ARCHITECTURES = Path(__file__).parent / "architectures"
+#: the configs through which a checkpoint can ask transformers to import its own code (``auto_map``)
+CODE_CONFIGS = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json",
+                "image_processor_config.json", "video_preprocessor_config.json", "feature_extractor_config.json")
+PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
+
+
+class UnsafeCheckpointError(ValueError):
+    """A checkpoint folder that would need code or pickles to load; it is refused before anything is read."""
+
+
+def _cached_snapshot_files(repo_id: str) -> list[Path]:
+    """The config files of a hub id that are in the local cache (nothing is downloaded)."""
+    try:
+        from huggingface_hub import try_to_load_from_cache
+    except ImportError:  # pragma: no cover - transformers depends on it
+        return []
+    found = []
+    for name in CODE_CONFIGS:
+        try:
+            hit = try_to_load_from_cache(repo_id, name)
+        except Exception:  # a malformed repo id: from_pretrained will say so
+            return []
+        if isinstance(hit, str):
+            found.append(Path(hit))
+    return found
+
+
+def check_checkpoint_folder(source: str | os.PathLike, trust_remote_code: bool = False) -> None:
+    """Refuse a checkpoint that would run code when loaded: custom-code configs (``auto_map``) unless
+    ``trust_remote_code``, and a local folder whose weights are pickles only (unpickling can run code; weights
+    are read from safetensors). For a hub id only its cached configs are checked."""
+    path = Path(source).expanduser()
+    is_folder = path.is_dir()
+    configs = [path / name for name in CODE_CONFIGS if (path / name).is_file()] if is_folder \
+        else _cached_snapshot_files(str(source))
+    if not trust_remote_code:
+        for config in configs:
+            try:
+                data = json.loads(config.read_text(encoding="utf-8"))
+            except (OSError, ValueError) as err:
+                raise UnsafeCheckpointError(f"{config}: not readable JSON ({err}); is {source} a saved model?") from err
+            if isinstance(data, dict) and data.get("auto_map"):
+                targets = sorted({str(v) for v in data["auto_map"].values()}) if isinstance(data["auto_map"], dict) \
+                    else [str(data["auto_map"])]
+                raise UnsafeCheckpointError(
+                    f"{config} asks for custom code (auto_map: {', '.join(targets)}); it is not run. Load it only if "
+                    "you trust it: model.backbone.trust_remote_code=true"
+                )
+    if is_folder:
+        safetensors = list(path.glob("*.safetensors")) or list(path.glob("*.safetensors.index.json"))
+        if not safetensors:
+            pickles = sorted(p.name for pattern in PICKLE_WEIGHTS for p in path.glob(pattern))
+            if pickles:
+                raise UnsafeCheckpointError(
+                    f"{path} holds weights only as pickles ({', '.join(pickles[:5])}), which can run code when read; "
+                    "weights are loaded from safetensors only. Convert them where you trust them "
+                    "(save_pretrained(..., safe_serialization=True)) and point at that folder"
+                )
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
@@ -55,6 +123,7 @@ def tiny_checkpoint(spec: BackboneSpec) -> Path:
     try:
         model.save_pretrained(tmp, safe_serialization=True)
         cls.save_processor(processor, tmp)
+        default_permissions(tmp)  # mkdtemp makes 0700: a shared cache should read like any folder
         os.replace(tmp, folder)
     except OSError:
         if not (folder / "config.json").exists():  # another process did not win the race either
@@ -111,6 +180,7 @@ def load_backbone(
         if not spec.source:
             raise ValueError("model.source must name a hub id or a local folder for variant=pretrained")
         source = spec.source
+        check_checkpoint_folder(source, spec.trust_remote_code)
     else:
         raise ValueError(f"model.variant must be pretrained, tiny or random, got {spec.variant!r}")
     compute = dtype if isinstance(dtype, torch.dtype) else torch.float32

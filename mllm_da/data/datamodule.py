@@ -258,11 +258,17 @@ class ConversationDataModule(pl.LightningDataModule):
         sampler = self.train_sampler()
         trainer = self.trainer
         if trainer is not None and trainer.global_step > 0:
-            # resuming: Lightning restores the epoch; skip the micro batches already seen in it
+            # resuming: Lightning restores the epoch and how many of its micro batches were trained (this counts
+            # the short accumulation window Lightning steps on at an epoch's end, which global_step cannot show)
+            progress = trainer.fit_loop.epoch_loop.batch_progress
             sampler.set_epoch(trainer.current_epoch)
-            per_epoch = len(sampler.epoch_batches())
-            consumed = trainer.global_step * trainer.accumulate_grad_batches
-            sampler.skip_batches = consumed % per_epoch if per_epoch else 0
+            done = progress.current.processed
+            if progress.is_last_batch or done >= len(sampler.epoch_batches()):
+                # written at the epoch's last batch (or its end): Lightning goes on with the next epoch, whose
+                # loader is made here, before Lightning counts the finished epoch
+                sampler.set_epoch(trainer.current_epoch + 1)
+                done = 0
+            sampler.skip_batches = done
         return self._loader(self.train_set, sampler)
 
     def val_dataloader(self) -> DataLoader | list:

@@ -12,14 +12,17 @@ synthesis pipeline's synthetic-only file, synthesized once and reused from its c
 from __future__ import annotations
 
 import dataclasses
+import logging
 import random
-from collections import defaultdict
+from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
 from mllm_da.data.records import IMAGE_PLACEHOLDER, Conversation, Turn, read_conversations
+
+log = logging.getLogger(__name__)
 
 TaskSource = Literal["none", "rule_based", "external", "synthetic"]
 
@@ -117,6 +120,7 @@ class DataMix:
         )
         self.reports["image_caption_pairs"] = report_dict(report)
         tasks_by_image: dict[tuple[str, ...], list[Turn]] = defaultdict(list)
+        task_counts: Counter[tuple[str, ...]] = Counter()
         task_path = self.synthetic_file(domain, policy) if self.tasks == "synthetic" else self.task_file(domain)
         if self.tasks != "none":
             if not task_path:
@@ -133,9 +137,16 @@ class DataMix:
             self.reports[Path(task_path).name] = report_dict(task_report)
             for record in task_records:
                 tasks_by_image[tuple(record.images)].extend(question_answer_turns(record))
+                task_counts[tuple(record.images)] += 1
 
         mixed = []
         matched = 0
+        caption_images = {tuple(record.images) for record in caption_records}
+        # a task record whose image has no (kept) caption record cannot be mixed: counted, never dropped silently
+        unmatched = sum(1 for images in tasks_by_image if images not in caption_images)
+        unmatched_records = sum(
+            n for images, n in task_counts.items() if images not in caption_images
+        )
         for record in caption_records:
             caption = question_answer_turns(record) if self.captions else []
             tasks = tasks_by_image.get(tuple(record.images), [])
@@ -145,5 +156,11 @@ class DataMix:
             turns = mix_single_stage(record.id, caption, tasks, image_count=len(record.images))
             if turns:
                 mixed.append(Conversation(id=record.id, turns=turns, images=list(record.images), source=record.source))
-        self.reports["mixed"] = {"conversations": len(mixed), "with_tasks": matched}
+        self.reports["mixed"] = {"conversations": len(mixed), "with_tasks": matched,
+                                 "task_images_without_caption": unmatched,
+                                 "task_records_without_caption": unmatched_records}
+        if unmatched_records:
+            log.warning("data_mix %s: %d task record(s) on %d image(s) have no kept caption record (missing from "
+                        "the image-caption pairs, or refused there) and are not used", self.name,
+                        unmatched_records, unmatched)
         return mixed

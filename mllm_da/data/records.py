@@ -128,6 +128,11 @@ class BadImageError(ValueError):
     """An image file is missing or does not decode."""
 
 
+class BadFileError(ValueError):
+    """A data file as a whole cannot be read (wrong suffix, not UTF-8, a .json that does not parse or is not a
+    list); the message names the file and, for JSON, the line and column."""
+
+
 class BadRecordError(ValueError):
     """A record broke the contract under ``policy="fail"``; names the file, the line or record index and the field."""
 
@@ -405,25 +410,32 @@ def _jsonl_items(path: Path) -> Iterator[_Item]:
             yield _Item(location, source, text, value)
 
 
-def _json_items(path: Path) -> Iterator[_Item]:
-    """One item per element of the top-level list; a .json file that does not parse is a file-level error."""
+def load_json_list(path: str | os.PathLike, what: str = "a .json data file") -> list[Any]:
+    """The top-level list of a ``.json`` file (empty for an empty file); anything else raises
+    :class:`BadFileError` naming the file (and the line and column where the JSON breaks)."""
+    path = Path(path)
     try:
         text = path.read_bytes().decode("utf-8-sig")
     except UnicodeDecodeError as err:
-        raise ValueError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from err
+        raise BadFileError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from err
     if not text.strip():
-        return
+        return []
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise ValueError(
+        raise BadFileError(
             f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}"
         ) from err
-    except (ValueError, RecursionError) as err:
-        raise ValueError(f"{path}: malformed JSON: {err}") from err
+    except (ValueError, RecursionError) as err:  # too deep a nesting, an integer of thousands of digits
+        raise BadFileError(f"{path}: malformed JSON: {err}") from err
     if not isinstance(data, list):
-        raise ValueError(f"{path}: a .json data file must hold a list of records, got {_json_type(data)}")
-    for index, value in enumerate(data, start=1):
+        raise BadFileError(f"{path}: {what} must hold a list of records, got {_json_type(data)}")
+    return data
+
+
+def _json_items(path: Path) -> Iterator[_Item]:
+    """One item per element of the top-level list; a .json file that does not parse is a file-level error."""
+    for index, value in enumerate(load_json_list(path), start=1):
         yield _Item(str(index), f"{path}#{index}", value, value)
 
 
@@ -458,7 +470,7 @@ def read_conversations(
     path = Path(path)
     reader = _READERS.get(path.suffix.lower())
     if reader is None:
-        raise ValueError(
+        raise BadFileError(
             f"{path}: unsupported data file suffix {path.suffix!r}; expected one of {sorted(_READERS)}"
         )
     if not path.is_file():

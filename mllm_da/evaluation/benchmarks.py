@@ -24,11 +24,14 @@ Images are embedded (``datasets.Image``: bytes, as the AdaptLLM datasets hold th
 ``image_root`` (by default the data file's folder); a path that resolves outside the root is refused, as in
 :mod:`mllm_da.data.records`. A bad row (missing field, missing image, unknown label) stops the load with the
 source, the 0-based row and the field under ``bad_rows="fail"``, or is skipped and counted by reason under
-``"skip"``.
+``"skip"``; either way it is listed in ``Benchmark.rejects`` (and the ``rejects_path`` file). A JSONL line that is
+not UTF-8 or not JSON is such a row too (under ``fail`` the error names ``file:line``). Every row's image is
+decoded once at load time (``check_images``), so a truncated picture is a bad row, not a crash mid-evaluation.
 """
 
 from __future__ import annotations
 
+import codecs
 import dataclasses
 import hashlib
 import io
@@ -54,6 +57,7 @@ from mllm_da.evaluation.scorers import (
     foodseg103_labels,
     nutrition5k_labels,
 )
+from mllm_da.utils.io import atomic_write_text
 
 log = logging.getLogger(__name__)
 
@@ -72,6 +76,10 @@ ROW_REASONS: Mapping[str, str] = {
     "unknown_label": "the gold label is not one of the options or not in the label vocabulary",
     "missing_image": "the image is null, empty, or names no file",
     "path_escape": "an image path that resolves outside image_root",
+    "bad_image": "the image does not decode (truncated, not an image, a decompression bomb)",
+    "not_utf8": "a JSONL line is not UTF-8, or a text field holds a lone surrogate",
+    "malformed_json": "a JSONL line is not valid JSON",
+    "not_object": "a row of a JSON/JSONL file is not a JSON object",
 }
 _FILE_SUFFIXES = (".parquet", ".arrow", ".jsonl", ".json")
 
@@ -124,6 +132,9 @@ class BenchmarkSpec:
     max_new_tokens: int = 1024
     limit: int | None = None
     bad_rows: BadRows = "fail"
+    #: decode every row's image at load time, so that a truncated or undecodable image is a bad row (skipped or an
+    #: error by ``bad_rows``) before any generation starts, not a crash in the middle of it
+    check_images: bool = True
 
     def __post_init__(self) -> None:
         where = f"benchmark {self.name!r}"
@@ -213,6 +224,8 @@ class Benchmark:
     #: rows read (the first ``limit`` of the split), and skipped rows counted by reason
     read: int = 0
     skipped: dict[str, int] = field(default_factory=dict)
+    #: every refused row: source (file:line or origin row), row, reason_key, field, reason, raw
+    rejects: list[dict[str, Any]] = field(default_factory=list, repr=False)
     _image_value: Callable[[int], Any] = field(default=lambda i: None, repr=False)
     _image_root: Path | None = field(default=None, repr=False)
 
@@ -225,24 +238,10 @@ class Benchmark:
 
     def image(self, index: int) -> Image.Image:
         """The decoded RGB image of the row at split position ``index``."""
-        ref = self._image_ref(index)
-        if isinstance(ref, Path):
-            try:
-                return load_image(ref)
-            except BadImageError as err:
-                raise BadImageError(
-                    f"{self.origin} row {index}: field '{self.spec.image_field}': {err}"
-                ) from err
         try:
-            with Image.open(io.BytesIO(ref)) as image:
-                image.load()
-                return _to_rgb(image)
-        except Exception as err:  # a decoder fails in many ways on a bad file; each means "not an image"
-            raise BadImageError(
-                f"{self.origin} row {index}: field '{self.spec.image_field}': "
-                "cannot decode the embedded image "
-                f"({type(err).__name__}: {err})"
-            ) from err
+            return _decode(self._image_ref(index))
+        except BadImageError as err:
+            raise BadImageError(f"{self.origin} row {index}: field '{self.spec.image_field}': {err}") from err
 
     def image_size(self, index: int) -> tuple[int, int]:
         """(width, height) from the image header only, to plan prompt lengths without decoding pixels."""
@@ -282,6 +281,18 @@ def _to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+def _decode(ref: Path | bytes) -> Image.Image:
+    """The RGB pixels of an image file or embedded bytes; :class:`BadImageError` when they do not decode."""
+    if isinstance(ref, Path):
+        return load_image(ref)
+    try:
+        with Image.open(io.BytesIO(ref)) as image:
+            image.load()
+            return _to_rgb(image)
+    except Exception as err:  # a decoder fails in many ways on a bad file; each means "not an image"
+        raise BadImageError(f"cannot decode the embedded image ({type(err).__name__}: {err})") from err
+
+
 def _image_reference(value: Any, root: Path | None) -> tuple[Path | bytes | None, tuple[str, str] | None]:
     """Turn a stored image value into bytes or a checked path; returns ``(ref, None)`` or ``(None, problem)``.
 
@@ -305,15 +316,31 @@ def _image_reference(value: Any, root: Path | None) -> tuple[Path | bytes | None
         return None, ("missing_image", "no image (null or empty)")
     if "\x00" in value:
         return None, ("missing_image", "the image path contains a NUL byte")
+    if _lone_surrogate(value) is not None:
+        return None, ("not_utf8", f"the image path holds a lone surrogate at character {_lone_surrogate(value)}")
     candidate = Path(value)
     if root is None:
-        return None, ("missing_image", f"image path {value!r} given but the benchmark has no image_root")
-    resolved = (root / candidate).resolve()
-    if candidate.is_absolute() or not resolved.is_relative_to(root.resolve()):
-        return None, ("path_escape", f"image path {value!r} resolves outside image_root {root}")
-    if not resolved.is_file():
+        return None, ("missing_image", f"image path {value!r:.200} given but the benchmark has no image_root")
+    try:
+        resolved = (root / candidate).resolve()
+        inside = resolved.is_relative_to(root.resolve())  # an absolute path inside the root is fine
+        is_file = inside and resolved.is_file()
+    except (OSError, RuntimeError) as err:  # too long a name, a symlink loop
+        return None, ("missing_image", f"cannot resolve image path {value!r:.200} ({type(err).__name__}: {err})")
+    if not inside:
+        return None, ("path_escape", f"image path {value!r:.200} resolves outside image_root {root}")
+    if not is_file:
         return None, ("missing_image", f"image file {resolved} does not exist")
     return resolved, None
+
+
+def _lone_surrogate(text: str) -> int | None:
+    """The position of the first lone surrogate in ``text`` (JSON's ``\\ud800`` escapes decode to one), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return err.start
+    return None
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -329,6 +356,9 @@ class _Source:
     text_rows: Callable[[int], Iterator[dict[str, Any]]]
     image_value: Callable[[int], Any]
     default_root: Path | None
+    #: rows that could not be read at all (JSON/JSONL): row index → (field, reason, message, where, raw text);
+    #: ``where`` is ``file:line`` for a JSONL line
+    problems: dict[int, tuple[str, str, str, str, Any]] = field(default_factory=dict)
 
 
 def _dataset_source(ds: Any, origin: str, image_field: str, default_root: Path | None) -> _Source:
@@ -358,40 +388,65 @@ def _dataset_source(ds: Any, origin: str, image_field: str, default_root: Path |
 
 
 def _json_source(path: Path, image_field: str) -> _Source:
-    """A JSON list or JSONL file, read here so that a malformed line is named ``file:line``."""
+    """A JSON list or JSONL file, read here so that a bad line is named ``file:line``.
+
+    A JSONL line that is not UTF-8 or not JSON, and a row that is not an object, is a row of its own with a
+    problem, so that ``bad_rows`` decides whether it stops the load or is skipped (row indices do not shift).
+    """
     rows: list[Any] = []
+    problems: dict[int, tuple[str, str, str, str, Any]] = {}
     try:
-        text = path.read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError) as err:
+        data = path.read_bytes()
+    except OSError as err:
         raise BenchmarkError(f"{path}: cannot read ({err})") from err
     if path.suffix == ".jsonl":
-        for number, line in enumerate(text.split("\n"), start=1):
-            if not line.strip():
+        for number, raw in enumerate(data.removeprefix(codecs.BOM_UTF8).split(b"\n"), start=1):
+            if not raw.strip():
+                continue
+            where = f"{path}:{number}"
+            try:
+                line = raw.decode("utf-8")
+            except UnicodeDecodeError as err:
+                message = f"not valid UTF-8 ({err.reason} at byte {err.start})"
+                problems[len(rows)] = ("$", "not_utf8", message, where, raw.decode("utf-8", "backslashreplace"))
+                rows.append({})
                 continue
             try:
                 rows.append(json.loads(line))
             except json.JSONDecodeError as err:
-                raise BenchmarkError(f"{path}:{number}: malformed JSON line ({err.msg})") from err
+                problems[len(rows)] = ("$", "malformed_json", f"malformed JSON line ({err.msg})", where, line)
+                rows.append({})
+            except (ValueError, RecursionError) as err:  # too deep a nesting, an integer of thousands of digits
+                problems[len(rows)] = ("$", "malformed_json", f"malformed JSON line ({err})", where, line)
+                rows.append({})
     else:
         try:
-            data = json.loads(text)
+            data_list = json.loads(data.decode("utf-8-sig"))
+        except UnicodeDecodeError as err:
+            raise BenchmarkError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from err
         except json.JSONDecodeError as err:
             raise BenchmarkError(f"{path}: malformed JSON ({err.msg} at line {err.lineno})") from err
-        if not isinstance(data, list):
+        except (ValueError, RecursionError) as err:
+            raise BenchmarkError(f"{path}: malformed JSON ({err})") from err
+        if not isinstance(data_list, list):
             raise BenchmarkError(
-                f"{path}: a JSON benchmark must be a list of row objects, got {type(data).__name__}"
+                f"{path}: a JSON benchmark must be a list of row objects, got {type(data_list).__name__}"
             )
-        rows = data
+        rows = data_list
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
-            raise BenchmarkError(f"{path} row {i}: a row must be a JSON object, got {type(row).__name__}")
+            message = f"a row must be a JSON object, got {type(row).__name__}"
+            problems[i] = ("$", "not_object", message, f"{path} row {i}", row)
+            rows[i] = {}
     columns = sorted({key for row in rows for key in row})
 
     def text_rows(limit: int) -> Iterator[dict[str, Any]]:
         for row in rows[:limit]:
             yield {k: v for k, v in row.items() if k != image_field}
 
-    return _Source(str(path), columns, len(rows), text_rows, lambda i: rows[i].get(image_field), path.parent)
+    return _Source(
+        str(path), columns, len(rows), text_rows, lambda i: rows[i].get(image_field), path.parent, problems
+    )
 
 
 def _file_source(path: Path, spec: BenchmarkSpec, cache_dir: str | None) -> _Source:
@@ -539,6 +594,12 @@ def _check_row(
     fields: Mapping[str, Any], spec: BenchmarkSpec, labels: LabelSpace | None
 ) -> tuple[str, str, str] | None:
     """``(field, reason, message)`` for the first problem of a row's text fields, or None."""
+    for name, value in fields.items():
+        texts = value if isinstance(value, (list, tuple)) else [value]
+        for text in texts:
+            at = _lone_surrogate(text) if isinstance(text, str) else None
+            if at is not None:
+                return str(name), "not_utf8", f"the text holds a lone surrogate at character {at}"
     prompt = fields.get(spec.prompt_field)
     if prompt is None:
         return spec.prompt_field, "missing_field", "the prompt is missing"
@@ -586,8 +647,11 @@ def _check_row(
                 return "A", "missing_field", "multiple-choice rows need option fields A, B, ..."
             letters = []
             for letter in "ABCDEFGHIJKLMNOPQRSTUVWXYZ":
-                if fields.get(letter) is None:
+                option = fields.get(letter)
+                if option is None:
                     break
+                if not isinstance(option, (str, int, float)) or isinstance(option, bool):
+                    return letter, "wrong_type", f"an option must be a string, got {type(option).__name__}"
                 letters.append(letter)
             if str(label) not in letters:
                 return (
@@ -598,14 +662,43 @@ def _check_row(
     return None
 
 
-def load_benchmark(spec: BenchmarkSpec, *, cache_dir: str | os.PathLike | None = None) -> Benchmark:
-    """Read, validate and keep a benchmark's rows; images stay where they are until :meth:`Benchmark.image`.
+def _image_problem(
+    ref: Path | bytes, decoded: dict[Path | str, tuple[str, str] | None]
+) -> tuple[str, str] | None:
+    """``("bad_image", message)`` when the image does not decode, else None (cached per picture)."""
+    key: Path | str = ref if isinstance(ref, Path) else hashlib.sha1(ref).hexdigest()
+    if key not in decoded:
+        try:
+            _decode(ref)
+            decoded[key] = None
+        except BadImageError as err:
+            decoded[key] = ("bad_image", str(err))
+    return decoded[key]
 
-    ``cache_dir`` is where ``datasets`` keeps its arrow cache for parquet/hub sources (default: its own).
+
+def _write_rejects(path: Path | None, rows: list[dict[str, Any]]) -> None:
+    if path is not None:  # ASCII-escaped JSON lines (a rejected row may hold a lone surrogate)
+        atomic_write_text(path, "".join(json.dumps(row, default=str) + "\n" for row in rows))
+
+
+def load_benchmark(
+    spec: BenchmarkSpec,
+    *,
+    cache_dir: str | os.PathLike | None = None,
+    rejects_path: str | os.PathLike | None = None,
+) -> Benchmark:
+    """Read, validate and keep a benchmark's rows; images are decoded once to check them (``spec.check_images``)
+    and then read again only when a batch needs them (:meth:`Benchmark.image`).
+
+    ``cache_dir`` is where ``datasets`` keeps its arrow cache for parquet/hub sources (default: its own). Every
+    refused row is kept in :attr:`Benchmark.rejects` with its reason and, with ``rejects_path``, written there as
+    JSON lines (also before a ``bad_rows="fail"`` error is raised).
     """
+    rejects_path = Path(rejects_path) if rejects_path is not None else None
+    rejects: list[dict[str, Any]] = []
     source = _open_source(spec, str(cache_dir) if cache_dir is not None else None)
     for needed in (spec.prompt_field, spec.label_field, spec.image_field):
-        if needed not in source.columns and source.length:
+        if needed not in source.columns and source.length > len(source.problems):  # rows that could be read
             raise BenchmarkError(
                 f"{source.origin}: benchmark {spec.name!r} has no field {needed!r} "
                 f"(fields: {source.columns}); "
@@ -616,15 +709,39 @@ def load_benchmark(spec: BenchmarkSpec, *, cache_dir: str | os.PathLike | None =
     limit = source.length if spec.limit is None else min(spec.limit, source.length)
     rows: list[BenchmarkRow] = []
     skipped: Counter[str] = Counter()
+    decoded: dict[Path | str, tuple[str, str] | None] = {}  # a picture shared by many rows is decoded once
     for index, fields in enumerate(source.text_rows(limit)):
-        problem = _check_row(fields, spec, labels)
+        unreadable = source.problems.get(index)
+        if unreadable is not None and unreadable[1] in ("malformed_json", "not_utf8"):
+            where, reason, message, place, raw = unreadable
+            if spec.bad_rows == "fail":
+                rejects.append({"source": place, "row": index, "reason_key": reason, "field": where,
+                                "reason": message, "raw": raw})
+                _write_rejects(rejects_path, rejects)
+                raise BenchmarkError(f"{place}: {message} [{reason}]")
+            problem: tuple[str, str, str] | None = (where, reason, message)
+        elif unreadable is not None:
+            problem = unreadable[:3]
+        else:
+            problem = _check_row(fields, spec, labels)
         if problem is None:
-            _, image_problem = _image_reference(source.image_value(index), root)
+            ref, image_problem = _image_reference(source.image_value(index), root)
+            if image_problem is None and spec.check_images and ref is not None:
+                image_problem = _image_problem(ref, decoded)
             if image_problem is not None:
                 problem = (spec.image_field, *image_problem)
         if problem is not None:
             where, reason, message = problem
+            rejects.append({
+                "source": unreadable[3] if unreadable is not None else f"{source.origin} row {index}",
+                "row": index,
+                "reason_key": reason,
+                "field": where,
+                "reason": message,
+                "raw": unreadable[4] if unreadable is not None else fields,
+            })
             if spec.bad_rows == "fail":
+                _write_rejects(rejects_path, rejects)
                 raise BenchmarkRowError(source.origin, index, where, reason, message)
             skipped[reason] += 1
             log.warning(
@@ -645,9 +762,11 @@ def load_benchmark(spec: BenchmarkSpec, *, cache_dir: str | os.PathLike | None =
                 group=str(group) if group is not None else None,
             )
         )
+    _write_rejects(rejects_path, rejects)
     if skipped:
+        where = f"; rejects written to {rejects_path}" if rejects_path else ""
         log.warning(
-            "%s: skipped %d of %d rows: %s", source.origin, sum(skipped.values()), limit, dict(skipped)
+            "%s: skipped %d of %d rows: %s%s", source.origin, sum(skipped.values()), limit, dict(skipped), where
         )
     return Benchmark(
         spec=spec,
@@ -656,6 +775,7 @@ def load_benchmark(spec: BenchmarkSpec, *, cache_dir: str | os.PathLike | None =
         origin=source.origin,
         read=limit,
         skipped=dict(skipped),
+        rejects=rejects,
         _image_value=source.image_value,
         _image_root=root,
     )

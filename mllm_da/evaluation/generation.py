@@ -9,7 +9,10 @@ token or string.
 
 Requests are sorted by planned prompt length (image tokens included) so that a batch pads little; results come
 back to the caller batch by batch (``on_batch``), which is how the runner appends predictions as they are
-made.
+made. A resumed run passes every request with the keys already generated as ``done``: the batches are planned
+over all requests, as in an uninterrupted run, and those made only of done requests are skipped, so every batch
+that is generated holds the same requests (the same padding, hence the same greedy tokens) as it would have
+without the interruption.
 
 :class:`VLLMGenerator` runs the same prompts through vLLM when the ``vllm`` package is installed (the
 reference's engine); it is chosen by ``backend="vllm"`` or ``"auto"`` (vLLM on a GPU when importable, else
@@ -21,7 +24,7 @@ from __future__ import annotations
 import importlib.util
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
 from typing import Literal, Protocol
 
@@ -89,7 +92,9 @@ OnBatch = Callable[[list[tuple[int, str]]], None]
 
 
 class Generator(Protocol):
-    """What the runner needs: texts for requests, reported batch by batch."""
+    """What the runner needs: texts for requests, reported batch by batch. A generator that sets
+    ``resumes_by_plan = True`` also takes ``done`` (keys generated before a crash): it is then given every request
+    and plans its batches as an uninterrupted run would; others are given only the missing requests."""
 
     stats: GenerationStats
 
@@ -132,6 +137,9 @@ class HFGenerator:
 
     ``synthesizer=True`` stops at the synthesizer's end-of-text instead of the turn end (reference §2.2).
     """
+
+    #: takes ``done`` and plans batches over all requests (see :class:`Generator`)
+    resumes_by_plan = True
 
     def __init__(
         self, backbone: Backbone, *, batch_size: int = 8, progress: bool = True, synthesizer: bool = False
@@ -196,10 +204,16 @@ class HFGenerator:
         max_new_tokens: int,
         on_batch: OnBatch | None = None,
         desc: str = "generate",
+        done: Collection[int] = (),
     ) -> dict[int, str]:
-        """Texts keyed by request key; ``on_batch`` gets each batch's ``(key, text)`` pairs as they come."""
+        """Texts keyed by request key; ``on_batch`` gets each batch's ``(key, text)`` pairs as they come.
+
+        ``done``: keys generated before (a resumed run). The batches are planned over all ``requests``; a batch of
+        done requests only is skipped, any other is generated whole and reports only its keys not in ``done``.
+        """
         self.stats = GenerationStats()
-        if not requests:
+        done = frozenset(done)
+        if not requests or all(r.key in done for r in requests):
             return {}
         model = self.backbone.model
         was_training = model.training
@@ -212,25 +226,28 @@ class HFGenerator:
         results: dict[int, str] = {}
         start = time.perf_counter()
         bar = tqdm(
-            total=len(requests), desc=desc, unit="sample", disable=not self.progress, dynamic_ncols=True
+            total=sum(r.key not in done for r in requests), desc=desc, unit="sample", disable=not self.progress,
+            dynamic_ncols=True,
         )
         try:
             for first in range(0, len(order), self.batch_size):
                 chunk = [requests[i] for i in order[first : first + self.batch_size]]
+                if all(r.key in done for r in chunk):
+                    continue
                 batch = self.backbone.generation_batch([(r.turns, r.images()) for r in chunk])
                 width = batch["input_ids"].shape[1]
                 self.stats.prompt_tokens += int(batch["attention_mask"].sum())
                 self.stats.padded_tokens += int(batch["attention_mask"].numel())
                 output = model.generate(**self._to_model(batch), generation_config=config)
                 texts, count = self.decode(output[:, width:])
-                pairs = [(r.key, t) for r, t in zip(chunk, texts, strict=True)]
+                pairs = [(r.key, t) for r, t in zip(chunk, texts, strict=True) if r.key not in done]
                 results.update(pairs)
                 self.stats.samples += len(chunk)
                 self.stats.batches += 1
                 self.stats.new_tokens += count
                 if on_batch is not None:
                     on_batch(pairs)
-                bar.update(len(chunk))
+                bar.update(len(pairs))
         finally:
             bar.close()
             self.stats.seconds = time.perf_counter() - start
@@ -244,6 +261,9 @@ class VLLMGenerator:
     vLLM tokenises the rendered prompt with ``add_special_tokens=True``: for the Llama-3 formats, whose text
     starts with ``<|begin_of_text|>``, that gives the reference's double BOS; Qwen prompts are unchanged.
     """
+
+    #: takes ``done`` and plans batches over all requests (see :class:`Generator`)
+    resumes_by_plan = True
 
     def __init__(
         self,
@@ -286,8 +306,12 @@ class VLLMGenerator:
         max_new_tokens: int,
         on_batch: OnBatch | None = None,
         desc: str = "generate",
+        done: Collection[int] = (),
     ) -> dict[int, str]:
         from vllm import SamplingParams
+
+        # vLLM schedules its own batches (continuous batching): done requests are simply left out
+        requests = [r for r in requests if r.key not in frozenset(done)]
 
         self.stats = GenerationStats()
         params = SamplingParams(

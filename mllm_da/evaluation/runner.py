@@ -31,6 +31,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from mllm_da.backbones.base import Backbone
+from mllm_da.backbones.loading import check_checkpoint_folder
 from mllm_da.evaluation.benchmarks import (
     Benchmark,
     BenchmarkRow,
@@ -51,6 +52,7 @@ from mllm_da.utils.io import (
     atomic_write_json,
     atomic_write_jsonl,
     atomic_write_text,
+    read_json,
     read_jsonl_tolerant,
 )
 
@@ -193,7 +195,7 @@ def _previous_predictions(path: Path, bench: Benchmark) -> dict[int, dict[str, A
 def _check_meta(path: Path, meta: dict[str, Any], resuming: bool) -> None:
     """Refuse to resume predictions made with other settings (another model, prompt or image pairing)."""
     if resuming and path.exists():
-        old = json.loads(path.read_text(encoding="utf-8"))
+        old = read_json(path, "predictions settings file")
         if old != _json_safe(meta):
             diff = sorted(k for k in set(old) | set(meta) if old.get(k) != _json_safe(meta).get(k))
             raise ValueError(
@@ -247,12 +249,24 @@ def run_benchmark(
         append_jsonl(pred_path, records)
         done.update((r["index"], r) for r in records)
 
-    pending = [request(row) for row in bench.rows if row.index not in done]
+    pending = [row for row in bench.rows if row.index not in done]
     if resumed:
         log.info("%s: resuming, %d of %d rows already predicted", spec.name, resumed, len(bench.rows))
-    generator.generate(
-        pending, max_new_tokens=spec.max_new_tokens, on_batch=on_batch, desc=f"eval {spec.name}"
-    )
+    if pending and getattr(generator, "resumes_by_plan", False):
+        # every row goes to the generator with the done ones marked: it batches them exactly as an uninterrupted
+        # run does (same batch members, same padding, same greedy tokens) and skips the batches already done
+        generator.generate(
+            [request(row) for row in bench.rows],
+            max_new_tokens=spec.max_new_tokens,
+            on_batch=on_batch,
+            desc=f"eval {spec.name}",
+            done=frozenset(done),
+        )
+    elif pending:  # a generator without ``done`` (a user's, a test double): only the missing rows
+        generator.generate(
+            [request(row) for row in pending], max_new_tokens=spec.max_new_tokens, on_batch=on_batch,
+            desc=f"eval {spec.name}",
+        )
 
     final, per_row = [], []
     for row in bench.rows:
@@ -299,7 +313,8 @@ def evaluate_backbone(
 ) -> dict[str, float]:
     """Evaluate ``backbone`` on each benchmark; returns ``eval/<task>/<metric>`` (and per-group) metrics.
 
-    Writes ``out_dir/predictions/<task>.jsonl`` and ``out_dir/scores.json`` (updated after each task). A rerun
+    Writes ``out_dir/predictions/<task>.jsonl`` and ``out_dir/scores.json`` (updated after each task); rows a
+    benchmark file refuses are listed in ``out_dir/rejects/<task>.jsonl``. A rerun
     into the same ``out_dir`` resumes. ``logger_fn`` gets each task's metrics when the task ends. ``model_id``
     names the model in the resume check (default: the backbone's family, variant and source); give it when two
     different in-memory models could be evaluated into one folder.
@@ -320,7 +335,11 @@ def evaluate_backbone(
     metrics: dict[str, float] = {}
     report: dict[str, Any] = {}
     for item in benchmarks:
-        bench = item if isinstance(item, Benchmark) else load_benchmark(item, cache_dir=cache_dir)
+        bench = (
+            item
+            if isinstance(item, Benchmark)
+            else load_benchmark(item, cache_dir=cache_dir, rejects_path=out_dir / "rejects" / f"{item.name}.jsonl")
+        )
         result = run_benchmark(
             bench,
             generator,
@@ -389,7 +408,9 @@ def format_score_table(
 
 
 def resolve_checkpoint(checkpoint: str | Path) -> Path:
-    """A plain-transformers folder from ``checkpoint=``: the folder, or a train run folder's ``export/``."""
+    """A plain-transformers folder from ``checkpoint=``: the folder, or a train run folder's ``export/``. A Lightning
+    ``.ckpt`` is refused without being read (it is a pickle); :func:`backbone_config` then checks the folder
+    (:func:`~mllm_da.backbones.loading.check_checkpoint_folder`) before anything in it is loaded."""
     path = Path(checkpoint).expanduser()
     if path.is_file() and path.suffix == ".ckpt":
         raise ValueError(
@@ -417,6 +438,8 @@ def backbone_config(cfg: DictConfig) -> DictConfig:
     if not checkpoint:
         return node
     folder = resolve_checkpoint(checkpoint)
+    # before anything in it is read: no custom code (unless the preset trusts it), no pickle-only weights
+    check_checkpoint_folder(folder, bool(node.get("trust_remote_code", False)))
     model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
     if model_type and model_type != node.family:
         raise ValueError(
@@ -450,11 +473,13 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     """Evaluate one model on the selected benchmarks; ``summary.json`` records the metrics and the files."""
     from hydra.utils import instantiate
 
+    from mllm_da.config_checks import check_eval_config
     from mllm_da.utils.runinfo import instantiate_loggers, run_folder
 
     with run_folder(cfg, "evaluate") as summary:
+        check_eval_config(cfg)
         out = Path(cfg.paths.output_dir)
-        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+        atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         torch.manual_seed(int(cfg.seed))
         if cfg.domain.get("prepare"):
             instantiate(cfg.domain.prepare)  # the toy domain builds its benchmark on first use

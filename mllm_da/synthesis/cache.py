@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import logging
 import os
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
@@ -18,7 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mllm_da.utils.io import atomic_write_json
+from mllm_da.utils.io import atomic_write_json, read_json
+
+log = logging.getLogger(__name__)
 
 try:
     import fcntl
@@ -82,11 +85,19 @@ class StageDir:
         return self.path / "done.json"
 
     def is_complete(self) -> bool:
-        return self.done_file.exists()
+        """``done.json`` exists and reads whole (it is written atomically; a damaged one means: do it again)."""
+        if not self.done_file.exists():
+            return False
+        try:
+            self.meta()
+        except (OSError, ValueError) as err:
+            log.warning("%s; the %s stage is done again", err, self.stage)
+            return False
+        return True
 
     def meta(self) -> dict[str, Any]:
         """What the stage recorded when it completed (counts, timings)."""
-        return json.loads(self.done_file.read_text(encoding="utf-8"))
+        return read_json(self.done_file, "stage record")
 
     def complete(self, meta: Mapping[str, Any]) -> dict[str, Any]:
         data = {"stage": self.stage, "key": self.key, **meta}

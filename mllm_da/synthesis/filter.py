@@ -225,6 +225,8 @@ def load_judge(settings: Mapping[str, Any], cache_dir: str, device: str) -> LLMJ
     """The ``llm`` backend's judge from a ``filter=`` preset (``model.variant``: pretrained or tiny)."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    from mllm_da.backbones.loading import check_checkpoint_folder
+
     model_cfg = settings["model"]
     if model_cfg["variant"] == "tiny":
         source = str(tiny_judge_checkpoint(cache_dir, model_cfg.get("tiny") or {}))
@@ -233,9 +235,10 @@ def load_judge(settings: Mapping[str, Any], cache_dir: str, device: str) -> LLMJ
     else:
         raise ValueError(f"filter.model.variant must be pretrained or tiny, got {model_cfg['variant']!r}")
     dtype = getattr(torch, model_cfg.get("dtype") or "float32")
+    check_checkpoint_folder(source)  # a judge from elsewhere runs no code: no auto_map, safetensors weights only
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
-        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype)
+        model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True)
     except OSError as err:
         raise OSError(f"filter.model.source={source!r} could not be loaded ({err}); offline, point it at a local folder") from err
     return LLMJudge(

@@ -30,7 +30,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from mllm_da.data.records import Conversation, read_conversations, write_sharegpt
+from mllm_da.data.records import BadRecordError, Conversation, read_conversations, write_sharegpt
 from mllm_da.synthesis import filter as consistency
 from mllm_da.synthesis.cache import StageDir, digest, file_digest, folder_fingerprint
 from mllm_da.synthesis.formatting import FormattedTask, build_training_sets, format_triplet, load_templates
@@ -47,7 +47,7 @@ from mllm_da.synthesis.runner import (
     run_job,
 )
 from mllm_da.synthesis.seed import SeedFiles, build_seed
-from mllm_da.utils.io import atomic_write_jsonl, read_jsonl_tolerant
+from mllm_da.utils.io import atomic_write_jsonl, atomic_write_text, read_jsonl_tolerant
 
 log = logging.getLogger(__name__)
 
@@ -86,7 +86,11 @@ class DomainInputs:
     inputs: list[SynthesisInput]
     image_root: Path
     digest: str
+    #: records refused, by reason (the reader's reasons, plus duplicate_id and not_one_image)
     skipped: dict[str, int]
+    #: read == kept + rejected + beyond_limit (records past ``synthesis.limit``); rejects_path lists the rejected
+    counts: dict[str, int] = field(default_factory=dict)
+    rejects_path: Path | None = None
 
 
 def compose_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
@@ -128,33 +132,69 @@ def resolve_device(device: str) -> str:
 
 
 def read_domain_inputs(cfg: DictConfig, rejects_dir: Path | None = None) -> DomainInputs:
-    """Image-caption records of ``cfg.domain``; synthesis uses the first assistant turn (the caption)."""
+    """Image-caption records of ``cfg.domain``; synthesis uses the first assistant turn (the caption).
+
+    Each record is validated (images decoded) by :func:`read_conversations`; a record that is not one image with
+    a caption, or repeats an earlier record's id, is refused too. Under ``cfg.bad_records=skip`` refused records
+    are counted and written to ``<rejects_dir>/image_caption_pairs.jsonl`` (default: ``<output_dir>/rejects``);
+    under ``fail`` the first one raises :class:`BadRecordError` naming file, line and field.
+    """
     domain = cfg.domain
     path, root = Path(domain.image_caption_pairs), Path(domain.image_root)
-    captions, _ = read_conversations(
-        path,
-        image_root=root,
-        policy=cfg.bad_records,
-        rejects_path=rejects_dir / "image_caption_pairs.jsonl" if rejects_dir else None,
-        check_images=False,  # each image is decoded when its batch is built; a bad one is recorded there
-    )
+    if rejects_dir is None and cfg.get("paths") is not None and cfg.paths.get("output_dir"):
+        rejects_dir = Path(cfg.paths.output_dir) / "rejects"
+    rejects_path = rejects_dir / "image_caption_pairs.jsonl" if rejects_dir else None
+    policy = cfg.bad_records
+    captions, report = read_conversations(path, image_root=root, policy=policy, rejects_path=rejects_path)
     limit = cfg.synthesis.get("limit")
+    beyond = 0
     if limit is not None:
+        beyond = max(0, len(captions) - int(limit))
         captions = captions[: int(limit)]
     seen: dict[str, str] = {}
-    inputs, kept, skipped = [], [], Counter()
+    inputs, kept, skipped = [], [], Counter(report.reasons)
+    extra: list[dict[str, Any]] = []
+
+    def refuse(record: Conversation, where: str, key: str, reason: str) -> None:
+        skipped[key] += 1
+        location = record.source.rsplit(":", 1)[-1] if path.suffix == ".jsonl" else record.source.rsplit("#", 1)[-1]
+        extra.append({"source": record.source, "location": location, "reason_key": key, "field": where,
+                      "reason": reason, "raw": record.to_sharegpt(root)})
+        if policy == "fail":
+            _append_rejects(rejects_path, extra)
+            raise BadRecordError(path, location, record.source, where, key, reason)
+        log.debug("%s: refused, field '%s': %s [%s]", record.source, where, reason, key)
+
     for record in captions:
         if record.id in seen:
-            raise ValueError(f"{record.source}: field 'id': record id {record.id!r} repeats {seen[record.id]}; ids must be unique")
+            refuse(record, "id", "duplicate_id", f"record id {record.id!r} repeats {seen[record.id]}; ids must be unique")
+            continue
         seen[record.id] = record.source
         caption = next((t.content for t in record.turns if t.role == "assistant"), None)
-        if len(record.images) != 1 or caption is None:
-            skipped["not_one_image" if len(record.images) != 1 else "no_caption"] += 1
+        if len(record.images) != 1:
+            refuse(record, "images", "not_one_image",
+                   f"an image-caption record needs exactly one image, got {len(record.images)}")
+            continue
+        if caption is None:
+            refuse(record, "messages", "no_caption", "the record has no assistant turn (the caption)")
             continue
         kept.append(record)
         inputs.append(SynthesisInput(record.id, caption, str(record.images[0])))
+    _append_rejects(rejects_path, extra)
+    counts = {"read": report.read, "kept": len(kept), "rejected": report.rejected + len(extra), "beyond_limit": beyond}
+    if extra:
+        log.warning("%s: refused %d more record(s) as image-caption pairs (%s)", path, len(extra),
+                    ", ".join(f"{k}={v}" for k, v in sorted(Counter(r["reason_key"] for r in extra).items())))
     key = digest({"file": file_digest(path), "root": str(root.resolve()), "limit": limit})
-    return DomainInputs(kept, inputs, root, key, dict(skipped))
+    return DomainInputs(kept, inputs, root, key, dict(skipped), counts, rejects_path)
+
+
+def _append_rejects(path: Path | None, rows: list[dict[str, Any]]) -> None:
+    """Add rows to the rejects file :func:`read_conversations` wrote (ASCII-escaped JSON lines, like its own)."""
+    if path is None or not rows:
+        return
+    before = path.read_text(encoding="utf-8") if path.exists() else ""
+    atomic_write_text(path, before + "".join(json.dumps(row) + "\n" for row in rows))
 
 
 # --------------------------------------------------------------------------------------------- seed + tune
@@ -611,7 +651,7 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
 
     with run_folder(cfg, "synth") as summary:
         out = Path(cfg.paths.output_dir)
-        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+        atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         result = run_pipeline(cfg)
         summary["metrics"] = result.metrics
         summary["stages"] = {name: outcome.describe() for name, outcome in result.stages.items()}

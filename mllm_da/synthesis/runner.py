@@ -34,7 +34,7 @@ import torch
 
 from mllm_da.data.records import IMAGE_PLACEHOLDER, BadImageError, Turn, load_image
 from mllm_da.synthesis.parse import CAPTION_HINT
-from mllm_da.utils.io import append_jsonl, atomic_write_json
+from mllm_da.utils.io import append_jsonl, atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -74,9 +74,15 @@ class BatchLog:
         """Finished batches from every shard file (whatever shard count wrote them), by batch index."""
         batches: dict[int, list[dict[str, Any]]] = {}
         for path in sorted(self.folder.glob(f"{self.name}-shard*.jsonl")):
-            for line in _complete_lines(path):
-                row = json.loads(line)
-                batches.setdefault(int(row["batch"]), row["results"])
+            for number, line in enumerate(_complete_lines(path), start=1):
+                try:
+                    row = json.loads(line)
+                    batch, results = int(row["batch"]), row["results"]
+                except (ValueError, KeyError, TypeError) as err:
+                    # only the last line can be torn by a kill (and is cut off before reading); this is damage
+                    raise ValueError(f"{path}:{number}: not a batch record ({err}); delete {path} to redo its "
+                                     "batches") from err
+                batches.setdefault(batch, results)
         return batches
 
     def append(self, shard: int, batch: int, results: list[dict[str, Any]]) -> None:
@@ -87,7 +93,7 @@ class BatchLog:
 
 def _complete_lines(path: Path) -> list[str]:
     """Lines that end with a newline; a torn last line (a write cut by a kill) is not a finished batch."""
-    text = path.read_text(encoding="utf-8")
+    text = path.read_text(encoding="utf-8", errors="replace")  # a torn tail may end inside a character
     complete = text[: text.rfind("\n") + 1]
     return [line for line in complete.split("\n") if line.strip()]
 
@@ -290,7 +296,7 @@ def load_or_write_plan(folder: Path, inputs: Sequence[SynthesisInput], batch_siz
     path = folder / "plan.json"
     ids = [it.id for it in inputs]
     if path.exists():
-        stored = json.loads(path.read_text(encoding="utf-8"))
+        stored = read_json(path, "batch plan")
         if stored["ids"] != ids or stored["batch_size"] != batch_size:
             raise RuntimeError(f"{path}: planned for other inputs or another batch size; delete {folder} to restart")
         return stored["batches"]

@@ -10,6 +10,7 @@ import torch
 from mllm_da.backbones.base import Backbone
 from mllm_da.backbones.loading import load_backbone
 from mllm_da.training.finetune import FinetuneConfig
+from mllm_da.utils.io import atomic_dir
 
 log = logging.getLogger(__name__)
 
@@ -20,12 +21,21 @@ def export_merged(backbone: Backbone, finetune: FinetuneConfig, folder: str | Pa
     LoRA adapters are merged into the base weights. For QLoRA the base is reloaded in full precision first and
     the adapters (and any fully trained vision/projector weights) are applied to it: merging into 4-bit weights
     would bake the quantisation error in. The adapter alone is saved too, under ``folder/adapter``.
+
+    The folder is built beside ``folder`` and swapped in whole (:func:`~mllm_da.utils.io.atomic_dir`): a run killed
+    while exporting leaves the previous export, or none, never a half-written one that loads as a model.
     """
     folder = Path(folder)
+    with atomic_dir(folder) as tmp:
+        _export_into(backbone, finetune, tmp)
+    return folder
+
+
+def _export_into(backbone: Backbone, finetune: FinetuneConfig, folder: Path) -> None:
     model = backbone.model
     if finetune.method == "full":
         backbone.save(folder, model)
-        return folder
+        return
     from peft import PeftModel
 
     assert isinstance(model, PeftModel), "LoRA export expects a PeftModel"
@@ -34,7 +44,7 @@ def export_merged(backbone: Backbone, finetune: FinetuneConfig, folder: str | Pa
         merged = model.merge_and_unload()
         backbone.model = merged
         backbone.save(folder, merged)
-        return folder
+        return
     # QLoRA: full-precision base + adapter + trained non-LLM weights, then merge
     trained_extra = {
         _strip_peft(n): p.detach().to(torch.float32).cpu()
@@ -51,7 +61,6 @@ def export_merged(backbone: Backbone, finetune: FinetuneConfig, folder: str | Pa
         merged.load_state_dict(trained_extra, strict=False)
     base.model = merged
     base.save(folder, merged)
-    return folder
 
 
 def _strip_peft(name: str) -> str:

@@ -95,6 +95,19 @@ class MLLMModule(pl.LightningModule):
         self.log(f"{self.log_prefix}val/loss", out.loss, prog_bar=True, sync_dist=True, batch_size=n)
         return out.loss
 
+    def on_train_epoch_start(self) -> None:
+        # Lightning calls set_epoch on a DataLoader's sampler (and batch_sampler.sampler), never on the batch sampler
+        # itself: without this the length-grouped batch sampler would replay epoch 0's order in every epoch, and a
+        # run resumed in a later epoch (the datamodule sets the epoch it resumes in) would see other batches than
+        # an uninterrupted one
+        loaders = self.trainer.train_dataloader
+        if isinstance(loaders, dict):
+            loaders = list(loaders.values())
+        for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
+            batch_sampler = getattr(loader, "batch_sampler", None)
+            if callable(getattr(batch_sampler, "set_epoch", None)):
+                batch_sampler.set_epoch(self.trainer.current_epoch)
+
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._window_start is None:
             self._window_start = time.perf_counter()

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
+import zipfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -11,6 +13,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 from hydra.utils import instantiate
+from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 from omegaconf import DictConfig, OmegaConf
 
 from mllm_da.config_checks import ConfigError, accumulation_steps, check_train_config
@@ -21,8 +24,14 @@ from mllm_da.evaluation.runner import evaluate_backbone, format_score_table
 from mllm_da.training.export import export_merged
 from mllm_da.training.finetune import FinetuneConfig
 from mllm_da.training.module import MLLMModule, OptimConfig
-from mllm_da.utils.io import atomic_write_text
-from mllm_da.utils.runinfo import finished_run, instantiate_dict, instantiate_loggers, run_folder
+from mllm_da.utils.io import atomic_open, atomic_write_text
+from mllm_da.utils.runinfo import (
+    finished_run,
+    instantiate_dict,
+    instantiate_loggers,
+    is_rank_zero,
+    run_folder,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,7 +79,11 @@ def load_eval_benchmarks(cfg: DictConfig) -> list[Benchmark]:
     names = [cfg.eval.benchmarks] if isinstance(cfg.eval.benchmarks, str) else list(cfg.eval.benchmarks)
     specs = benchmark_specs(definitions, names, limit=cfg.eval.limit, max_new_tokens=cfg.eval.max_new_tokens)
     try:
-        return [load_benchmark(spec, cache_dir=Path(cfg.paths.cache_dir) / "datasets") for spec in specs]
+        rejects = Path(cfg.paths.output_dir) / "eval" / "rejects"
+        return [
+            load_benchmark(spec, cache_dir=Path(cfg.paths.cache_dir) / "datasets", rejects_path=rejects / f"{spec.name}.jsonl")
+            for spec in specs
+        ]
     except Exception as err:
         err.add_note("evaluation after training needs these benchmarks; set eval.enabled=false to train without it")
         raise
@@ -145,19 +158,95 @@ def weights_fingerprint(model: torch.nn.Module) -> str:
     return digest.hexdigest()[:16]
 
 
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Lightning's checkpoint writer, atomic on a local disk: ``torch.save`` into a temporary file beside the
+    target, fsync, then ``os.replace``. Lightning 2.6's own ``_atomic_save`` writes through an fsspec transaction
+    whose temporary file is made by ``tempfile.mkstemp()`` in the system temp folder and moved with ``shutil.move``:
+    when that folder is on another filesystem than the run (a tmpfs /tmp, a node-local disk) the move is a copy
+    into the target, which a kill can leave half-written, and nothing is fsynced. Remote (``scheme://``) paths
+    keep Lightning's writer."""
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        with atomic_open(path) as handle:
+            torch.save(checkpoint, handle)
+
+
+def use_atomic_checkpoints(trainer: pl.Trainer) -> None:
+    """Swap the strategy's default checkpoint writer for :class:`AtomicCheckpointIO` (strategies with a writer
+    of their own, DeepSpeed's or a user's plugin, are left alone)."""
+    strategy = trainer.strategy
+    if type(strategy.checkpoint_io) is TorchCheckpointIO:
+        strategy.checkpoint_io = AtomicCheckpointIO()
+
+
+def checkpoint_problem(path: Path) -> str | None:
+    """Why ``path`` is not a whole torch checkpoint file (None if it looks whole). A torch checkpoint is a zip
+    archive whose directory is written last, so a truncated file has none. Folders (sharded DeepSpeed or FSDP
+    checkpoints) are not checked here."""
+    if path.is_dir():
+        return None
+    try:
+        with zipfile.ZipFile(path) as archive:
+            if not any(name.endswith("data.pkl") for name in archive.namelist()):
+                return "a zip archive without a torch checkpoint in it"
+    except (zipfile.BadZipFile, OSError) as err:
+        return f"truncated or not a torch checkpoint ({err})"
+    return None
+
+
+def checkpoint_step(path: str | Path) -> int:
+    """The global step stored in a Lightning checkpoint (loaded with ``weights_only=True``)."""
+    return int(torch.load(path, map_location="cpu", weights_only=True).get("global_step", 0))
+
+
+def _newest_whole_checkpoint(folder: Path) -> Path | None:
+    """``last.ckpt`` if it is whole, else the highest-step whole ``step_*.ckpt``. A damaged ``last.ckpt`` is
+    moved aside to ``last.ckpt.damaged``, with a warning."""
+    last = folder / "last.ckpt"
+    if last.exists():
+        problem = checkpoint_problem(last)
+        if problem is None:
+            return last
+        aside = last.with_name("last.ckpt.damaged")
+        log.warning("ckpt_path=auto: %s is %s; moved to %s", last, problem, aside.name)
+        if is_rank_zero():
+            # out of the way: the resumed run writes a new last.ckpt (Lightning would otherwise write last-v1.ckpt)
+            with contextlib.suppress(FileNotFoundError):
+                last.replace(aside)
+
+    def step_of(p: Path) -> int:
+        try:
+            return int(p.stem.split("_", 1)[1])
+        except (IndexError, ValueError):
+            return -1
+
+    others = sorted(folder.glob("step_*.ckpt"), key=step_of, reverse=True)
+    fallback = next((p for p in others if checkpoint_problem(p) is None), None)
+    if fallback is not None:
+        log.warning("ckpt_path=auto: no whole last.ckpt in %s; resuming from %s", folder, fallback.name)
+    elif others or last.with_name("last.ckpt.damaged").exists():
+        log.warning("ckpt_path=auto: no whole checkpoint in %s; starting over", folder)
+    return fallback
+
+
 def resume_point(cfg: DictConfig, stages: list[Stage]) -> tuple[int, str | None]:
     """(index of the stage to start with, checkpoint) for ``ckpt_path``.
 
     A two-stage checkpoint lives in ``checkpoints/<stage name>/``, so the stages before it are done and their
     weights are in it. ``ckpt_path=auto`` takes the newest ``last.ckpt`` in this run folder, if any (a job
-    resubmitted after a crash or a time limit goes on where it stopped)."""
+    resubmitted after a crash or a time limit goes on where it stopped); a damaged one is passed over for the
+    newest whole ``step_*.ckpt``, with a warning. An explicit checkpoint that is not whole is an error naming it.
+    Checkpoints are always loaded with ``weights_only=True`` (see :func:`fit_stage`), so one from elsewhere
+    cannot run code."""
     ckpt = cfg.get("ckpt_path")
     if not ckpt:
         return 0, None
     if ckpt == "auto":
         root = Path(cfg.paths.output_dir) / "checkpoints"
-        candidates = [root / s.name / "last.ckpt" for s in stages] if len(stages) > 1 else [root / "last.ckpt"]
-        found = [(i, c) for i, c in enumerate(candidates) if c.exists()]
+        folders = [root / s.name for s in stages] if len(stages) > 1 else [root]
+        found = [(i, c) for i, f in enumerate(folders) if (c := _newest_whole_checkpoint(f)) is not None]
         if not found:
             return 0, None
         index, path = found[-1]
@@ -165,6 +254,9 @@ def resume_point(cfg: DictConfig, stages: list[Stage]) -> tuple[int, str | None]
         return index, str(path)
     if not Path(ckpt).exists():
         raise FileNotFoundError(f"ckpt_path={ckpt}: no such checkpoint")
+    problem = checkpoint_problem(Path(ckpt))
+    if problem is not None:
+        raise ValueError(f"ckpt_path={ckpt}: {problem}; point ckpt_path at a whole checkpoint")
     folder = Path(ckpt).parent.name
     for index, stage in enumerate(stages):
         if len(stages) > 1 and folder == stage.name:
@@ -215,7 +307,12 @@ def fit_stage(
         default_root_dir=str(out),
         enable_checkpointing=bool(cfg.checkpoint.every_n_steps),
     )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path)
+    use_atomic_checkpoints(trainer)
+    if trainer.is_global_zero and ckpt_dir.is_dir():
+        for stale in ckpt_dir.glob(".*.ckpt.*.tmp"):  # a writer killed mid-save; never read, only in the way
+            stale.unlink(missing_ok=True)
+    # weights_only: a checkpoint holds tensors and plain containers only; unpickling anything else (code) is refused
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     val_key = f"{prefix}val/loss"
     if datamodule.val_set and val_key not in trainer.callback_metrics and trainer.limit_val_batches:
         # a budget in steps ends mid-epoch, before Lightning's own validation: the final val/loss is still wanted
@@ -256,7 +353,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         pl.seed_everything(cfg.seed, workers=True)
         torch.set_float32_matmul_precision("high")
         out = Path(cfg.paths.output_dir)
-        OmegaConf.save(cfg, out / "config.yaml", resolve=True)
+        atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
         stages = stages_of(cfg)
         domain = prepare_domain(cfg)

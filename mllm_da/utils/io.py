@@ -1,30 +1,97 @@
-"""Atomic file writes and append-only JSONL, so that a crash never leaves a half-written file that reads as whole."""
+"""Atomic file writes and append-only JSONL, so that a crash never leaves a half-written file that reads as whole.
+
+Every output of the project is written in one of two ways:
+
+* whole files (summary.json, scores, plans, configs, figures, checkpoints, exported folders): to a temporary file
+  (or folder) beside the target, flushed and fsynced, then renamed over it with ``os.replace``. A kill at any
+  moment leaves either the old file or the new one, never a mix; a leftover ``.<name>.*.tmp`` is never read.
+* append-only logs (predictions, synthesis shards, batch logs): complete lines appended and fsynced; a kill can
+  only tear the last line, which :func:`read_jsonl_tolerant` (and the synthesis batch log) ignores.
+
+:func:`read_json` reads a whole-file JSON output and names the file when it is truncated or not JSON.
+"""
 
 from __future__ import annotations
 
+import ctypes
 import json
 import os
+import shutil
+import sys
 import tempfile
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 
-def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
-    """Write ``text`` to a temporary file beside ``path`` and rename it into place."""
+def _read_umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+#: read once at import (reading it means setting it, which is not thread-safe): temporary files are made 0600/0700
+#: and get the mode a plain ``open``/``mkdir`` would have given them
+_UMASK = _read_umask()
+
+
+def _umask() -> int:
+    return _UMASK
+
+
+def default_permissions(root: str | os.PathLike) -> None:
+    """Give a tree made by ``mkdtemp``/``mkstemp`` (0700/0600) the modes ``mkdir``/``open`` would have given it."""
+    root = Path(root)
+    for item in [root, *root.rglob("*")]:
+        os.chmod(item, (0o777 if item.is_dir() else 0o666) & ~_UMASK)
+
+
+def _fsync_dir(folder: Path) -> None:
+    """Make a rename durable (best effort: not every filesystem lets a directory be opened)."""
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def atomic_open(path: str | os.PathLike) -> Iterator[Any]:
+    """A binary file handle on a temporary file beside ``path``; when the block ends without an error the file is
+    fsynced and renamed over ``path`` (mode as a plain ``open`` would give it). An error or a kill leaves ``path``
+    as it was."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w", encoding="utf-8") as handle:
-            handle.write(text)
+        with os.fdopen(fd, "wb") as handle:
+            yield handle
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
-    return path
+    _fsync_dir(path.parent)
+
+
+def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> Path:
+    """Write ``data`` to a temporary file beside ``path`` and rename it into place."""
+    with atomic_open(path) as handle:
+        handle.write(data)
+    return Path(path)
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> Path:
+    """Write ``text`` (UTF-8) to a temporary file beside ``path`` and rename it into place."""
+    return atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def atomic_write_json(path: str | os.PathLike, obj: Any, indent: int | None = 2) -> Path:
@@ -37,14 +104,78 @@ def atomic_write_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> Path:
     return atomic_write_text(path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
 
 
-def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
-    """Append complete lines and fsync; a reader skips a torn last line (see :func:`read_jsonl_tolerant`)."""
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux ``renameat2(RENAME_EXCHANGE)``); False where that is not available."""
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL(None, use_errno=True)
+        renameat2 = libc.renameat2
+    except (OSError, AttributeError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
+
+
+@contextmanager
+def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Build a folder in a temporary sibling and swap it in when the block ends without an error.
+
+    A kill inside the block leaves the previous folder (if any) as it was and a ``.<name>.*.tmp`` sibling that
+    nothing reads. The swap is one atomic exchange of the two folders on Linux (``renameat2``), so a reader sees
+    the old folder or the new one; elsewhere it is two renames, with an instant in between where there is none.
+    Never a half-written folder.
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    with open(path, "a", encoding="utf-8") as handle:
-        for row in rows:
-            handle.write(json.dumps(row, ensure_ascii=False) + "\n")
-        handle.flush()
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent))
+    try:
+        yield tmp
+        for file in tmp.rglob("*"):
+            if file.is_file():
+                with open(file, "rb+") as handle:
+                    os.fsync(handle.fileno())
+        default_permissions(tmp)  # mkdtemp makes 0700, save_pretrained writes some files 0600
+        if not path.exists():
+            os.replace(tmp, path)
+        elif not _exchange(tmp, path):  # tmp now holds the previous folder, removed below
+            old = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".old", dir=path.parent))
+            os.replace(path, old / path.name)
+            os.replace(tmp, path)
+            shutil.rmtree(old, ignore_errors=True)
+        _fsync_dir(path.parent)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def read_json(path: str | os.PathLike, what: str = "file") -> Any:
+    """Read a JSON output written whole; a truncated or corrupt one is an error that names the file."""
+    path = Path(path)
+    text = path.read_text(encoding="utf-8")
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(
+            f"{path}: this {what} is truncated or not JSON ({err.msg} at line {err.lineno}, column {err.colno}); "
+            "it was not written by a finished write of this project: delete it to have it made again"
+        ) from err
+
+
+def append_jsonl(path: str | os.PathLike, rows: Iterable[dict]) -> None:
+    """Append complete lines and fsync; a reader skips a torn last line (see :func:`read_jsonl_tolerant`).
+
+    All rows go to the file in one ``write`` call, so a kill leaves all of them, none, or a torn tail.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    data = "".join(json.dumps(row, ensure_ascii=False) + "\n" for row in rows).encode("utf-8")
+    if not data:
+        return
+    with open(path, "ab", buffering=0) as handle:
+        view = memoryview(data)
+        while view:
+            written = handle.write(view)
+            view = view[written:]
         os.fsync(handle.fileno())
 
 
@@ -56,7 +187,7 @@ def read_jsonl_tolerant(path: str | os.PathLike) -> Iterator[dict]:
     path = Path(path)
     if not path.exists():
         return
-    lines = path.read_text(encoding="utf-8").split("\n")
+    lines = path.read_text(encoding="utf-8", errors="replace").split("\n")
     for number, line in enumerate(lines, start=1):
         if not line.strip():
             continue

@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
-from mllm_da.utils.io import atomic_write_json
+from mllm_da.utils.io import atomic_write_json, read_json
 
 log = logging.getLogger(__name__)
 
@@ -118,9 +118,16 @@ def finished_run(cfg: DictConfig) -> dict[str, Any] | None:
     """The summary of a run that already finished in this run folder with the same config, if any: a rerun of
     a sweep into its folder (hydra.sweep.dir=...) skips the jobs that are done."""
     path = Path(cfg.paths.output_dir) / "summary.json"
+    if not path.exists():
+        return None
     try:
-        summary = json.loads(path.read_text())
-    except (OSError, ValueError):
+        summary = read_json(path, "run summary")
+    except (OSError, ValueError) as err:
+        # summary.json is written atomically, so this one was damaged outside the project: run the job again
+        log.warning("%s; running this job again", err)
+        return None
+    if not isinstance(summary, dict):
+        log.warning("%s: not a run summary (a JSON object); running this job again", path)
         return None
     if summary.get("status") == "ok" and summary.get("config_hash") == config_hash(cfg):
         return summary
