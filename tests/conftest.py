@@ -47,6 +47,25 @@ def compose_cfg(work_root: Path) -> Callable[..., DictConfig]:
     return _compose
 
 
+@pytest.fixture(scope="session")
+def synth_inputs(work_root: Path) -> list:
+    """Ten synthesis inputs (caption and image) from the small toy domain."""
+    from mllm_da.data import toy
+    from mllm_da.data.records import read_conversations
+    from mllm_da.synthesis.runner import SynthesisInput
+
+    files = toy.build_toy_domain(work_root / "data" / "toy_small", n_train=48, n_test=8)
+    conversations, _ = read_conversations(files.caption_pairs, image_root=files.root)
+    return [SynthesisInput(c.id, c.turns[1].content, str(c.images[0])) for c in conversations[:10]]
+
+
+@pytest.fixture(scope="session")
+def synth_backbone(work_root: Path) -> dict:
+    """``load_backbone`` keywords of a small tiny LLaVA-NeXT synthesizer."""
+    return {"family": "llava_next", "variant": "tiny", "tiny": dict(TEST_TINY),
+            "image": {"image_mean": [0.96] * 3, "image_std": [0.5] * 3}, "cache_dir": str(work_root / ".cache")}
+
+
 def small_run_overrides(family: str = "qwen2_vl", steps: int = 2) -> list[str]:
     """A few steps of a small tiny model on a small toy domain, with its own cache key per size."""
     tiny = ",".join(f"{k}:{v}" for k, v in TEST_TINY.items())

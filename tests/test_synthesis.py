@@ -410,42 +410,29 @@ def test_batch_log_cuts_a_torn_tail_and_plans_are_fixed(tmp_path: Path):
     assert [r["id"] for r in merge_batches(BatchLog(tmp_path, "x"), [], [])] == []
 
 
-@pytest.fixture(scope="module")
-def tiny_inputs(work_root: Path) -> list[SynthesisInput]:
-    files = toy.build_toy_domain(work_root / "data" / "toy_small", n_train=48, n_test=8)
-    conversations, _ = read_conversations(files.caption_pairs, image_root=files.root)
-    return [SynthesisInput(c.id, c.turns[1].content, str(c.images[0])) for c in conversations[:10]]
-
-
-@pytest.fixture(scope="module")
-def tiny_backbone_kwargs(work_root: Path) -> dict:
-    return {"family": "llava_next", "variant": "tiny", "tiny": dict(TEST_TINY),
-            "image": {"image_mean": [0.96] * 3, "image_std": [0.5] * 3}, "cache_dir": str(work_root / ".cache")}
-
-
 def _rows(folder: Path, inputs: list[SynthesisInput]) -> list[dict]:
     plan = json.loads((folder / "plan.json").read_text())["batches"]
     return merge_batches(BatchLog(folder, "generations"), plan, [i.id for i in inputs])
 
 
-def test_two_shards_merged_equal_one_shard(tmp_path: Path, tiny_inputs, tiny_backbone_kwargs):
-    generator = SynthesizerGenerator(load_backbone(**tiny_backbone_kwargs), max_new_tokens=12)
-    base = dict(backbone=tiny_backbone_kwargs, inputs=tiny_inputs, batch_size=3, max_new_tokens=12, progress=False)
+def test_two_shards_merged_equal_one_shard(tmp_path: Path, synth_inputs, synth_backbone):
+    generator = SynthesizerGenerator(load_backbone(**synth_backbone), max_new_tokens=12)
+    base = dict(backbone=synth_backbone, inputs=synth_inputs, batch_size=3, max_new_tokens=12, progress=False)
     run_job(SynthesisJob(folder=str(tmp_path / "one"), **base), generator)
     run_job(SynthesisJob(folder=str(tmp_path / "two"), num_shards=2, shards=[1], **base), generator)
     run_job(SynthesisJob(folder=str(tmp_path / "two"), num_shards=2, shards=[0], **base), generator)
-    one, two = _rows(tmp_path / "one", tiny_inputs), _rows(tmp_path / "two", tiny_inputs)
-    assert one == two and [r["id"] for r in one] == sorted(i.id for i in tiny_inputs)
+    one, two = _rows(tmp_path / "one", synth_inputs), _rows(tmp_path / "two", synth_inputs)
+    assert one == two and [r["id"] for r in one] == sorted(i.id for i in synth_inputs)
     assert all(r["text"] is not None and r["new_tokens"] <= 12 for r in one)
     assert {p.name for p in (tmp_path / "two").glob("generations-shard*.jsonl")} == {
         "generations-shard0.jsonl", "generations-shard1.jsonl"}
 
 
-def test_sigkilled_synthesis_resumes_to_the_uninterrupted_result(tmp_path: Path, tiny_inputs, tiny_backbone_kwargs):
+def test_sigkilled_synthesis_resumes_to_the_uninterrupted_result(tmp_path: Path, synth_inputs, synth_backbone):
     """A worker process is SIGKILLed right after its first batch is on disk; the rerun completes it."""
-    job = SynthesisJob(backbone=tiny_backbone_kwargs, inputs=tiny_inputs, folder=str(tmp_path / "killed"),
+    job = SynthesisJob(backbone=synth_backbone, inputs=synth_inputs, folder=str(tmp_path / "killed"),
                        batch_size=1, max_new_tokens=32, threads=2, progress=False)
-    n_batches = len(tiny_inputs)
+    n_batches = len(synth_inputs)
     spec = tmp_path / "job.json"
     spec.write_text(json.dumps(job.to_json()))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
@@ -460,10 +447,10 @@ def test_sigkilled_synthesis_resumes_to_the_uninterrupted_result(tmp_path: Path,
     proc.wait()
     done_before = len(BatchLog(tmp_path / "killed", "generations").done())
     assert done_before < n_batches
-    generator = SynthesizerGenerator(load_backbone(**tiny_backbone_kwargs), max_new_tokens=32)
+    generator = SynthesizerGenerator(load_backbone(**synth_backbone), max_new_tokens=32)
     run_job(job, generator)  # the rerun does only what is missing
     run_job(dataclasses.replace(job, folder=str(tmp_path / "whole")), generator)
-    assert _rows(tmp_path / "killed", tiny_inputs) == _rows(tmp_path / "whole", tiny_inputs)
+    assert _rows(tmp_path / "killed", synth_inputs) == _rows(tmp_path / "whole", synth_inputs)
     lines = shard.read_text().strip().split("\n")
     assert sorted(json.loads(line)["batch"] for line in lines) == list(range(n_batches))
 

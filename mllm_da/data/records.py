@@ -182,10 +182,13 @@ def _to_rgb(image: Image.Image) -> Image.Image:
 
 
 class _Invalid(Exception):
-    """Why one record is rejected; turned into a rejects row or a :class:`BadRecordError` by the reader."""
+    """Why one record is rejected; turned into a rejects row or a :class:`BadRecordError` by the reader.
+    ``KEYS`` are the reason keys a reader reports (a subclass of another reader names its own)."""
+
+    KEYS: Any = REASON_KEYS
 
     def __init__(self, key: str, where: str, reason: str) -> None:
-        assert key in REASON_KEYS, key
+        assert key in self.KEYS, key
         super().__init__(reason)
         self.key = key
         self.field = where

@@ -41,6 +41,7 @@ from mllm_da.data.records import (
     BadRecordError,
     Conversation,
     Turn,
+    _Invalid,
     load_image,
     load_json_list,
     write_sharegpt,
@@ -286,17 +287,6 @@ def strip_image_marker(text: str) -> str | None:
     return None if IMAGE_PLACEHOLDER in text else text
 
 
-class _SeedInvalid(Exception):
-    """Why one seed record (or its image) is refused; counted, written to the rejects file, raised under fail."""
-
-    def __init__(self, key: str, where: str, reason: str) -> None:
-        assert key in SEED_REASONS, key
-        super().__init__(reason)
-        self.key = key
-        self.field = where
-        self.reason = reason
-
-
 #: why a seed record is refused (a bad record: an error under ``policy="fail"``) or left out of the seed set by the
 #: §1.2 merge (never an error); ``seed_rejects.jsonl`` and the report use these keys
 SEED_REASONS: Mapping[str, str] = {
@@ -316,6 +306,14 @@ SEED_REASONS: Mapping[str, str] = {
     "no_precise_or_informative_qa": "an image without both precise and informative QA",
     "image_refused": "QA of an image whose caption record was refused for its image",
 }
+
+
+class _SeedInvalid(_Invalid):
+    """Why one seed record (or its image) is refused; counted, written to the rejects file, raised under fail."""
+
+    KEYS = SEED_REASONS
+
+
 #: the merge's reasons: records left out, not bad
 _UNUSED = ("duplicate_caption", "no_caption", "no_precise_or_informative_qa", "image_refused")
 

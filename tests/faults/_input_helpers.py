@@ -84,7 +84,7 @@ _VALID_FILES = {
     "cmyk.jpg": lambda p: Image.new("CMYK", (6, 4), (10, 200, 30, 0)).save(p, format="JPEG"),
     "sixteen_bit.png": lambda p: Image.new("I;16", (4, 3), 40000).save(p),
     "animated.gif": lambda p: _frames(p, "GIF"),
-    "animated.png": lambda p: _frames(p, "PNG"),
+    "animated_png.png": lambda p: _frames(p, "PNG"),  # a stem of its own: case names come from stems
     "palette_transparency.png": _palette_transparency,
     "rgba.png": lambda p: Image.new("RGBA", (3, 3), (0, 0, 0, 0)).save(p),
     "la.png": lambda p: Image.new("LA", (2, 2), (50, 128)).save(p),
@@ -96,6 +96,16 @@ def _noise_png(path: Path, size: int = 96) -> bytes:
     rng = random.Random(0)
     Image.frombytes("RGB", (size, size), bytes(rng.randrange(256) for _ in range(size * size * 3))).save(path)
     return path.read_bytes()
+
+
+#: the names of :func:`make_image_pool`'s cases, known before the pool is written (to build fault tables)
+IMAGE_CASE_NAMES = [
+    *(f"image {Path(name).stem}" for name in _VALID_FILES),
+    "image symlink inside root", "image absolute path inside root", "image truncated", "image header only",
+    "image empty file", "image not an image", "image decompression bomb header", "image missing",
+    "image path traversal ../", "image absolute path outside root", "image symlink out of root",
+    "image path is a folder", "image path with NUL byte", "image path too long",
+]
 
 
 def make_image_pool(base: Path) -> tuple[Path, dict[str, ImageCase]]:
@@ -132,6 +142,7 @@ def make_image_pool(base: Path) -> tuple[Path, dict[str, ImageCase]]:
         "image path with NUL byte": ImageCase("rgb.png\x00.txt", "bad_path", "missing_image", "bad_path"),
         "image path too long": ImageCase("x" * 5000 + ".png", "bad_path", "missing_image", "missing_image"),
     }
+    assert list(cases) == IMAGE_CASE_NAMES
     return root, cases
 
 

@@ -28,8 +28,6 @@ from conftest import ROOT, TEST_TINY, small_run_overrides
 
 from faults.conftest import PROFILE
 from mllm_da.backbones.loading import load_backbone
-from mllm_da.data import toy
-from mllm_da.data.records import read_conversations
 from mllm_da.evaluation.runner import evaluate
 from mllm_da.synthesis.cache import StageDir
 from mllm_da.synthesis.runner import (
@@ -309,19 +307,6 @@ def test_sigkilled_training_resumes_at_its_last_checkpoint_with_the_same_data_or
 
 
 # ------------------------------------------------------------------------------------------------ synthesis
-
-
-@pytest.fixture(scope="module")
-def synth_inputs(work_root: Path) -> list[SynthesisInput]:
-    files = toy.build_toy_domain(work_root / "data" / "toy_small", n_train=48, n_test=8)
-    conversations, _ = read_conversations(files.caption_pairs, image_root=files.root)
-    return [SynthesisInput(c.id, c.turns[1].content, str(c.images[0])) for c in conversations[:10]]
-
-
-@pytest.fixture(scope="module")
-def synth_backbone(work_root: Path) -> dict:
-    return {"family": "llava_next", "variant": "tiny", "tiny": dict(TEST_TINY),
-            "image": {"image_mean": [0.96] * 3, "image_std": [0.5] * 3}, "cache_dir": str(work_root / ".cache")}
 
 
 @pytest.fixture(scope="module")

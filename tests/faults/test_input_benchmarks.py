@@ -32,6 +32,7 @@ from mllm_da.evaluation.benchmarks import (
 )
 
 from ._input_helpers import (
+    IMAGE_CASE_NAMES,
     LINE_CASES,
     TEXT_CASES,
     ImageCase,
@@ -83,15 +84,7 @@ def expected(fault: str, metric: str, cases: dict[str, ImageCase]) -> tuple[str,
     return table.get(metric, table.get("*"))
 
 
-_IMAGE_NAMES = [
-    "image rgb", "image one_by_one", "image tall", "image cmyk", "image sixteen_bit", "image animated",
-    "image palette_transparency", "image rgba", "image la", "image one_bit", "image symlink inside root",
-    "image absolute path inside root", "image truncated", "image header only", "image empty file",
-    "image not an image", "image decompression bomb header", "image missing", "image path traversal ../",
-    "image absolute path outside root", "image symlink out of root", "image path is a folder",
-    "image path with NUL byte", "image path too long",
-]
-for _name in _IMAGE_NAMES:
+for _name in IMAGE_CASE_NAMES:
     FAULTS[_name] = (_image(_name), {})
 for _name, (_text, _valid) in TEXT_CASES.items():
     _reason = None if _valid else ("not_utf8" if "\ud800" in _text else "empty_prompt")

@@ -30,6 +30,7 @@ from mllm_da.data.records import (
 )
 
 from ._input_helpers import (
+    IMAGE_CASE_NAMES,
     LINE_CASES,
     TEXT_CASES,
     ImageCase,
@@ -121,15 +122,7 @@ def _field_fault(change: Callable[[dict, str], None], key: str, where: Callable[
 
 
 FAULTS["valid record"] = _valid
-_IMAGE_NAMES = [
-    "image rgb", "image one_by_one", "image tall", "image cmyk", "image sixteen_bit", "image animated",
-    "image palette_transparency", "image rgba", "image la", "image one_bit", "image symlink inside root",
-    "image absolute path inside root", "image truncated", "image header only", "image empty file",
-    "image not an image", "image decompression bomb header", "image missing", "image path traversal ../",
-    "image absolute path outside root", "image symlink out of root", "image path is a folder",
-    "image path with NUL byte", "image path too long",
-]
-for _name in _IMAGE_NAMES:
+for _name in IMAGE_CASE_NAMES:
     FAULTS[_name] = _image_fault(_name)
 for _name in TEXT_CASES:
     FAULTS[f"answer {_name}"] = _text_fault(_name)

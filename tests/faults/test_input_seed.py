@@ -37,7 +37,7 @@ FILE_NAMES = {"caption": "ALLaVA-Caption-VFLAN-4V.json", "precise": "metadata.js
 KINDS = {"caption": "seed file: ALLaVA caption", "precise": "seed file: VisionFLAN metadata",
          "informative": "seed file: ALLaVA instruct", None: "seed files: images and merge"}
 #: valid images that the fault-free entries use (distinct base names; rgb.png is left to the absolute-path case)
-VALID_IMAGES = ("one_by_one.png", "tall.png", "cmyk.jpg", "sixteen_bit.png", "animated.gif", "animated.png",
+VALID_IMAGES = ("one_by_one.png", "tall.png", "cmyk.jpg", "sixteen_bit.png", "animated.gif", "animated_png.png",
                 "palette_transparency.png", "rgba.png")
 _names = itertools.count()
 
@@ -126,7 +126,7 @@ def _drop(path: tuple):
 
 FAULTS: dict[str, Any] = {"valid image": lambda rng, cases: valid_entry("rgb_copy.png", rng)}
 for _name in ("image rgb", "image one_by_one", "image cmyk", "image sixteen_bit", "image animated",
-              "image palette_transparency", "image la", "image one_bit", "image symlink inside root",
+              "image animated_png", "image palette_transparency", "image la", "image one_bit", "image symlink inside root",
               "image absolute path inside root", "image truncated", "image header only", "image empty file",
               "image not an image", "image decompression bomb header", "image missing", "image path traversal ../",
               "image absolute path outside root", "image symlink out of root", "image path is a folder",
