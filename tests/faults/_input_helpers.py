@@ -15,9 +15,12 @@ import os
 import random
 import struct
 import zlib
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from pathlib import Path
 
+from hypothesis import given
+from hypothesis import strategies as st
 from PIL import Image
 
 ACCEPTED = "accepted (valid input)"
@@ -96,6 +99,19 @@ def _noise_png(path: Path, size: int = 96) -> bytes:
     rng = random.Random(0)
     Image.frombytes("RGB", (size, size), bytes(rng.randrange(256) for _ in range(size * size * 3))).save(path)
     return path.read_bytes()
+
+
+def record_file_cases(faults: Iterable[str]) -> Callable:
+    """Hypothesis cases of a record file: one fault, ``n_valid`` good and ``n_bad`` faulty records in an order
+    drawn from ``rng``, written as JSONL or as a JSON list, read under either bad-record policy."""
+    return given(
+        fault=st.sampled_from(sorted(faults)),
+        rng=st.randoms(use_true_random=False),
+        n_valid=st.integers(0, 3),
+        n_bad=st.integers(1, 3),
+        as_jsonl=st.booleans(),
+        policy=st.sampled_from(["skip", "fail"]),
+    )
 
 
 #: the names of :func:`make_image_pool`'s cases, known before the pool is written (to build fault tables)

@@ -21,15 +21,13 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 from omegaconf import DictConfig, open_dict
 
 from mllm_da.data.mixing import DataMix, DomainFiles
 from mllm_da.data.records import BadRecordError, load_image
 from mllm_da.synthesis.pipeline import read_domain_inputs
 
-from ._input_helpers import ImageCase, assert_names, make_image_pool, outcome
+from ._input_helpers import ImageCase, assert_names, make_image_pool, outcome, record_file_cases
 from .test_input_instructions import FAULTS as RECORD_FAULTS
 from .test_input_instructions import LINE_ONLY, _dump, _record
 
@@ -161,14 +159,7 @@ def run_case(pool: tuple[Path, dict[str, ImageCase]], synth_cfg: DictConfig, tal
     tally.record(TRAIN, fault, outcome(bool(reader_bad), policy))
 
 
-@given(
-    fault=st.sampled_from(sorted(FAULTS)),
-    rng=st.randoms(use_true_random=False),
-    n_valid=st.integers(0, 3),
-    n_bad=st.integers(1, 3),
-    as_jsonl=st.booleans(),
-    policy=st.sampled_from(["skip", "fail"]),
-)
+@record_file_cases(FAULTS)
 def test_image_caption_pair_faults(pool, synth_cfg, fault_tally, fault, rng, n_valid, n_bad, as_jsonl,
                                    policy) -> None:
     run_case(pool, synth_cfg, fault_tally, fault, rng, n_valid, n_bad, as_jsonl, policy)

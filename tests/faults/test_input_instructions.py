@@ -18,8 +18,6 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-from hypothesis import given
-from hypothesis import strategies as st
 
 from mllm_da.data.records import (
     REASON_KEYS,
@@ -37,6 +35,7 @@ from ._input_helpers import (
     assert_names,
     make_image_pool,
     outcome,
+    record_file_cases,
     write_huge_image,
 )
 
@@ -241,14 +240,7 @@ def run_case(
 # --------------------------------------------------------------------------------------------- tests
 
 
-@given(
-    fault=st.sampled_from(sorted(FAULTS)),
-    rng=st.randoms(use_true_random=False),
-    n_valid=st.integers(0, 3),
-    n_bad=st.integers(1, 3),
-    as_jsonl=st.booleans(),
-    policy=st.sampled_from(["skip", "fail"]),
-)
+@record_file_cases(FAULTS)
 def test_instruction_file_faults(pool, fault_tally, fault, rng, n_valid, n_bad, as_jsonl, policy) -> None:
     run_case(pool, fault_tally, fault, rng, n_valid, n_bad, as_jsonl, policy)
 
