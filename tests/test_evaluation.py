@@ -202,8 +202,9 @@ class Scripted:
         self.stats = GenerationStats()
         self.asked: list[int] = []
 
-    def generate(self, requests, *, max_new_tokens, on_batch=None, desc=""):
+    def generate(self, requests, *, max_new_tokens, on_batch=None, desc="", done=()):
         out = {}
+        requests = [r for r in requests if r.key not in done]
         for r in requests:
             r.images()  # the image must be readable
             self.asked.append(r.key)

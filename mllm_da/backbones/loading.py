@@ -38,6 +38,7 @@ FAMILIES: dict[str, type[Backbone]] = {cls.family: cls for cls in (Qwen2VL, Qwen
 TINY_BUILD_VERSION = 1
 
 ARCHITECTURES = Path(__file__).parent / "architectures"
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 #: the configs through which a checkpoint can ask transformers to import its own code (``auto_map``)
 CODE_CONFIGS = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json",
                 "image_processor_config.json", "video_preprocessor_config.json", "feature_extractor_config.json")
@@ -96,7 +97,6 @@ def check_checkpoint_folder(source: str | os.PathLike, trust_remote_code: bool =
                     "weights are loaded from safetensors only. Convert them where you trust them "
                     "(save_pretrained(..., safe_serialization=True)) and point at that folder"
                 )
-DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 
 
 def family_class(family: str) -> type[Backbone]:

@@ -17,6 +17,7 @@ Image paths are relative to ``image_root`` (by default the data file's folder); 
 from __future__ import annotations
 
 import codecs
+import io
 import json
 import logging
 import os
@@ -148,22 +149,46 @@ class BadRecordError(ValueError):
 # --------------------------------------------------------------------------------------------- images
 
 
-def load_image(path: str | os.PathLike) -> Image.Image:
-    """Decode an image fully and return it as RGB, so that every backbone sees the same pixels.
+def load_image(source: str | os.PathLike | bytes) -> Image.Image:
+    """Decode an image (a file, or the bytes of one embedded in a dataset) fully and return it as RGB, so that
+    every backbone sees the same pixels.
 
     Transparent pixels are composited on white (not left as whatever colour hides under alpha 0); 16-bit
     greyscale is scaled from 0..65535 and float images from 0..1 to 0..255; an animation gives its first frame.
-    A missing, truncated or undecodable file raises :class:`BadImageError` naming the file.
+    A missing, truncated or undecodable image raises :class:`BadImageError` naming the file.
     """
-    path = Path(path)
+    if isinstance(source, bytes):
+        name, opened = "the embedded image", io.BytesIO(source)
+    else:
+        name = str(Path(source))
+        opened = Path(source)
     try:
-        with Image.open(path) as image:
+        with Image.open(opened) as image:
             image.load()
             return _to_rgb(image)
     except FileNotFoundError as err:
-        raise BadImageError(f"{path}: no such image file") from err
+        raise BadImageError(f"{name}: no such image file") from err
     except Exception as err:  # a decoder can fail in many ways on a hostile file; each means "not an image"
-        raise BadImageError(f"{path}: cannot decode image ({type(err).__name__}: {err})") from err
+        raise BadImageError(f"{name}: cannot decode image ({type(err).__name__}: {err})") from err
+
+
+def locate_image(root: Path, text: str) -> tuple[Path, bool, bool]:
+    """``(resolved path, inside root?, is a file?)`` of an image path relative to ``root`` (an absolute path replaces
+    the root; symlinks are followed). Raises ``OSError``/``RuntimeError`` for a name too long or a symlink loop;
+    each reader maps the outcomes to its own reasons."""
+    resolved = (root / text).resolve()
+    inside = resolved.is_relative_to(root)
+    return resolved, inside, inside and resolved.is_file()
+
+
+def lone_surrogate(text: str) -> int | None:
+    """The position of the first lone surrogate in ``text`` (JSON's ``\\ud800`` escapes decode to one: such a
+    string cannot be written as UTF-8), or None."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as err:
+        return err.start
+    return None
 
 
 def _to_rgb(image: Image.Image) -> Image.Image:
@@ -222,12 +247,9 @@ def _text(value: Any, where: str) -> str:
     """A string that can be written back as UTF-8 (JSON's ``\\ud800`` escapes decode to lone surrogates)."""
     if not isinstance(value, str):
         raise _Invalid("wrong_type", where, f"expected a string, got {_json_type(value)}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise _Invalid(
-            "not_utf8", where, f"not valid UTF-8 (lone surrogate at character {err.start})"
-        ) from None
+    at = lone_surrogate(value)
+    if at is not None:
+        raise _Invalid("not_utf8", where, f"not valid UTF-8 (lone surrogate at character {at})")
     return value
 
 
@@ -344,9 +366,7 @@ class _Validator:
         if not text:
             raise _Invalid("missing_image", where, "the image path is empty")
         try:
-            resolved = (self.root / text).resolve()  # an absolute ``text`` replaces the root
-            inside = resolved.is_relative_to(self.root)
-            is_file = inside and resolved.is_file()
+            resolved, inside, is_file = locate_image(self.root, text)
         except (OSError, RuntimeError) as err:  # too long a name, a symlink loop
             raise _Invalid("bad_path", where, f"cannot resolve image path {text!r} ({err})") from None
         if not inside:

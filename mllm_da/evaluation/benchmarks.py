@@ -44,10 +44,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
-import numpy as np
 from PIL import Image
 
-from mllm_da.data.records import BadImageError, load_image
+from mllm_da.data.records import BadImageError, load_image, locate_image, lone_surrogate
 from mllm_da.evaluation.scorers import (
     SCORERS,
     ChoiceLabels,
@@ -239,7 +238,7 @@ class Benchmark:
     def image(self, index: int) -> Image.Image:
         """The decoded RGB image of the row at split position ``index``."""
         try:
-            return _decode(self._image_ref(index))
+            return load_image(self._image_ref(index))
         except BadImageError as err:
             raise BadImageError(f"{self.origin} row {index}: field '{self.spec.image_field}': {err}") from err
 
@@ -267,32 +266,6 @@ class Benchmark:
         return ref
 
 
-def _to_rgb(image: Image.Image) -> Image.Image:
-    """The same pixels :func:`mllm_da.data.records.load_image` gives for a file: RGB, transparency on white,
-    16-bit and float modes scaled to 0..255."""
-    if image.mode == "F" or image.mode == "I" or image.mode.startswith("I;16"):
-        scale = 255.0 if image.mode == "F" else 255.0 / 65535.0
-        values = np.nan_to_num(np.asarray(image, dtype=np.float64)) * scale
-        image = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8))
-    if image.has_transparency_data:
-        canvas = Image.new("RGBA", image.size, (255, 255, 255, 255))
-        canvas.alpha_composite(image.convert("RGBA"))
-        return canvas.convert("RGB")
-    return image.convert("RGB")
-
-
-def _decode(ref: Path | bytes) -> Image.Image:
-    """The RGB pixels of an image file or embedded bytes; :class:`BadImageError` when they do not decode."""
-    if isinstance(ref, Path):
-        return load_image(ref)
-    try:
-        with Image.open(io.BytesIO(ref)) as image:
-            image.load()
-            return _to_rgb(image)
-    except Exception as err:  # a decoder fails in many ways on a bad file; each means "not an image"
-        raise BadImageError(f"cannot decode the embedded image ({type(err).__name__}: {err})") from err
-
-
 def _image_reference(value: Any, root: Path | None) -> tuple[Path | bytes | None, tuple[str, str] | None]:
     """Turn a stored image value into bytes or a checked path; returns ``(ref, None)`` or ``(None, problem)``.
 
@@ -316,15 +289,13 @@ def _image_reference(value: Any, root: Path | None) -> tuple[Path | bytes | None
         return None, ("missing_image", "no image (null or empty)")
     if "\x00" in value:
         return None, ("missing_image", "the image path contains a NUL byte")
-    if _lone_surrogate(value) is not None:
-        return None, ("not_utf8", f"the image path holds a lone surrogate at character {_lone_surrogate(value)}")
-    candidate = Path(value)
+    at = lone_surrogate(value)
+    if at is not None:
+        return None, ("not_utf8", f"the image path holds a lone surrogate at character {at}")
     if root is None:
         return None, ("missing_image", f"image path {value!r:.200} given but the benchmark has no image_root")
     try:
-        resolved = (root / candidate).resolve()
-        inside = resolved.is_relative_to(root.resolve())  # an absolute path inside the root is fine
-        is_file = inside and resolved.is_file()
+        resolved, inside, is_file = locate_image(root.resolve(), value)  # an absolute path inside the root is fine
     except (OSError, RuntimeError) as err:  # too long a name, a symlink loop
         return None, ("missing_image", f"cannot resolve image path {value!r:.200} ({type(err).__name__}: {err})")
     if not inside:
@@ -332,15 +303,6 @@ def _image_reference(value: Any, root: Path | None) -> tuple[Path | bytes | None
     if not is_file:
         return None, ("missing_image", f"image file {resolved} does not exist")
     return resolved, None
-
-
-def _lone_surrogate(text: str) -> int | None:
-    """The position of the first lone surrogate in ``text`` (JSON's ``\\ud800`` escapes decode to one), or None."""
-    try:
-        text.encode("utf-8")
-    except UnicodeEncodeError as err:
-        return err.start
-    return None
 
 
 # ------------------------------------------------------------------------------------------------ sources
@@ -597,7 +559,7 @@ def _check_row(
     for name, value in fields.items():
         texts = value if isinstance(value, (list, tuple)) else [value]
         for text in texts:
-            at = _lone_surrogate(text) if isinstance(text, str) else None
+            at = lone_surrogate(text) if isinstance(text, str) else None
             if at is not None:
                 return str(name), "not_utf8", f"the text holds a lone surrogate at character {at}"
     prompt = fields.get(spec.prompt_field)
@@ -669,7 +631,7 @@ def _image_problem(
     key: Path | str = ref if isinstance(ref, Path) else hashlib.sha1(ref).hexdigest()
     if key not in decoded:
         try:
-            _decode(ref)
+            load_image(ref)
             decoded[key] = None
         except BadImageError as err:
             decoded[key] = ("bad_image", str(err))

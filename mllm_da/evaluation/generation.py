@@ -92,9 +92,9 @@ OnBatch = Callable[[list[tuple[int, str]]], None]
 
 
 class Generator(Protocol):
-    """What the runner needs: texts for requests, reported batch by batch. A generator that sets
-    ``resumes_by_plan = True`` also takes ``done`` (keys generated before a crash): it is then given every request
-    and plans its batches as an uninterrupted run would; others are given only the missing requests."""
+    """What the runner needs: texts for requests, reported batch by batch. ``done`` holds the keys generated
+    before a crash: the generator is given every request, plans its batches as an uninterrupted run would, and
+    generates (and reports) only what is missing."""
 
     stats: GenerationStats
 
@@ -105,6 +105,7 @@ class Generator(Protocol):
         max_new_tokens: int,
         on_batch: OnBatch | None = None,
         desc: str = "generate",
+        done: Collection[int] = (),
     ) -> dict[int, str]: ...
 
 
@@ -137,9 +138,6 @@ class HFGenerator:
 
     ``synthesizer=True`` stops at the synthesizer's end-of-text instead of the turn end (reference §2.2).
     """
-
-    #: takes ``done`` and plans batches over all requests (see :class:`Generator`)
-    resumes_by_plan = True
 
     def __init__(
         self, backbone: Backbone, *, batch_size: int = 8, progress: bool = True, synthesizer: bool = False
@@ -261,9 +259,6 @@ class VLLMGenerator:
     vLLM tokenises the rendered prompt with ``add_special_tokens=True``: for the Llama-3 formats, whose text
     starts with ``<|begin_of_text|>``, that gives the reference's double BOS; Qwen prompts are unchanged.
     """
-
-    #: takes ``done`` and plans batches over all requests (see :class:`Generator`)
-    resumes_by_plan = True
 
     def __init__(
         self,

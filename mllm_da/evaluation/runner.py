@@ -252,7 +252,7 @@ def run_benchmark(
     pending = [row for row in bench.rows if row.index not in done]
     if resumed:
         log.info("%s: resuming, %d of %d rows already predicted", spec.name, resumed, len(bench.rows))
-    if pending and getattr(generator, "resumes_by_plan", False):
+    if pending:
         # every row goes to the generator with the done ones marked: it batches them exactly as an uninterrupted
         # run does (same batch members, same padding, same greedy tokens) and skips the batches already done
         generator.generate(
@@ -261,11 +261,6 @@ def run_benchmark(
             on_batch=on_batch,
             desc=f"eval {spec.name}",
             done=frozenset(done),
-        )
-    elif pending:  # a generator without ``done`` (a user's, a test double): only the missing rows
-        generator.generate(
-            [request(row) for row in pending], max_new_tokens=spec.max_new_tokens, on_batch=on_batch,
-            desc=f"eval {spec.name}",
         )
 
     final, per_row = [], []
@@ -485,9 +480,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             instantiate(cfg.domain.prepare)  # the toy domain builds its benchmark on first use
         definitions = OmegaConf.to_container(cfg.benchmark, resolve=True)
         assert isinstance(definitions, dict)
-        names = [cfg.benchmarks] if isinstance(cfg.benchmarks, str) else list(cfg.benchmarks or [])
-        if not names:
-            raise ValueError("no benchmark selected: set benchmarks=[...] (names of conf/benchmark/*.yaml)")
+        names = [cfg.benchmarks] if isinstance(cfg.benchmarks, str) else list(cfg.benchmarks)
         specs = benchmark_specs(
             definitions,  # type: ignore[arg-type]
             names,

@@ -44,6 +44,8 @@ from mllm_da.data.records import (
     _Invalid,
     load_image,
     load_json_list,
+    locate_image,
+    lone_surrogate,
     write_sharegpt,
 )
 from mllm_da.synthesis.parse import CAPTION_HINT, INFORMATIVE_HINT, PRECISE_HINT
@@ -340,10 +342,9 @@ def _seed_text(value: Any, where: str, *, empty_ok: bool = False) -> str:
         raise _SeedInvalid("missing_field", where, "the field is absent or null")
     if not isinstance(value, str):
         raise _SeedInvalid("wrong_type", where, f"expected a string, got {type(value).__name__}")
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as err:
-        raise _SeedInvalid("not_utf8", where, f"not valid UTF-8 (lone surrogate at character {err.start})") from None
+    at = lone_surrogate(value)
+    if at is not None:
+        raise _SeedInvalid("not_utf8", where, f"not valid UTF-8 (lone surrogate at character {at})")
     if not empty_ok and not value.strip():
         raise _SeedInvalid("empty_turn", where, "the text is empty")
     return value
@@ -443,9 +444,7 @@ def _seed_image(root: Path, candidates: Sequence[str], check: bool) -> Path:
     escaped = None
     for text in candidates:
         try:
-            resolved = (root / text).resolve()  # an absolute path replaces the root
-            inside = resolved.is_relative_to(root)
-            is_file = inside and resolved.is_file()
+            resolved, inside, is_file = locate_image(root, text)
         except (OSError, RuntimeError, ValueError):  # too long a name, a symlink loop
             continue
         if not inside:

@@ -24,20 +24,10 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-
-def _read_umask() -> int:
-    mask = os.umask(0)
-    os.umask(mask)
-    return mask
-
-
 #: read once at import (reading it means setting it, which is not thread-safe): temporary files are made 0600/0700
 #: and get the mode a plain ``open``/``mkdir`` would have given them
-_UMASK = _read_umask()
-
-
-def _umask() -> int:
-    return _UMASK
+_UMASK = os.umask(0)
+os.umask(_UMASK)
 
 
 def default_permissions(root: str | os.PathLike) -> None:
@@ -74,7 +64,7 @@ def atomic_open(path: str | os.PathLike) -> Iterator[Any]:
             yield handle
             handle.flush()
             os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600
+        os.chmod(tmp, 0o666 & ~_UMASK)  # mkstemp makes 0600
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
