@@ -15,8 +15,9 @@ images with the long side between 448 and 1280 px, 1 to 8 tasks each):
 "Per core" divides samples by the CPU seconds all of the pipeline's processes used (user + system, workers
 included, from ``/proc``), so it holds on a shared machine; samples/s is wall clock. For every adapter with a fast
 pixel path (``fast_image.py``, the adapter's ``fast_pixels``: Qwen2-VL, Qwen2.5-VL, LLaVA-NeXT, Mllama) the load is
-measured with it (``fast``) and with transformers' processor (``hf``), the before/after of that change. Prints one
-table and writes ``benchmarks/results/data_pipeline-<device>.json``.
+measured with it on the preset's image backend (``fast torchvision``: the presets' default) with each worker
+count, then in-process on the other backend (``fast pil``) and with transformers' PIL processor (``hf pil``), the
+before/after of those changes. Prints one table and writes ``benchmarks/results/data_pipeline-<device>.json``.
 """
 
 from __future__ import annotations
@@ -130,10 +131,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for model in args.models:
         backbone, cfg = processor_backbone(model)
         cutoff = int(cfg.data.cutoff_len)
-        variants: list[tuple[str, int, bool]] = [("fast" if hasattr(backbone, "fast_pixels") else "hf", w, True)
-                                                 for w in args.workers]
-        if hasattr(backbone, "fast_pixels") and not args.no_slow_path:
-            variants.append(("hf", 0, False))
+        fast_path = hasattr(backbone, "fast_pixels")
+        preset_backend = backbone.spec.image_backend
+        # (label, fast path on, image backend, workers): the preset's own settings with each worker count, then
+        # the fast path on the other backend and transformers' PIL processor, in-process
+        variants = [("fast" if fast_path else "hf", fast_path, preset_backend, w) for w in args.workers]
+        if fast_path and not args.no_slow_path:
+            other = "pil" if preset_backend == "torchvision" else "torchvision"
+            variants += [("fast", True, other, 0), ("hf", False, "pil", 0)]
         plans = []
         for _ in range(args.repeats):
             plan, dataset = measure_plan(backbone, convs, cutoff)
@@ -147,12 +152,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                  "max_tokens": max(lengths)}
         rows.append(plan)
         result["runs"].append(plan)
-        for path, workers, fast in variants:
-            if hasattr(backbone, "fast_pixels"):
+        for path, fast, backend, workers in variants:
+            if fast_path:
                 backbone.fast_pixels = fast
+            backbone.spec.image_backend = backend
             runs = [measure_load(backbone, convs, cutoff, args.batch, workers) for _ in range(args.repeats)]
             row = runs[0] | {
-                "model": model, "variant": f"{path}, workers={workers}", "pixels": path,
+                "model": model, "variant": f"{path} {backend}, workers={workers}", "pixels": path,
+                "image_backend": backend,
                 "samples_per_s": median([r["samples_per_s"] for r in runs]),
                 "samples_per_s_per_core": median([r["samples_per_s_per_core"] for r in runs]),
                 "wall_s": median([r["wall_s"] for r in runs]), "cpu_s": median([r["cpu_s"] for r in runs]),
@@ -160,7 +167,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             }
             rows.append(row)
             result["runs"].append(row)
-        if hasattr(backbone, "fast_pixels"):
+        backbone.spec.image_backend = preset_backend
+        if fast_path:
             backbone.fast_pixels = True
     table = print_table(
         rows, ["model", "stage", "variant", "samples", "samples_per_s", "samples_per_s_per_core", "cpu_s",

@@ -213,7 +213,8 @@ def _check_numbers(cfg: DictConfig) -> None:
 
 
 def _check_model(cfg: DictConfig, key: str) -> None:
-    """A backbone node names a family, variant and dtype that exist."""
+    """A backbone node names a family, variant, dtype and image backend that exist."""
+    from mllm_da.backbones.fast_image import BACKENDS
     from mllm_da.backbones.loading import DTYPES, FAMILIES
 
     node = _value(cfg, key)
@@ -231,6 +232,8 @@ def _check_model(cfg: DictConfig, key: str) -> None:
         raise ConfigError(f"{key}.source must name a hub id or a local folder for variant=pretrained")
     if node.get("dtype", "float32") not in DTYPES:
         raise ConfigError(f"{key}.dtype must be one of {sorted(DTYPES)}, got {node.get('dtype')!r}")
+    if node.get("image_backend", "torchvision") not in BACKENDS:
+        raise ConfigError(f"{key}.image_backend must be one of {list(BACKENDS)}, got {node.get('image_backend')!r}")
 
 
 def _check_finetune(cfg: DictConfig) -> None:

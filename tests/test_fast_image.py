@@ -1,5 +1,7 @@
 """The fast LLaVA-NeXT and Mllama pixel paths (mllm_da/backbones/fast_image.py) give what transformers' PIL
-processors give, and the adapters' batches are the same with the fast path on or off.
+processors give, and the adapters' batches are the same with the fast path on or off. The ``torchvision`` backend
+of all three paths (Qwen included) gives what the same processors give with torchvision's two primitives in place
+of PIL's: the resize (``torchvision.transforms.v2.functional.resize_image``) and the fused rescale + normalise.
 
 Every comparison is exact (``torch.equal``, dtypes included), not within a tolerance: the fast path runs the same
 PIL resize on the same RGB pixels, pads with the same zero bytes, and its per-channel table holds exactly the
@@ -10,6 +12,7 @@ palette / 16-bit files decoded by ``load_image``, and real sizes (448-1280 px) u
 
 from __future__ import annotations
 
+import platform
 import random
 from pathlib import Path
 
@@ -19,13 +22,20 @@ import torch
 from conftest import TEST_TINY
 from PIL import Image
 from transformers import LlavaNextImageProcessorPil, MllamaImageProcessorPil
+from transformers import image_processing_backends as backends
 
 from mllm_da.backbones import fast_image
 from mllm_da.backbones.base import Backbone
-from mllm_da.backbones.fast_image import llava_next_pixel_inputs, mllama_pixel_inputs, pixel_dtype
+from mllm_da.backbones.fast_image import (
+    llava_next_pixel_inputs,
+    mllama_pixel_inputs,
+    pixel_dtype,
+    qwen_pixel_inputs,
+)
 from mllm_da.backbones.llava_next import LlavaNext
 from mllm_da.backbones.loading import load_backbone
 from mllm_da.backbones.mllama import Mllama
+from mllm_da.backbones.qwen import Qwen2VL
 from mllm_da.data.records import Turn, load_image
 
 TINY_IMAGE = {"image_mean": [0.96, 0.96, 0.96], "image_std": [0.5, 0.5, 0.5]}  # conf/model/tiny_*.yaml
@@ -174,6 +184,102 @@ def test_pixel_dtype_follows_the_model_dtype():
     assert pixel_dtype(None) == torch.float32
 
 
+# ------------------------------------------------------------------------------------- torchvision backend
+QWEN_PROCESSORS = {
+    "tiny": lambda: Qwen2VL.tiny_processor({"vocab": 300}, {"min_pixels": 12544, "max_pixels": 12544,
+                                                            **TINY_IMAGE}).image_processor,
+    "random": lambda: Qwen2VL.tiny_processor({"vocab": 300}, {"min_pixels": 50176,
+                                                              "max_pixels": 1003520}).image_processor,
+}
+
+
+def torchvision_resize(image: np.ndarray, size, resample, **_) -> np.ndarray:
+    """torchvision 0.28's ``resize_image`` (antialias on) of the CHW uint8 image, in the place of transformers'
+    PIL ``resize``: the image as transformers' torchvision backend holds it (contiguous CHW, a batch of one)."""
+    assert image.dtype == np.uint8 and image.shape[0] == 3
+    height, width = size
+    if image.shape[1:] == (height, width):
+        return image
+    mode = {int(Image.BICUBIC): "bicubic", int(Image.BILINEAR): "bilinear"}[int(resample)]
+    batch = torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0)
+    native = mode == "bicubic" or torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or (
+        platform.machine() in ("aarch64", "arm64"))
+    if native:
+        out = torch.nn.functional.interpolate(batch, size=[height, width], mode=mode, align_corners=False,
+                                              antialias=True)
+    else:
+        out = torch.nn.functional.interpolate(batch.float(), size=[height, width], mode=mode, align_corners=False,
+                                              antialias=True)
+        out = (out.clamp_(0, 255) if mode == "bicubic" else out).round_().to(torch.uint8)
+    return out[0].numpy()
+
+
+def with_torchvision_primitives(ip, monkeypatch):
+    """``ip`` (a PIL processor) with torchvision's resize and transformers' fused rescale + normalise (float32
+    ``(x - mean/rescale) / (std/rescale)``) in place of PIL's resize and the float64 rescale."""
+    monkeypatch.setattr(backends, "np_resize", torchvision_resize)
+    monkeypatch.setattr(ip, "rescale", lambda image, scale, **_: image.astype(np.float32))
+
+    def normalize(image, mean, std, **_):
+        fused_mean = torch.tensor(mean) * (1.0 / ip.rescale_factor)
+        fused_std = torch.tensor(std) * (1.0 / ip.rescale_factor)
+        return torch.from_numpy(image).sub_(fused_mean.view(-1, 1, 1)).div_(fused_std.view(-1, 1, 1)).numpy()
+
+    monkeypatch.setattr(ip, "normalize", normalize)
+    return ip
+
+
+@pytest.mark.parametrize("preset", list(QWEN_PROCESSORS))
+def test_torchvision_backend_qwen_pixels_equal_the_processor_with_torchvision_primitives(preset, images, monkeypatch):
+    ip = QWEN_PROCESSORS[preset]()
+    images = subset(preset, images)
+    fast = qwen_pixel_inputs(images, ip, torch.float32, "torchvision")
+    reference = with_torchvision_primitives(ip, monkeypatch)(images=images, return_tensors="pt")
+    assert torch.equal(fast["image_grid_thw"], reference["image_grid_thw"])
+    assert torch.equal(fast["pixel_values"], reference["pixel_values"])
+
+
+@pytest.mark.parametrize("preset", list(LLAVA_NEXT_PROCESSORS))
+def test_torchvision_backend_llava_next_pixels_equal_the_processor_with_torchvision_primitives(preset, images,
+                                                                                              monkeypatch):
+    ip = LLAVA_NEXT_PROCESSORS[preset]()
+    images = subset(preset, images)
+    fast = llava_next_pixel_inputs(images, ip, torch.float32, "torchvision")
+    reference = with_torchvision_primitives(ip, monkeypatch)(images=images, return_tensors="pt")
+    assert torch.equal(fast["pixel_values"], reference["pixel_values"])
+    assert torch.equal(fast["image_sizes"], reference["image_sizes"])
+
+
+@pytest.mark.parametrize("preset", list(MLLAMA_PROCESSORS))
+def test_torchvision_backend_mllama_pixels_equal_the_processor_with_torchvision_primitives(preset, images,
+                                                                                          monkeypatch):
+    ip = MLLAMA_PROCESSORS[preset]()
+    batch = nested(subset(preset, images))
+    fast = mllama_pixel_inputs(batch, ip, torch.float32, "torchvision")
+    reference = with_torchvision_primitives(ip, monkeypatch)(images=batch, return_tensors="pt")
+    for key in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask"):
+        assert torch.equal(fast[key], reference[key]), key
+
+
+def test_the_two_backends_differ_by_a_pixel_step_or_two_on_real_size_photos():
+    """Smooth real-size pictures (photo-like, unlike noise): the backends' pixels are apart by at most two 1/255
+    steps, and by half a step or more on few values."""
+    rng = np.random.default_rng(3)
+    photos = [Image.fromarray(rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8)).resize((w, h), 2)
+              for w, h in [(1280, 960), (812, 1216), (1000, 750), (640, 1137)]]
+    ip = QWEN_PROCESSORS["random"]()
+    pil = qwen_pixel_inputs(photos, ip, torch.float32, "pil")["pixel_values"]
+    torchvision = qwen_pixel_inputs(photos, ip, torch.float32, "torchvision")["pixel_values"]
+    steps = (pil - torchvision).abs() / (ip.rescale_factor / min(ip.image_std))
+    assert float(steps.max()) <= 2.01
+    assert float((steps >= 0.5).float().mean()) < 0.03
+
+
+def test_an_unknown_image_backend_is_refused():
+    with pytest.raises(ValueError, match="image_backend must be one of"):
+        load_backbone(family="qwen2_vl", variant="tiny", image_backend="opencv")
+
+
 # -------------------------------------------------------------------------------- adapters: fast on vs off
 @pytest.fixture(scope="module", params=["llava_next", "mllama"])
 def backbone(request, work_root: Path) -> Backbone:
@@ -206,6 +312,7 @@ def assert_same_batch(fast: dict, slow: dict) -> None:
 
 def test_collate_is_the_same_with_the_fast_path_on_or_off(backbone: Backbone, images, monkeypatch):
     assert backbone.fast_pixels
+    monkeypatch.setattr(backbone.spec, "image_backend", "pil")  # the backend of the processor it falls back to
     data = samples(backbone, images)
     fast = backbone.collate(data)
     padded_left = backbone.collate(data[:4], padding_side="left")
@@ -226,3 +333,13 @@ def test_collate_falls_back_to_the_processor_for_what_the_fast_path_declines(bac
     sample.images = [sample.images[0].convert("L")]
     batch = backbone.collate([sample])  # the processor converts it; the fast path declines it
     assert batch["pixel_values"].dtype == torch.float32
+
+
+def test_collate_with_the_torchvision_backend_is_the_processor_with_torchvision_primitives(
+        backbone: Backbone, images, monkeypatch):
+    assert backbone.spec.image_backend == "torchvision"  # the presets' default
+    data = samples(backbone, images)
+    fast = backbone.collate(data)
+    monkeypatch.setattr(backbone, "fast_pixels", False)
+    with_torchvision_primitives(backbone.processor.image_processor, monkeypatch)
+    assert_same_batch(fast, backbone.collate(data))

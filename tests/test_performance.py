@@ -176,3 +176,30 @@ def test_module_counts_real_tokens_and_samples_of_packed_batches(backbone: Backb
     padded, packed = Collator(backbone)(data), Collator(backbone, pack_capacity=4096)(data)
     assert batch_tokens(packed) == batch_tokens(padded) == sum(len(backbone.expand(s)[0]) for s in data)
     assert len(packed["sample_ids"]) == 4 and packed["input_ids"].shape[0] == 1
+
+
+SIZES = [(1, 1), (30, 2000), (2000, 30), (100, 37), (224, 224), (448, 336), (1280, 960), (812, 1216), (4000, 3000)]
+
+
+@pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl", "llava_next"])
+def test_image_token_counts_equal_the_processor_s(family: str, work_root: Path):
+    """num_image_tokens skips the processor's per-call kwargs merging; the counts stay the processor's."""
+    backbone = tiny(family, work_root)
+    limits = {"qwen2_vl": (50176, 1003520), "qwen2_5_vl": (3136, 12845056)}.get(family)
+    if limits:  # real-size pixel limits
+        ip = backbone.processor.image_processor
+        ip.min_pixels, ip.max_pixels = limits
+        ip.size = {"shortest_edge": limits[0], "longest_edge": limits[1]}
+    expected = backbone.processor._get_num_multimodal_tokens(image_sizes=[[h, w] for w, h in SIZES])
+    assert [backbone.num_image_tokens(w, h) for w, h in SIZES] == expected["num_image_tokens"]
+
+
+def test_expand_repeats_each_placeholder_as_the_token_by_token_definition(backbone: Backbone):
+    for sample in samples(backbone, 4):
+        counts = iter([backbone.num_image_tokens(img.width, img.height) for img in sample.images])
+        ids, labels = [], []
+        for tok, lab in zip(sample.input_ids, sample.labels):
+            n = next(counts) if tok == backbone.image_token_id else 1
+            ids += [tok] * n
+            labels += [lab] * n if n == 1 else [IGNORE_INDEX] * n
+        assert backbone.expand(sample) == (ids, labels)

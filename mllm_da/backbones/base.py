@@ -51,6 +51,10 @@ class BackboneSpec:
     tiny: dict[str, Any] = field(default_factory=dict)
     #: image-processor settings (Qwen min/max pixels, mean/std, ...), applied on top of the checkpoint's
     image: dict[str, Any] = field(default_factory=dict)
+    #: which transformers image-processor family the pixels reproduce bit for bit (backbones/fast_image.py):
+    #: "torchvision" (transformers' default where torchvision is installed, so what models are served with; torch's
+    #: vectorised resize) or "pil" (the *ImageProcessorPil classes)
+    image_backend: str = "torchvision"
     #: changes to the family's chat format (for example LLaVA-NeXT's image token or a system prompt)
     chat_format: dict[str, Any] = field(default_factory=dict)
     seed: int = 0
@@ -63,6 +67,12 @@ class BackboneSpec:
         if unknown:
             raise ValueError(f"model config: unknown field(s) {sorted(unknown)}; known: {sorted(names)}")
         return cls(**{k: (dict(v) if isinstance(v, Mapping) else v) for k, v in cfg.items() if k in names})
+
+    def __post_init__(self) -> None:
+        from mllm_da.backbones.fast_image import BACKENDS
+
+        if self.image_backend not in BACKENDS:
+            raise ValueError(f"model config: image_backend must be one of {list(BACKENDS)}, got {self.image_backend!r}")
 
 
 @dataclass
@@ -224,14 +234,21 @@ class Backbone(ABC):
         return {}
 
     def expand(self, sample: EncodedSample) -> tuple[list[int], list[int]]:
-        """``input_ids`` and ``labels`` with each image placeholder repeated to the image's token count."""
-        counts = iter([self.num_image_tokens(img.width, img.height) for img in sample.images])
+        """``input_ids`` and ``labels`` with each image placeholder repeated to the image's token count (labels
+        -100 there): the text between placeholders is copied as slices, not token by token."""
+        counts = [self.num_image_tokens(img.width, img.height) for img in sample.images]
+        positions = [i for i, tok in enumerate(sample.input_ids) if tok == self.image_token_id]
         ids: list[int] = []
         labels: list[int] = []
-        for tok, lab in zip(sample.input_ids, sample.labels):
-            n = next(counts) if tok == self.image_token_id else 1
-            ids.extend([tok] * n)
-            labels.extend([lab] * n if n == 1 else [IGNORE_INDEX] * n)
+        start = 0
+        for pos, n in zip(positions, counts, strict=True):
+            ids += sample.input_ids[start:pos]
+            labels += sample.labels[start:pos]
+            ids += [self.image_token_id] * n
+            labels += [sample.labels[pos]] if n == 1 else [IGNORE_INDEX] * n
+            start = pos + 1
+        ids += sample.input_ids[start:]
+        labels += sample.labels[start:]
         return ids, labels
 
     def collate(self, samples: Sequence[EncodedSample], padding_side: str = "right") -> dict[str, torch.Tensor]:

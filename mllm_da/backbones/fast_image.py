@@ -4,10 +4,12 @@ hottest step).
 Qwen: transformers' PIL image processor converts each image PIL -> numpy -> PIL -> numpy, rescales in float64,
 normalises in float32 and patchifies the float image through a 7-axis transpose: on real-size images (448-1280
 px) that is 20-60 ms per image on one core, which alone keeps the loader under 50 samples/s per core. This path
-does the same arithmetic in a cheaper order and gives the same tensors, bit for bit:
+does the same arithmetic in a cheaper order and gives the same tensors, bit for bit (this is the ``pil`` backend;
+the ``torchvision`` one below differs only in the resize and the table):
 
 * the resize is the same PIL call (bicubic, no reducing gap) on the decoded RGB image;
-* the 7-axis patch transpose runs on the uint8 image (a quarter of the bytes);
+* the 7-axis patch transpose reads the uint8 image (a quarter of the bytes) and writes the table indices, channel
+  offsets added, in the same pass;
 * rescale + normalise is a per-channel 256-entry table computed exactly as transformers computes each value
   (``float32(float64(x) * rescale_factor)``, then ``(v - mean) / std`` in float32), gathered in one pass;
 * the temporal-patch duplication is one contiguous copy.
@@ -21,28 +23,62 @@ LLaVA-NeXT (:func:`llava_next_pixel_inputs`) and Mllama (:func:`mllama_pixel_inp
 image (a zero byte normalises to the table's entry 0, as the processor's zero-padded image does), the tile split
 as one transpose of bytes, one table gather written straight into the batch tensor, and zeros (not normalised,
 as transformers pads) for the batch padding. ``tests/test_fast_image.py`` checks equality.
+
+Two backends, as transformers has two families of image processors (``backend`` below, the model preset's
+``image_backend``):
+
+* ``pil`` reproduces the ``*ImageProcessorPil`` classes: PIL's resize, the float64 rescale;
+* ``torchvision`` reproduces the torchvision classes, transformers' default wherever torchvision is installed (so
+  what a model is usually served with). The resize is ``torch.nn.functional.interpolate(antialias=True)`` on the
+  uint8 image exactly as ``torchvision.transforms.v2.functional.resize`` (0.28-0.29) calls it: native uint8 for
+  bicubic, and for bilinear on AVX2/AVX512/ARM; float32, then rounded, otherwise. Rescale + normalise is fused
+  as transformers fuses it: ``(x - mean/rescale) / (std/rescale)`` in float32. Torch's resize kernels are
+  vectorised, 3x faster than PIL's on this project's CPUs, and the resize is the data loader's largest cost.
+
+The two backends' pixels differ by one or two 1/255 steps on about 1 % of the values of real-size photos, more
+at the edges of extreme upscales (a 1x1 image, 30-pixel strips). ``benchmarks/torchvision_parity.py`` checks both
+backends against transformers' own processors where torchvision is installed.
 """
 
 from __future__ import annotations
 
 import math
 import mmap
+import platform
+import warnings
 from collections.abc import Sequence
 from functools import lru_cache
+from typing import Literal
 
 import numpy as np
 import torch
 from PIL import Image
 
+#: which transformers image-processor family the pixels reproduce (module docstring)
+Backend = Literal["torchvision", "pil"]
+BACKENDS: tuple[str, ...] = ("torchvision", "pil")
+
 
 @lru_cache(maxsize=16)
-def normalisation_table(rescale_factor: float, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
-    """(channels * 256,) float32: the value transformers' rescale + normalise gives byte ``x`` of channel ``c``
+def normalisation_table(
+    rescale_factor: float, mean: tuple[float, ...], std: tuple[float, ...], backend: Backend = "pil"
+) -> torch.Tensor:
+    """(channels * 256,) float32: the value the backend's rescale + normalise gives byte ``x`` of channel ``c``
     at index ``c * 256 + x``."""
+    if backend == "torchvision":  # transformers' _fuse_mean_std_and_rescale_factor, then torchvision's normalize
+        fused_mean = torch.tensor(mean) * (1.0 / rescale_factor)
+        fused_std = torch.tensor(std) * (1.0 / rescale_factor)
+        values = torch.arange(256, dtype=torch.float32).expand(len(mean), 256)
+        return values.sub(fused_mean[:, None]).div_(fused_std[:, None]).reshape(-1)
     values = (np.arange(256, dtype=np.float64) * rescale_factor).astype(np.float32)
     mean32 = np.asarray(mean, dtype=np.float32)[:, None]
     std32 = np.asarray(std, dtype=np.float32)[:, None]
     return torch.from_numpy(np.ascontiguousarray(((values[None, :] - mean32) / std32).reshape(-1)))
+
+
+def _table(ip, backend: Backend, dtype: torch.dtype) -> torch.Tensor:
+    table = normalisation_table(float(ip.rescale_factor), _as_tuple(ip.image_mean), _as_tuple(ip.image_std), backend)
+    return table.to(dtype)
 
 
 def _as_tuple(value: float | Sequence[float], channels: int = 3) -> tuple[float, ...]:
@@ -94,12 +130,21 @@ def _output(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype)
 
 
-def _tiles_into(pixels: np.ndarray, rows: int, cols: int, tile: int, table: torch.Tensor, out: torch.Tensor) -> None:
-    """Normalise the (rows*tile, cols*tile, 3) uint8 image and write it as (rows*cols, 3, tile, tile) tiles in
-    row-major tile order into the contiguous ``out``: one byte transpose, one table gather."""
-    grouped = np.ascontiguousarray(pixels.reshape(rows, tile, cols, tile, 3).transpose(0, 2, 4, 1, 3))
-    index = torch.from_numpy(grouped).to(torch.int32).add_(_CHANNEL_OFFSETS)
+def _tiles_into(planes: torch.Tensor, rows: int, cols: int, tile: int, table: torch.Tensor, out: torch.Tensor) -> None:
+    """Normalise the (3, rows*tile, cols*tile) uint8 planes and write them as (rows*cols, 3, tile, tile) tiles in
+    row-major tile order into the contiguous ``out``: the tile split reads whole tile rows of bytes while widening
+    them to table indices, then the channel offsets, then one table gather."""
+    grouped = planes.view(3, rows, tile, cols, tile).permute(1, 3, 0, 2, 4)
+    index = torch.empty(grouped.shape, dtype=torch.int32).copy_(grouped).add_(_CHANNEL_OFFSETS)
     torch.index_select(table, 0, index.view(-1), out=out.view(-1))
+
+
+def _rgb_bytes(img: Image.Image) -> torch.Tensor:
+    """The (H, W, 3) uint8 pixels of an RGB image as a tensor over the bytes PIL exports (read only: nothing here
+    writes to it)."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # "not writable": the tensor is only read
+        return torch.from_numpy(np.asarray(img))
 
 
 def _resize(img: Image.Image, height: int, width: int, resample: int) -> Image.Image:
@@ -107,21 +152,72 @@ def _resize(img: Image.Image, height: int, width: int, resample: int) -> Image.I
     return img if img.size == (width, height) else img.resize((width, height), resample=resample)
 
 
-def _paste(img: Image.Image, height: int, width: int, top: int, left: int) -> np.ndarray:
-    """The uint8 (height, width, 3) canvas of zeros with ``img`` at (top, left): transformers' zero padding."""
-    pixels = np.asarray(img)
-    if pixels.shape[:2] == (height, width):
+_TORCH_MODES = {int(Image.BICUBIC): "bicubic", int(Image.BILINEAR): "bilinear"}
+
+
+def _native_uint8_bilinear() -> bool:
+    # torchvision 0.28-0.29's _do_native_uint8_resize_on_cpu for bilinear
+    return torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or platform.machine() in ("aarch64", "arm64")
+
+
+def _torch_resize(pixels: torch.Tensor, height: int, width: int, resample: int) -> torch.Tensor:
+    """(H, W, 3) uint8 -> (height, width, 3) uint8 as torchvision's ``resize_image`` (antialias on) resizes the
+    image transformers' torchvision backend hands it: unchanged at the same size; bicubic, and bilinear where
+    torchvision trusts torch's uint8 kernels (AVX2, AVX512, ARM), on the uint8 image; otherwise in float32, clamped
+    (bicubic) and rounded back to uint8. The memory format of the input does not change the result."""
+    if tuple(pixels.shape[:2]) == (height, width):
         return pixels
-    canvas = np.zeros((height, width, 3), dtype=np.uint8)
-    canvas[top:top + img.height, left:left + img.width] = pixels
+    mode = _TORCH_MODES[resample]
+    image = pixels.permute(2, 0, 1).unsqueeze(0)
+    if mode == "bicubic" or _native_uint8_bilinear():
+        out = torch.nn.functional.interpolate(image, size=[height, width], mode=mode, align_corners=False,
+                                              antialias=True)
+    else:
+        out = torch.nn.functional.interpolate(image.float(), size=[height, width], mode=mode, align_corners=False,
+                                              antialias=True)
+        if mode == "bicubic" or _native_uint8_bilinear():
+            out = out.clamp_(min=0, max=255)
+        out = out.round_().to(torch.uint8)
+    return out[0].permute(1, 2, 0)
+
+
+class _Source:
+    """One image to resize (perhaps several times, LLaVA-NeXT) with the backend's resize, as (3, H, W) uint8
+    planes: every later step then moves whole rows of one channel (interleaved RGB would make each of them
+    gather every third byte). Torch's resize already returns planes; PIL's output is split once."""
+
+    def __init__(self, img: Image.Image, backend: Backend, resample: int):
+        self.img, self.backend, self.resample = img, backend, resample
+        self.height, self.width = img.height, img.width
+        self._pixels = _rgb_bytes(img) if backend == "torchvision" else None
+
+    def resized(self, height: int, width: int) -> torch.Tensor:
+        if self._pixels is not None:
+            pixels = _torch_resize(self._pixels, height, width, self.resample)
+        else:
+            pixels = _rgb_bytes(_resize(self.img, height, width, self.resample))
+        return pixels.permute(2, 0, 1).contiguous()  # a view of torch's planar output; a copy of PIL's bytes
+
+
+def _paste(planes: torch.Tensor, height: int, width: int, top: int, left: int) -> torch.Tensor:
+    """The uint8 (3, height, width) canvas of zeros with ``planes`` at (top, left): transformers' zero padding."""
+    if tuple(planes.shape[1:]) == (height, width):
+        return planes
+    canvas = torch.zeros((3, height, width), dtype=torch.uint8)
+    canvas[:, top:top + planes.shape[1], left:left + planes.shape[2]] = planes
     return canvas
 
 
-def _resample(ip) -> int | None:
+def _resample(ip, backend: Backend = "pil") -> int | None:
+    """The PIL resample filter ``ip`` resizes with, or ``None`` when the backend has no exact counterpart."""
     resample = getattr(ip, "resample", None)
     if resample is None:
-        return int(Image.BILINEAR)  # what the PIL backend's resize falls back to
-    return int(resample) if isinstance(resample, int) else None  # a torchvision mode: not this path
+        resample = int(Image.BILINEAR)  # what both backends' resize falls back to
+    if not isinstance(resample, int):
+        return None  # a torchvision mode: not this path
+    if backend == "torchvision" and int(resample) not in _TORCH_MODES:
+        return None
+    return int(resample)
 
 
 def _normalises(ip) -> bool:
@@ -142,10 +238,11 @@ def qwen_fast_supported(ip) -> bool:
 
 
 def qwen_pixel_inputs(
-    images: Sequence[Image.Image], ip, dtype: torch.dtype = torch.float32
+    images: Sequence[Image.Image], ip, dtype: torch.dtype = torch.float32, backend: Backend = "pil"
 ) -> dict[str, torch.Tensor] | None:
-    """``pixel_values`` and ``image_grid_thw`` as ``Qwen2VLImageProcessorPil(images)`` returns them, or
-    ``None`` when the processor's settings or an image's mode are outside this path.
+    """``pixel_values`` and ``image_grid_thw`` as ``Qwen2VLImageProcessorPil(images)`` (``backend="pil"``) or
+    transformers' torchvision ``Qwen2VLImageProcessor(images)`` returns them, or ``None`` when the processor's
+    settings or an image's mode are outside this path.
 
     ``dtype`` other than float32 gives the processor's values rounded to it, exactly what the model's patch
     embedding casts them to: a bf16 model's loader then moves half the bytes (each patch is stored twice,
@@ -156,8 +253,7 @@ def qwen_pixel_inputs(
     if not images or not qwen_fast_supported(ip) or not _rgb_only(images):
         return None
     patch, merge, temporal = int(ip.patch_size), int(ip.merge_size), int(ip.temporal_patch_size)
-    table = normalisation_table(float(ip.rescale_factor), _as_tuple(ip.image_mean), _as_tuple(ip.image_std))
-    table = table.to(dtype)
+    table = _table(ip, backend, dtype)
     offsets = (torch.arange(3, dtype=torch.int32) * 256).view(3, 1, 1)
     sizes = [smart_resize(img.height, img.width, factor=patch * merge, min_pixels=ip.size["shortest_edge"],
                           max_pixels=ip.size["longest_edge"]) for img in images]
@@ -167,15 +263,12 @@ def qwen_pixel_inputs(
     pixel_values = _output((sum(gh * gw for gh, gw in grids), 3 * temporal * patch * patch), dtype)
     row = 0
     for img, (height, width), (gh, gw) in zip(images, sizes, grids):
-        if (width, height) != img.size:  # transformers resizes to the same size too: PIL returns a copy then
-            img = img.resize((width, height), resample=Image.BICUBIC)
-        pixels = np.asarray(img)  # (H, W, C) uint8
-        # (gh/m, m, p, gw/m, m, p, C) -> (gh/m, gw/m, m, m, C, p, p): transformers' patch order, on bytes
-        grouped = np.ascontiguousarray(
-            pixels.reshape(gh // merge, merge, patch, gw // merge, merge, patch, 3).transpose(0, 3, 1, 4, 6, 2, 5)
-        )
-        index = torch.from_numpy(grouped).to(torch.int32).add_(offsets)
-        values = table.index_select(0, index.reshape(-1)).view(index.shape)
+        planes = _Source(img, backend, int(Image.BICUBIC)).resized(height, width)  # (C, H, W) uint8
+        # (C, gh/m, m, p, gw/m, m, p) -> (gh/m, gw/m, m, m, C, p, p): transformers' patch order, read from the
+        # bytes while widening them to table indices, then the channel offsets
+        grouped = planes.view(3, gh // merge, merge, patch, gw // merge, merge, patch).permute(1, 4, 2, 5, 0, 3, 6)
+        index = torch.empty(grouped.shape, dtype=torch.int32).copy_(grouped).add_(offsets)
+        values = table.index_select(0, index.view(-1)).view(index.shape)
         target = pixel_values[row:row + gh * gw].view(*index.shape[:5], temporal, patch, patch)
         target.copy_(values.unsqueeze(5).expand(*values.shape[:5], temporal, patch, patch))
         row += gh * gw
@@ -183,15 +276,15 @@ def qwen_pixel_inputs(
 
 
 # -------------------------------------------------------------------------------------------- LLaVA-NeXT
-def llava_next_tile(ip) -> int | None:
+def llava_next_tile(ip, backend: Backend = "pil") -> int | None:
     """The tile side when ``ip`` (a LLaVA-NeXT image processor) uses the settings this path reproduces: the PIL
-    backend, rescale + normalise + batch padding on, a PIL resample filter, square tiles that its resize and
-    centre crop leave as they are, and pinpoints that are whole tiles; else ``None``."""
+    class, rescale + normalise + batch padding on, a resample filter the backend has, square tiles that its resize
+    and centre crop leave as they are, and pinpoints that are whole tiles; else ``None``."""
     from transformers import LlavaNextImageProcessorPil
 
     if not isinstance(ip, LlavaNextImageProcessorPil) or not _normalises(ip) or not bool(getattr(ip, "do_pad", True)):
         return None
-    if _resample(ip) is None:
+    if _resample(ip, backend) is None:
         return None
     size, crop = ip.size, ip.crop_size
     if size.get("height") and size.get("width"):
@@ -220,30 +313,32 @@ def _llava_next_fit(height: int, width: int, target: tuple[int, int]) -> tuple[i
 
 
 def llava_next_pixel_inputs(
-    images: Sequence[Image.Image], ip, dtype: torch.dtype = torch.float32
+    images: Sequence[Image.Image], ip, dtype: torch.dtype = torch.float32, backend: Backend = "pil"
 ) -> dict[str, torch.Tensor] | None:
     """``pixel_values`` (images, max patches, 3, tile, tile) and ``image_sizes`` as
-    ``LlavaNextImageProcessorPil(images, return_tensors="pt")`` returns them, or ``None`` when the processor's
-    settings or an image's mode are outside this path. Patch 0 is the whole image resized to a tile, then the
-    tiles of the image resized into its best pinpoint and centred on zeros; patches past an image's count are
-    zeros. ``dtype`` as in :func:`qwen_pixel_inputs`."""
+    ``LlavaNextImageProcessorPil(images, return_tensors="pt")`` (or, ``backend="torchvision"``, transformers'
+    torchvision ``LlavaNextImageProcessor``) returns them, or ``None`` when the processor's settings or an image's
+    mode are outside this path. Patch 0 is the whole image resized to a tile, then the tiles of the image resized
+    into its best pinpoint and centred on zeros; patches past an image's count are zeros. ``dtype`` as in
+    :func:`qwen_pixel_inputs`."""
     from transformers.image_processing_utils import select_best_resolution
 
-    tile = llava_next_tile(ip) if images else None
+    tile = llava_next_tile(ip, backend) if images else None
     if tile is None or not _rgb_only(images):
         return None
-    resample = _resample(ip)
-    table = normalisation_table(float(ip.rescale_factor), _as_tuple(ip.image_mean), _as_tuple(ip.image_std)).to(dtype)
+    resample = _resample(ip, backend)
+    table = _table(ip, backend, dtype)
     pinpoints = [[int(h), int(w)] for h, w in ip.image_grid_pinpoints]
     bests = [select_best_resolution((img.height, img.width), pinpoints) for img in images]
     counts = [1 + (bh // tile) * (bw // tile) for bh, bw in bests]
     pixel_values = _output((len(images), max(counts), 3, tile, tile), dtype)
     for i, (img, (bh, bw), n) in enumerate(zip(images, bests, counts)):
         target = pixel_values[i]
-        _tiles_into(np.asarray(_resize(img, tile, tile, resample)), 1, 1, tile, table, target[:1])
+        source = _Source(img, backend, resample)
+        _tiles_into(source.resized(tile, tile), 1, 1, tile, table, target[:1])
         height, width = _llava_next_fit(img.height, img.width, (bh, bw))
         top, left = (bh - height) // 2, (bw - width) // 2
-        canvas = _paste(_resize(img, height, width, resample), bh, bw, top, left)
+        canvas = _paste(source.resized(height, width), bh, bw, top, left)
         _tiles_into(canvas, bh // tile, bw // tile, tile, table, target[1:n])
         if n < target.shape[0]:
             target[n:].zero_()
@@ -251,24 +346,25 @@ def llava_next_pixel_inputs(
 
 
 # ------------------------------------------------------------------------------------------------ Mllama
-def mllama_supported(ip) -> bool:
-    """Whether ``ip`` (an Mllama image processor) uses the settings this path reproduces: the PIL backend,
-    rescale + normalise on, a PIL resample filter (its own validation already demands resize, pad, square
-    tiles)."""
+def mllama_supported(ip, backend: Backend = "pil") -> bool:
+    """Whether ``ip`` (an Mllama image processor) uses the settings this path reproduces: the PIL class,
+    rescale + normalise on, a resample filter the backend has (its own validation already demands resize, pad,
+    square tiles)."""
     from transformers import MllamaImageProcessorPil
 
-    return isinstance(ip, MllamaImageProcessorPil) and _normalises(ip) and _resample(ip) is not None
+    return isinstance(ip, MllamaImageProcessorPil) and _normalises(ip) and _resample(ip, backend) is not None
 
 
 def mllama_pixel_inputs(
-    images_per_sample: Sequence[Sequence[Image.Image]], ip, dtype: torch.dtype = torch.float32
+    images_per_sample: Sequence[Sequence[Image.Image]], ip, dtype: torch.dtype = torch.float32,
+    backend: Backend = "pil",
 ) -> dict | None:
     """``pixel_values`` (samples, max images, max tiles, 3, tile, tile), ``aspect_ratio_ids``,
     ``aspect_ratio_mask`` and ``num_tiles`` as ``MllamaImageProcessorPil(images_per_sample,
-    return_tensors="pt")`` returns them, or ``None`` when the processor's settings or an image's mode are
-    outside this path. Each image is resized to fit its best tile canvas, zero-padded at the bottom and right,
-    and split into tiles; tiles and images past a sample's count are zeros. ``dtype`` as in
-    :func:`qwen_pixel_inputs`."""
+    return_tensors="pt")`` (or, ``backend="torchvision"``, transformers' torchvision ``MllamaImageProcessor``)
+    returns them, or ``None`` when the processor's settings or an image's mode are outside this path. Each image
+    is resized to fit its best tile canvas, zero-padded at the bottom and right, and split into tiles; tiles and
+    images past a sample's count are zeros. ``dtype`` as in :func:`qwen_pixel_inputs`."""
     from transformers.models.mllama.image_processing_pil_mllama import (
         get_all_supported_aspect_ratios,
         get_image_size_fit_to_canvas,
@@ -276,11 +372,11 @@ def mllama_pixel_inputs(
     )
 
     flat = [img for imgs in images_per_sample for img in imgs]
-    if not flat or not mllama_supported(ip) or not _rgb_only(flat):
+    if not flat or not mllama_supported(ip, backend) or not _rgb_only(flat):
         return None
-    resample = _resample(ip)
+    resample = _resample(ip, backend)
     tile, max_tiles = int(ip.size["height"]), int(ip.max_image_tiles)
-    table = normalisation_table(float(ip.rescale_factor), _as_tuple(ip.image_mean), _as_tuple(ip.image_std)).to(dtype)
+    table = _table(ip, backend, dtype)
     supported = get_all_supported_aspect_ratios(max_tiles)
     max_images = max(len(imgs) for imgs in images_per_sample)
     pixel_values = _output((len(images_per_sample), max_images, max_tiles, 3, tile, tile), dtype)
@@ -294,7 +390,8 @@ def mllama_pixel_inputs(
             canvas_h, canvas_w = get_optimal_tiled_canvas(img.height, img.width, max_tiles, tile)
             rows, cols = int(canvas_h) // tile, int(canvas_w) // tile
             height, width = get_image_size_fit_to_canvas(img.height, img.width, canvas_h, canvas_w, tile)
-            canvas = _paste(_resize(img, int(height), int(width), resample), rows * tile, cols * tile, 0, 0)
+            resized = _Source(img, backend, resample).resized(int(height), int(width))
+            canvas = _paste(resized, rows * tile, cols * tile, 0, 0)
             n = rows * cols
             _tiles_into(canvas, rows, cols, tile, table, pixel_values[i, j, :n])
             if n < max_tiles:

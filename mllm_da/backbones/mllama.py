@@ -37,7 +37,8 @@ class Mllama(Backbone):
         "cross_attention_mask that transformers derives from image-token spans, so in a packed row the text before "
         "a sample's <|image|> would cross-attend to the previous sample's image; use data.packing=false"
     )
-    #: build pixel inputs with the bit-identical fast path (fast_image.py); False: transformers' processor
+    #: build pixel inputs with the fast path (fast_image.py, bit-identical to transformers' processor of
+    #: spec.image_backend); False: transformers' PIL processor
     fast_pixels: bool = True
 
     @property
@@ -52,7 +53,9 @@ class Mllama(Backbone):
             raise ValueError("mllama: a batch must not mix samples with and without images")
         nested = [list(i) for i in images_per_sample]
         ip = self.processor.image_processor
-        out = mllama_pixel_inputs(nested, ip, pixel_dtype(self.spec.dtype)) if self.fast_pixels else None
+        out = None
+        if self.fast_pixels:
+            out = mllama_pixel_inputs(nested, ip, pixel_dtype(self.spec.dtype), self.spec.image_backend)
         if out is None:
             out = ip(images=nested, return_tensors="pt")
         return {

@@ -200,7 +200,7 @@ def _to_rgb(image: Image.Image) -> Image.Image:
         canvas = Image.new("RGBA", image.size, _WHITE)
         canvas.alpha_composite(image.convert("RGBA"))
         return canvas.convert("RGB")
-    return image.convert("RGB")
+    return image if image.mode == "RGB" else image.convert("RGB")  # converting RGB to RGB would copy it
 
 
 # --------------------------------------------------------------------------------------------- validation
