@@ -1,43 +1,38 @@
 """Faster, bit-identical pixel inputs for Qwen2-VL / Qwen2.5-VL, LLaVA-NeXT and Mllama (the data loader's
 hottest step).
 
-Qwen: transformers' PIL image processor converts each image PIL -> numpy -> PIL -> numpy, rescales in float64,
-normalises in float32 and patchifies the float image through a 7-axis transpose: on real-size images (448-1280
-px) that is 20-60 ms per image on one core, which alone keeps the loader under 50 samples/s per core. This path
-does the same arithmetic in a cheaper order and gives the same tensors, bit for bit (this is the ``pil`` backend;
-the ``torchvision`` one below differs only in the resize and the table):
+transformers has two families of image processors, and each path reproduces either (``backend``, the model
+preset's ``image_backend``), bit for bit, without needing torchvision:
 
-* the resize is the same PIL call (bicubic, no reducing gap) on the decoded RGB image;
-* the 7-axis patch transpose reads the uint8 image (a quarter of the bytes) and writes the table indices, channel
-  offsets added, in the same pass;
-* rescale + normalise is a per-channel 256-entry table computed exactly as transformers computes each value
-  (``float32(float64(x) * rescale_factor)``, then ``(v - mean) / std`` in float32), gathered in one pass;
-* the temporal-patch duplication is one contiguous copy.
-
-Anything outside the settings it reproduces (another resample filter, no rescale or normalise, non-RGB input)
-returns ``None`` and the caller uses the transformers processor. ``tests/test_performance.py`` checks equality.
-
-LLaVA-NeXT (:func:`llava_next_pixel_inputs`) and Mllama (:func:`mllama_pixel_inputs`) reproduce the PIL processors
-(``LlavaNextImageProcessorPil``, ``MllamaImageProcessorPil``) the same way: the same PIL resizes of the RGB image
-(anyres best resolution + the base image for LLaVA-NeXT; fit-to-canvas for Mllama), zero padding on the uint8
-image (a zero byte normalises to the table's entry 0, as the processor's zero-padded image does), the tile split
-as one transpose of bytes, one table gather written straight into the batch tensor, and zeros (not normalised,
-as transformers pads) for the batch padding. ``tests/test_fast_image.py`` checks equality.
-
-Two backends, as transformers has two families of image processors (``backend`` below, the model preset's
-``image_backend``):
-
-* ``pil`` reproduces the ``*ImageProcessorPil`` classes: PIL's resize, the float64 rescale;
-* ``torchvision`` reproduces the torchvision classes, transformers' default wherever torchvision is installed (so
-  what a model is usually served with). The resize is ``torch.nn.functional.interpolate(antialias=True)`` on the
-  uint8 image exactly as ``torchvision.transforms.v2.functional.resize`` (0.28-0.29) calls it: native uint8 for
+* ``pil``: the ``*ImageProcessorPil`` classes. PIL's resize; rescale in float64, normalise in float32.
+* ``torchvision``: the torchvision classes, transformers' default wherever torchvision is installed, so what a
+  model is usually served with. The resize is ``torch.nn.functional.interpolate(antialias=True)`` on the uint8
+  image exactly as ``torchvision.transforms.v2.functional.resize`` (0.28-0.29) calls it: native uint8 for
   bicubic, and for bilinear on AVX2/AVX512/ARM; float32, then rounded, otherwise. Rescale + normalise is fused
-  as transformers fuses it: ``(x - mean/rescale) / (std/rescale)`` in float32. Torch's resize kernels are
-  vectorised, 3x faster than PIL's on this project's CPUs, and the resize is the data loader's largest cost.
+  as transformers fuses it: ``(float32(x) - mean/rescale) / (std/rescale)``. Torch's resize kernels are
+  vectorised, 3x faster than PIL's on this project's CPUs, and the resize is the loader's largest cost.
 
-The two backends' pixels differ by one or two 1/255 steps on about 1 % of the values of real-size photos, more
-at the edges of extreme upscales (a 1x1 image, 30-pixel strips). ``benchmarks/torchvision_parity.py`` checks both
-backends against transformers' own processors where torchvision is installed.
+The backends' pixels differ by one or two 1/255 steps on about 1 % of the values of real-size photos, more at
+the edges of extreme upscales (a 1x1 image, 30-pixel strips). ``benchmarks/torchvision_parity.py`` checks both
+against transformers' own processors where torchvision is installed.
+
+What the processors spend their time on, and what this module does instead: transformers' PIL Qwen processor
+converts each image PIL -> numpy -> PIL -> numpy, rescales in float64, normalises in float32 and patchifies the
+float image through a 7-axis transpose, 20-60 ms per real-size image (448-1280 px) on one core. Here:
+
+* the resize runs once per target size on the decoded RGB image and leaves (3, H, W) uint8 planes (torch's
+  output is planar already; PIL's is split once), so every later pass moves whole rows of one channel;
+* the patch (Qwen) or tile (LLaVA-NeXT, Mllama) transpose is read from the bytes by the first normalising pass;
+* normalising is ``_Normaliser``: for ``pil`` a per-channel 256-entry table computed exactly as transformers
+  computes each value, gathered once; for ``torchvision`` the same three float32 operations as torchvision;
+* zero padding (LLaVA-NeXT's centring on the best pinpoint, Mllama's canvas) is done on the bytes, as the
+  processors pad before normalising; batch padding is zeros, not normalised, as transformers pads;
+* the output is one tensor per batch in the model's dtype, each image written in place (``_output``), and Qwen's
+  temporal-patch duplication is one copy.
+
+Anything outside the settings a path reproduces (another resample filter, no rescale or normalise, non-RGB
+input) returns ``None`` and the caller uses transformers' PIL processor. ``tests/test_fast_image.py`` and
+``tests/test_performance.py`` check equality.
 """
 
 from __future__ import annotations
@@ -60,25 +55,51 @@ BACKENDS: tuple[str, ...] = ("torchvision", "pil")
 
 
 @lru_cache(maxsize=16)
-def normalisation_table(
-    rescale_factor: float, mean: tuple[float, ...], std: tuple[float, ...], backend: Backend = "pil"
-) -> torch.Tensor:
-    """(channels * 256,) float32: the value the backend's rescale + normalise gives byte ``x`` of channel ``c``
-    at index ``c * 256 + x``."""
-    if backend == "torchvision":  # transformers' _fuse_mean_std_and_rescale_factor, then torchvision's normalize
-        fused_mean = torch.tensor(mean) * (1.0 / rescale_factor)
-        fused_std = torch.tensor(std) * (1.0 / rescale_factor)
-        values = torch.arange(256, dtype=torch.float32).expand(len(mean), 256)
-        return values.sub(fused_mean[:, None]).div_(fused_std[:, None]).reshape(-1)
+def normalisation_table(rescale_factor: float, mean: tuple[float, ...], std: tuple[float, ...]) -> torch.Tensor:
+    """(channels * 256,) float32: the value the PIL processors' rescale + normalise gives byte ``x`` of channel
+    ``c`` at index ``c * 256 + x``."""
     values = (np.arange(256, dtype=np.float64) * rescale_factor).astype(np.float32)
     mean32 = np.asarray(mean, dtype=np.float32)[:, None]
     std32 = np.asarray(std, dtype=np.float32)[:, None]
     return torch.from_numpy(np.ascontiguousarray(((values[None, :] - mean32) / std32).reshape(-1)))
 
 
-def _table(ip, backend: Backend, dtype: torch.dtype) -> torch.Tensor:
-    table = normalisation_table(float(ip.rescale_factor), _as_tuple(ip.image_mean), _as_tuple(ip.image_std), backend)
-    return table.to(dtype)
+class _Normaliser:
+    """The backend's rescale + normalise of uint8 values laid out (..., 3, rows, cols), channel third from last.
+
+    ``pil``: the processors rescale in float64, which a per-channel 256-entry table (:func:`normalisation_table`)
+    reproduces exactly; the bytes are widened to table indices, the channel offsets added, and the table gathered.
+    ``torchvision``: transformers fuses rescale into normalise (``mean / rescale``, ``std / rescale`` as float32
+    tensors) and torchvision computes ``(float32(x) - mean) / std``: the same three float32 operations here, which
+    is cheaper than a gather (a bf16 gather runs at about half the speed of these passes).
+    """
+
+    def __init__(self, ip, backend: Backend, dtype: torch.dtype):
+        self.backend, self.dtype = backend, dtype
+        mean, std = _as_tuple(ip.image_mean), _as_tuple(ip.image_std)
+        if backend == "torchvision":  # transformers' _fuse_mean_std_and_rescale_factor
+            self.mean = (torch.tensor(mean) * (1.0 / float(ip.rescale_factor))).view(3, 1, 1)
+            self.std = (torch.tensor(std) * (1.0 / float(ip.rescale_factor))).view(3, 1, 1)
+        else:
+            self.table = normalisation_table(float(ip.rescale_factor), mean, std).to(dtype)
+
+    def values(self, grouped: torch.Tensor) -> torch.Tensor:
+        """The normalised values of the uint8 view ``grouped``, contiguous: float32 (torchvision; the caller's
+        copy rounds them to its dtype) or the output dtype (pil)."""
+        if self.backend == "torchvision":
+            return torch.empty(grouped.shape, dtype=torch.float32).copy_(grouped).sub_(self.mean).div_(self.std)
+        index = torch.empty(grouped.shape, dtype=torch.int32).copy_(grouped).add_(_CHANNEL_OFFSETS)
+        return self.table.index_select(0, index.view(-1)).view(grouped.shape)
+
+    def into(self, grouped: torch.Tensor, out: torch.Tensor) -> None:
+        """Write the normalised values of ``grouped`` into the contiguous ``out`` of the same number of elements."""
+        if self.backend == "torchvision" and out.dtype == torch.float32:
+            out.view(grouped.shape).copy_(grouped).sub_(self.mean).div_(self.std)
+        elif self.backend == "torchvision":
+            out.view(grouped.shape).copy_(self.values(grouped))
+        else:
+            index = torch.empty(grouped.shape, dtype=torch.int32).copy_(grouped).add_(_CHANNEL_OFFSETS)
+            torch.index_select(self.table, 0, index.view(-1), out=out.view(-1))
 
 
 def _as_tuple(value: float | Sequence[float], channels: int = 3) -> tuple[float, ...]:
@@ -86,7 +107,7 @@ def _as_tuple(value: float | Sequence[float], channels: int = 3) -> tuple[float,
 
 
 # ------------------------------------------------------------------------------------------ shared pieces
-_CHANNEL_OFFSETS = (torch.arange(3, dtype=torch.int32) * 256).view(1, 1, 3, 1, 1)
+_CHANNEL_OFFSETS = (torch.arange(3, dtype=torch.int32) * 256).view(3, 1, 1)
 
 
 def pixel_dtype(spec_dtype: str | None) -> torch.dtype:
@@ -130,13 +151,11 @@ def _output(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype)
 
 
-def _tiles_into(planes: torch.Tensor, rows: int, cols: int, tile: int, table: torch.Tensor, out: torch.Tensor) -> None:
+def _tiles_into(planes: torch.Tensor, rows: int, cols: int, tile: int, normalise: _Normaliser,
+                out: torch.Tensor) -> None:
     """Normalise the (3, rows*tile, cols*tile) uint8 planes and write them as (rows*cols, 3, tile, tile) tiles in
-    row-major tile order into the contiguous ``out``: the tile split reads whole tile rows of bytes while widening
-    them to table indices, then the channel offsets, then one table gather."""
-    grouped = planes.view(3, rows, tile, cols, tile).permute(1, 3, 0, 2, 4)
-    index = torch.empty(grouped.shape, dtype=torch.int32).copy_(grouped).add_(_CHANNEL_OFFSETS)
-    torch.index_select(table, 0, index.view(-1), out=out.view(-1))
+    row-major tile order into the contiguous ``out``: the tile split reads whole tile rows of bytes."""
+    normalise.into(planes.view(3, rows, tile, cols, tile).permute(1, 3, 0, 2, 4), out)
 
 
 def _rgb_bytes(img: Image.Image) -> torch.Tensor:
@@ -253,8 +272,7 @@ def qwen_pixel_inputs(
     if not images or not qwen_fast_supported(ip) or not _rgb_only(images):
         return None
     patch, merge, temporal = int(ip.patch_size), int(ip.merge_size), int(ip.temporal_patch_size)
-    table = _table(ip, backend, dtype)
-    offsets = (torch.arange(3, dtype=torch.int32) * 256).view(3, 1, 1)
+    normalise = _Normaliser(ip, backend, dtype)
     sizes = [smart_resize(img.height, img.width, factor=patch * merge, min_pixels=ip.size["shortest_edge"],
                           max_pixels=ip.size["longest_edge"]) for img in images]
     grids = [(h // patch, w // patch) for h, w in sizes]
@@ -265,11 +283,10 @@ def qwen_pixel_inputs(
     for img, (height, width), (gh, gw) in zip(images, sizes, grids):
         planes = _Source(img, backend, int(Image.BICUBIC)).resized(height, width)  # (C, H, W) uint8
         # (C, gh/m, m, p, gw/m, m, p) -> (gh/m, gw/m, m, m, C, p, p): transformers' patch order, read from the
-        # bytes while widening them to table indices, then the channel offsets
+        # bytes by the first normalising pass
         grouped = planes.view(3, gh // merge, merge, patch, gw // merge, merge, patch).permute(1, 4, 2, 5, 0, 3, 6)
-        index = torch.empty(grouped.shape, dtype=torch.int32).copy_(grouped).add_(offsets)
-        values = table.index_select(0, index.view(-1)).view(index.shape)
-        target = pixel_values[row:row + gh * gw].view(*index.shape[:5], temporal, patch, patch)
+        values = normalise.values(grouped)
+        target = pixel_values[row:row + gh * gw].view(*values.shape[:5], temporal, patch, patch)
         target.copy_(values.unsqueeze(5).expand(*values.shape[:5], temporal, patch, patch))
         row += gh * gw
     return {"pixel_values": pixel_values, "image_grid_thw": torch.tensor([[1, gh, gw] for gh, gw in grids])}
@@ -327,7 +344,7 @@ def llava_next_pixel_inputs(
     if tile is None or not _rgb_only(images):
         return None
     resample = _resample(ip, backend)
-    table = _table(ip, backend, dtype)
+    normalise = _Normaliser(ip, backend, dtype)
     pinpoints = [[int(h), int(w)] for h, w in ip.image_grid_pinpoints]
     bests = [select_best_resolution((img.height, img.width), pinpoints) for img in images]
     counts = [1 + (bh // tile) * (bw // tile) for bh, bw in bests]
@@ -335,11 +352,11 @@ def llava_next_pixel_inputs(
     for i, (img, (bh, bw), n) in enumerate(zip(images, bests, counts)):
         target = pixel_values[i]
         source = _Source(img, backend, resample)
-        _tiles_into(source.resized(tile, tile), 1, 1, tile, table, target[:1])
+        _tiles_into(source.resized(tile, tile), 1, 1, tile, normalise, target[:1])
         height, width = _llava_next_fit(img.height, img.width, (bh, bw))
         top, left = (bh - height) // 2, (bw - width) // 2
         canvas = _paste(source.resized(height, width), bh, bw, top, left)
-        _tiles_into(canvas, bh // tile, bw // tile, tile, table, target[1:n])
+        _tiles_into(canvas, bh // tile, bw // tile, tile, normalise, target[1:n])
         if n < target.shape[0]:
             target[n:].zero_()
     return {"pixel_values": pixel_values, "image_sizes": torch.tensor([[img.height, img.width] for img in images])}
@@ -376,7 +393,7 @@ def mllama_pixel_inputs(
         return None
     resample = _resample(ip, backend)
     tile, max_tiles = int(ip.size["height"]), int(ip.max_image_tiles)
-    table = _table(ip, backend, dtype)
+    normalise = _Normaliser(ip, backend, dtype)
     supported = get_all_supported_aspect_ratios(max_tiles)
     max_images = max(len(imgs) for imgs in images_per_sample)
     pixel_values = _output((len(images_per_sample), max_images, max_tiles, 3, tile, tile), dtype)
@@ -393,7 +410,7 @@ def mllama_pixel_inputs(
             resized = _Source(img, backend, resample).resized(int(height), int(width))
             canvas = _paste(resized, rows * tile, cols * tile, 0, 0)
             n = rows * cols
-            _tiles_into(canvas, rows, cols, tile, table, pixel_values[i, j, :n])
+            _tiles_into(canvas, rows, cols, tile, normalise, pixel_values[i, j, :n])
             if n < max_tiles:
                 pixel_values[i, j, n:].zero_()
             ids[i, j] = supported.index((rows, cols)) + 1
