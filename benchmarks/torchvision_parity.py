@@ -80,7 +80,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--n", type=int, default=24, help="workload images per preset")
     args = parser.parse_args(argv)
     try:
-        import torchvision  # noqa: F401
+        import torchvision
     except ImportError:
         sys.exit("torchvision_parity: needs torchvision (pip install torchvision matching your torch)")
     rng = np.random.default_rng(0)
@@ -105,7 +105,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
                 compare("fast torchvision vs PIL processor", model, group, fast_tv, reference_pil, pixel_unit, False),
             ]
     result = {"benchmark": "torchvision_parity", **environment(), "images": {k: len(v) for k, v in groups.items()},
-              "cpu_capability": torch.backends.cpu.get_cpu_capability(), "runs": rows}
+              "torchvision": torchvision.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+              "runs": rows}
     result["table"] = print_table(rows, ["model", "images", "pair", "elements", "differ", "differ_by_a_step",
                                          "max_diff_steps", "ok"],
                                   title=f"pixel parity: {args.n} workload JPEGs, {len(ODD_SIZES)} odd sizes; torch CPU "

@@ -13,7 +13,7 @@ from conftest import TEST_TINY
 from PIL import Image
 
 from mllm_da.backbones.base import IGNORE_INDEX, Backbone, pack_bins
-from mllm_da.backbones.fast_image import qwen_pixel_inputs
+from mllm_da.backbones.fast_image import qwen_pixel_inputs, qwen_temporal_copies
 from mllm_da.backbones.loading import load_backbone
 from mllm_da.backbones.qwen import Qwen2VL
 from mllm_da.data.datamodule import (
@@ -101,9 +101,8 @@ def samples(bb: Backbone, n: int = 5):
 
 
 def model_loss(bb: Backbone, batch: dict) -> torch.Tensor:
-    inputs = {k: v for k, v in batch.items() if not k.startswith("_") and k != "sample_ids"}
     with torch.no_grad():
-        return bb.model(**inputs).loss
+        return bb.model(**bb.model_inputs(batch)).loss
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
@@ -203,3 +202,31 @@ def test_expand_repeats_each_placeholder_as_the_token_by_token_definition(backbo
             ids += [tok] * n
             labels += [lab] * n if n == 1 else [IGNORE_INDEX] * n
         assert backbone.expand(sample) == (ids, labels)
+
+
+def test_compact_batches_give_the_model_the_same_inputs(backbone: Backbone, monkeypatch):
+    """The training loader's batches (compact: Qwen stores each patch once) become the full batch's inputs in
+    model_inputs, padded or packed, with the fast path on or off; the loss is the same."""
+    data = samples(backbone, 4)
+    for fast in (True, False):
+        monkeypatch.setattr(backbone, "fast_pixels", fast)
+        for collate in (backbone.collate, lambda s, **kw: backbone.collate_packed(s, 4096, **kw)):
+            full = backbone.model_inputs(collate(data))
+            compact_batch = collate(data, compact=True)
+            compact = backbone.model_inputs(compact_batch)
+            assert full.keys() == compact.keys()
+            for key, value in full.items():
+                assert torch.equal(value, compact[key]) if isinstance(value, torch.Tensor) else value == compact[key]
+            if backbone.family.startswith("qwen"):  # each patch once: half the pixel bytes in the loader
+                assert compact_batch["pixel_values"].shape[1] * 2 == full["pixel_values"].shape[1]
+    assert torch.equal(model_loss(backbone, Collator(backbone)(data)), model_loss(backbone, backbone.collate(data)))
+
+
+@pytest.mark.parametrize("backend", ["pil", "torchvision"])
+def test_qwen_pixels_stored_once_repeat_to_the_processor_layout(backend: str):
+    ip = Qwen2VL.tiny_processor({"vocab": 300}, {"min_pixels": 3136, "max_pixels": 50176}).image_processor
+    images = [picture(200, 150, 1), picture(90, 300, 2)]
+    full = qwen_pixel_inputs(images, ip, torch.bfloat16, backend)
+    once = qwen_pixel_inputs(images, ip, torch.bfloat16, backend, temporal_copies=False)
+    assert once["pixel_values"].shape[1] * ip.temporal_patch_size == full["pixel_values"].shape[1]
+    assert torch.equal(qwen_temporal_copies(once["pixel_values"], ip.temporal_patch_size), full["pixel_values"])

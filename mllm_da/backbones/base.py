@@ -224,8 +224,16 @@ class Backbone(ABC):
         """How many tokens one image of this size becomes in the sequence."""
 
     @abstractmethod
-    def image_inputs(self, images_per_sample: Sequence[Sequence[Image.Image]]) -> dict[str, torch.Tensor]:
-        """Pixel tensors for a batch, in the model's own layout."""
+    def image_inputs(
+        self, images_per_sample: Sequence[Sequence[Image.Image]], *, compact: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Pixel tensors for a batch, in the model's own layout; ``compact`` lets the adapter leave to
+        :meth:`model_inputs` what is cheaper on the model's device (Qwen's temporal copies of each patch)."""
+
+    def model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        """The model's keyword inputs from a collated batch, on the batch's device: bookkeeping keys (``_x``,
+        ``sample_ids``) dropped and whatever a ``compact`` batch left undone done here."""
+        return {k: v for k, v in batch.items() if k != "sample_ids" and not k.startswith("_")}
 
     def extra_inputs(
         self, input_ids: torch.Tensor, image_inputs: Mapping[str, torch.Tensor], n_images: Sequence[int]
@@ -251,10 +259,13 @@ class Backbone(ABC):
         labels += sample.labels[start:]
         return ids, labels
 
-    def collate(self, samples: Sequence[EncodedSample], padding_side: str = "right") -> dict[str, torch.Tensor]:
-        """Expand image tokens, pad, and add pixel tensors. Labels are padded with -100."""
+    def collate(
+        self, samples: Sequence[EncodedSample], padding_side: str = "right", *, compact: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """Expand image tokens, pad, and add pixel tensors. Labels are padded with -100. A ``compact`` batch (the
+        training loader's) goes to the model through :meth:`model_inputs`."""
         images_per_sample = [s.images for s in samples]
-        pixel = self.image_inputs(images_per_sample) if any(images_per_sample) else {}
+        pixel = self.image_inputs(images_per_sample, compact=compact) if any(images_per_sample) else {}
         rows_ids, rows_labels = [], []
         for s in samples:
             ids, labels = self.expand(s)
@@ -286,7 +297,9 @@ class Backbone(ABC):
         """Position ids of one expanded sample, from 0, shape (rows, len): one row (1-D RoPE) by default."""
         return torch.arange(len(ids)).unsqueeze(0)
 
-    def collate_packed(self, samples: Sequence[EncodedSample], capacity: int) -> dict[str, torch.Tensor]:
+    def collate_packed(
+        self, samples: Sequence[EncodedSample], capacity: int, *, compact: bool = False
+    ) -> dict[str, torch.Tensor]:
         """Pack the samples into as few rows of at most ``capacity`` tokens as first-fit decreasing finds, with
         no attention across samples.
 
@@ -296,7 +309,7 @@ class Backbone(ABC):
         predict the next sample. The row-tail padding is its own segment with labels -100. Same samples, same
         loss as :meth:`collate` (the loss is the mean over labelled tokens either way); ``_real_tokens`` counts
         the non-padding tokens; ``use_cache=False`` because transformers reads packed positions only without a
-        KV cache.
+        KV cache. ``compact`` as in :meth:`collate`.
         """
         if not self.supports_packing:
             raise ValueError(f"{self.family}: data.packing=true is not supported: {self.packing_unsupported_reason}")
@@ -304,7 +317,7 @@ class Backbone(ABC):
         bins = pack_bins([len(ids) for ids, _ in expanded], capacity)
         order = [i for b in bins for i in b]
         images_in_order = [samples[i].images for i in order]  # images follow their tokens, row by row
-        pixel = self.image_inputs(images_in_order) if any(images_in_order) else {}
+        pixel = self.image_inputs(images_in_order, compact=compact) if any(images_in_order) else {}
         width = max(sum(len(expanded[i][0]) for i in b) for b in bins)
         pad_id = self.tokenizer.pad_token_id
         input_ids = torch.full((len(bins), width), pad_id, dtype=torch.long)

@@ -257,7 +257,8 @@ def qwen_fast_supported(ip) -> bool:
 
 
 def qwen_pixel_inputs(
-    images: Sequence[Image.Image], ip, dtype: torch.dtype = torch.float32, backend: Backend = "pil"
+    images: Sequence[Image.Image], ip, dtype: torch.dtype = torch.float32, backend: Backend = "pil",
+    temporal_copies: bool = True,
 ) -> dict[str, torch.Tensor] | None:
     """``pixel_values`` and ``image_grid_thw`` as ``Qwen2VLImageProcessorPil(images)`` (``backend="pil"``) or
     transformers' torchvision ``Qwen2VLImageProcessor(images)`` returns them, or ``None`` when the processor's
@@ -265,7 +266,8 @@ def qwen_pixel_inputs(
 
     ``dtype`` other than float32 gives the processor's values rounded to it, exactly what the model's patch
     embedding casts them to: a bf16 model's loader then moves half the bytes (each patch is stored twice,
-    once per temporal slot, so pixel tensors are the largest thing in a batch).
+    once per temporal slot, so pixel tensors are the largest thing in a batch). ``temporal_copies=False`` stores
+    each patch once, (patches, 3 * patch * patch): :func:`qwen_temporal_copies` makes the processor's layout.
     """
     from transformers.models.qwen2_vl.image_processing_pil_qwen2_vl import smart_resize
 
@@ -278,18 +280,29 @@ def qwen_pixel_inputs(
     grids = [(h // patch, w // patch) for h, w in sizes]
     # one output for the whole batch, each image's rows written in place (no per-image tensors to concatenate);
     # in a data-loader worker it is in shared memory, which saves the copy of the batch's largest tensor (_output)
-    pixel_values = _output((sum(gh * gw for gh, gw in grids), 3 * temporal * patch * patch), dtype)
+    copies = temporal if temporal_copies else 1
+    pixel_values = _output((sum(gh * gw for gh, gw in grids), 3 * copies * patch * patch), dtype)
     row = 0
     for img, (height, width), (gh, gw) in zip(images, sizes, grids):
         planes = _Source(img, backend, int(Image.BICUBIC)).resized(height, width)  # (C, H, W) uint8
         # (C, gh/m, m, p, gw/m, m, p) -> (gh/m, gw/m, m, m, C, p, p): transformers' patch order, read from the
         # bytes by the first normalising pass
         grouped = planes.view(3, gh // merge, merge, patch, gw // merge, merge, patch).permute(1, 4, 2, 5, 0, 3, 6)
-        values = normalise.values(grouped)
-        target = pixel_values[row:row + gh * gw].view(*values.shape[:5], temporal, patch, patch)
-        target.copy_(values.unsqueeze(5).expand(*values.shape[:5], temporal, patch, patch))
+        if copies == 1:
+            normalise.into(grouped, pixel_values[row:row + gh * gw])
+        else:
+            values = normalise.values(grouped)
+            target = pixel_values[row:row + gh * gw].view(*values.shape[:5], copies, patch, patch)
+            target.copy_(values.unsqueeze(5).expand(*values.shape[:5], copies, patch, patch))
         row += gh * gw
     return {"pixel_values": pixel_values, "image_grid_thw": torch.tensor([[1, gh, gw] for gh, gw in grids])}
+
+
+def qwen_temporal_copies(pixel_values: torch.Tensor, temporal: int) -> torch.Tensor:
+    """(patches, 3 * p * p) pixels stored once per patch -> the processor's (patches, 3 * temporal * p * p), each
+    channel's patch repeated per temporal slot (an image is a clip of ``temporal`` equal frames)."""
+    n, size = pixel_values.shape
+    return pixel_values.view(n, 3, 1, size // 3).expand(n, 3, temporal, size // 3).reshape(n, -1)
 
 
 # -------------------------------------------------------------------------------------------- LLaVA-NeXT

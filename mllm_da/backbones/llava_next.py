@@ -90,7 +90,9 @@ class LlavaNext(Backbone):
         count = self.processor._get_number_of_features(height, width, side, side)
         return count - 1 if self.processor.vision_feature_select_strategy == "default" else count
 
-    def image_inputs(self, images_per_sample: Sequence[Sequence[Image.Image]]) -> dict[str, torch.Tensor]:
+    def image_inputs(
+        self, images_per_sample: Sequence[Sequence[Image.Image]], *, compact: bool = False
+    ) -> dict[str, torch.Tensor]:
         flat = [img for imgs in images_per_sample for img in imgs]
         ip = self.processor.image_processor
         out = None

@@ -48,7 +48,9 @@ class Mllama(Backbone):
     def num_image_tokens(self, width: int, height: int) -> int:
         return 1
 
-    def image_inputs(self, images_per_sample: Sequence[Sequence[Image.Image]]) -> dict[str, Any]:
+    def image_inputs(
+        self, images_per_sample: Sequence[Sequence[Image.Image]], *, compact: bool = False
+    ) -> dict[str, Any]:
         if any(len(imgs) == 0 for imgs in images_per_sample):
             raise ValueError("mllama: a batch must not mix samples with and without images")
         nested = [list(i) for i in images_per_sample]

@@ -14,7 +14,7 @@ from transformers.processing_utils import ProcessorMixin
 
 from mllm_da.backbones.base import Backbone
 from mllm_da.backbones.chat_format import QWEN_CHATML
-from mllm_da.backbones.fast_image import pixel_dtype, qwen_pixel_inputs
+from mllm_da.backbones.fast_image import pixel_dtype, qwen_pixel_inputs, qwen_temporal_copies
 from mllm_da.backbones.tiny import mrope_section, tokenizer_corpus, train_bpe_tokenizer
 
 QWEN_SPECIALS = (
@@ -71,21 +71,39 @@ class Qwen2VL(Backbone):
         rows, cols = self.image_grid(width, height)
         return rows * cols // self.processor.image_processor.merge_size**2
 
-    def image_inputs(self, images_per_sample: Sequence[Sequence[Image.Image]]) -> dict[str, torch.Tensor]:
+    def image_inputs(
+        self, images_per_sample: Sequence[Sequence[Image.Image]], *, compact: bool = False
+    ) -> dict[str, torch.Tensor]:
+        """``compact``: each patch once (3 * p * p values), not once per temporal slot; :meth:`model_inputs`
+        repeats it on the model's device, where the copy costs next to nothing: +13 % loader samples per
+        CPU-second at real sizes (benchmarks/README.md)."""
         flat = [img for imgs in images_per_sample for img in imgs]
         ip = self.processor.image_processor
         # pixels in the model's half-precision dtype when it has one: the same values the model casts them to
         out = None
         if self.fast_pixels:
-            out = qwen_pixel_inputs(flat, ip, pixel_dtype(self.spec.dtype), self.spec.image_backend)
+            out = qwen_pixel_inputs(flat, ip, pixel_dtype(self.spec.dtype), self.spec.image_backend,
+                                    temporal_copies=not compact)
         if out is None:
             out = ip(images=flat, return_tensors="pt")
+            if compact:
+                n, temporal = out["pixel_values"].shape[0], ip.temporal_patch_size
+                out["pixel_values"] = out["pixel_values"].view(n, 3, temporal, -1)[:, :, 0].reshape(n, -1)
         merge = ip.merge_size
         counts = (out["image_grid_thw"].prod(-1) // merge**2).tolist()
         expected = [self.num_image_tokens(i.width, i.height) for i in flat]
         if counts != expected:
             raise RuntimeError(f"image token counts {counts} differ from the planned {expected}")
         return {"pixel_values": out["pixel_values"], "image_grid_thw": out["image_grid_thw"]}
+
+    def model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
+        inputs = super().model_inputs(batch)
+        pixels = inputs.get("pixel_values")
+        ip = self.processor.image_processor
+        temporal = int(ip.temporal_patch_size)
+        if pixels is not None and temporal > 1 and pixels.shape[-1] == 3 * ip.patch_size**2:  # compact
+            inputs["pixel_values"] = qwen_temporal_copies(pixels, temporal)
+        return inputs
 
     # ------------------------------------------------------------------------------------------ packing
     supports_packing = True

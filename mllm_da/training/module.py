@@ -76,8 +76,8 @@ class MLLMModule(pl.LightningModule):
 
     # ---------------------------------------------------------------------------------------------- steps
     def forward(self, batch: dict[str, Any]) -> Any:
-        # "_x" keys are bookkeeping (a packed batch's token count); a KV cache is never useful in training
-        inputs = {k: v for k, v in batch.items() if k != "sample_ids" and not k.startswith("_")}
+        # the loader's batches are compact (Backbone.model_inputs); a KV cache is never useful in training
+        inputs = self.backbone.model_inputs(batch)
         inputs.setdefault("use_cache", False)
         return self.model(**inputs)
 
