@@ -229,35 +229,24 @@ def with_torchvision_primitives(ip, monkeypatch):
     return ip
 
 
-@pytest.mark.parametrize("preset", list(QWEN_PROCESSORS))
-def test_torchvision_backend_qwen_pixels_equal_the_processor_with_torchvision_primitives(preset, images, monkeypatch):
-    ip = QWEN_PROCESSORS[preset]()
-    images = subset(preset, images)
-    fast = qwen_pixel_inputs(images, ip, torch.float32, "torchvision")
-    reference = with_torchvision_primitives(ip, monkeypatch)(images=images, return_tensors="pt")
-    assert torch.equal(fast["image_grid_thw"], reference["image_grid_thw"])
-    assert torch.equal(fast["pixel_values"], reference["pixel_values"])
+#: family -> (processors, fast path, how images are batched, output keys compared)
+TORCHVISION_CASES = {
+    "qwen": (QWEN_PROCESSORS, qwen_pixel_inputs, list, ("image_grid_thw", "pixel_values")),
+    "llava_next": (LLAVA_NEXT_PROCESSORS, llava_next_pixel_inputs, list, ("pixel_values", "image_sizes")),
+    "mllama": (MLLAMA_PROCESSORS, mllama_pixel_inputs, nested, ("pixel_values", "aspect_ratio_ids",
+                                                                "aspect_ratio_mask")),
+}
 
 
-@pytest.mark.parametrize("preset", list(LLAVA_NEXT_PROCESSORS))
-def test_torchvision_backend_llava_next_pixels_equal_the_processor_with_torchvision_primitives(preset, images,
-                                                                                              monkeypatch):
-    ip = LLAVA_NEXT_PROCESSORS[preset]()
-    images = subset(preset, images)
-    fast = llava_next_pixel_inputs(images, ip, torch.float32, "torchvision")
-    reference = with_torchvision_primitives(ip, monkeypatch)(images=images, return_tensors="pt")
-    assert torch.equal(fast["pixel_values"], reference["pixel_values"])
-    assert torch.equal(fast["image_sizes"], reference["image_sizes"])
-
-
-@pytest.mark.parametrize("preset", list(MLLAMA_PROCESSORS))
-def test_torchvision_backend_mllama_pixels_equal_the_processor_with_torchvision_primitives(preset, images,
-                                                                                          monkeypatch):
-    ip = MLLAMA_PROCESSORS[preset]()
-    batch = nested(subset(preset, images))
-    fast = mllama_pixel_inputs(batch, ip, torch.float32, "torchvision")
+@pytest.mark.parametrize("family, preset", [(f, p) for f, case in TORCHVISION_CASES.items() for p in case[0]])
+def test_torchvision_backend_pixels_equal_the_processor_with_torchvision_primitives(family, preset, images,
+                                                                                   monkeypatch):
+    processors, pixel_inputs, batched, keys = TORCHVISION_CASES[family]
+    ip = processors[preset]()
+    batch = batched(subset(preset, images))
+    fast = pixel_inputs(batch, ip, torch.float32, "torchvision")
     reference = with_torchvision_primitives(ip, monkeypatch)(images=batch, return_tensors="pt")
-    for key in ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask"):
+    for key in keys:
         assert torch.equal(fast[key], reference[key]), key
 
 
