@@ -228,7 +228,7 @@ class Backbone(ABC):
         self, images_per_sample: Sequence[Sequence[Image.Image]], *, compact: bool = False
     ) -> dict[str, torch.Tensor]:
         """Pixel tensors for a batch, in the model's own layout; ``compact`` lets the adapter leave to
-        :meth:`model_inputs` what is cheaper on the model's device (Qwen's temporal copies of each patch)."""
+        :meth:`model_inputs` what is cheaper on the model's device (see the adapter)."""
 
     def model_inputs(self, batch: Mapping[str, Any]) -> dict[str, Any]:
         """The model's keyword inputs from a collated batch, on the batch's device: bookkeeping keys (``_x``,
@@ -242,8 +242,8 @@ class Backbone(ABC):
         return {}
 
     def expand(self, sample: EncodedSample) -> tuple[list[int], list[int]]:
-        """``input_ids`` and ``labels`` with each image placeholder repeated to the image's token count (labels
-        -100 there): the text between placeholders is copied as slices, not token by token."""
+        """``input_ids`` and ``labels`` with each image placeholder repeated to the image's token count, labelled
+        -100 (a one-token image keeps its own label); the text between placeholders is copied as slices."""
         counts = [self.num_image_tokens(img.width, img.height) for img in sample.images]
         positions = [i for i, tok in enumerate(sample.input_ids) if tok == self.image_token_id]
         ids: list[int] = []

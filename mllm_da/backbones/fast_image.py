@@ -8,9 +8,9 @@ preset's ``image_backend``), bit for bit, without needing torchvision:
 * ``torchvision``: the torchvision classes, transformers' default wherever torchvision is installed, so what a
   model is usually served with. The resize is ``torch.nn.functional.interpolate(antialias=True)`` on the uint8
   image exactly as ``torchvision.transforms.v2.functional.resize`` (0.28-0.29) calls it: native uint8 for
-  bicubic, and for bilinear on AVX2/AVX512/ARM; float32, then rounded, otherwise. Rescale + normalise is fused
-  as transformers fuses it: ``(float32(x) - mean/rescale) / (std/rescale)``. Torch's resize kernels are
-  vectorised, 3x faster than PIL's on this project's CPUs, and the resize is the loader's largest cost.
+  bicubic, and for bilinear on AVX2/AVX512/ARM; other bilinear in float32, then rounded. Rescale + normalise
+  is fused as transformers fuses it: ``(float32(x) - mean/rescale) / (std/rescale)``. Torch's resize kernels
+  are vectorised, 3x faster than PIL's on this project's CPUs, and the resize is the loader's largest cost.
 
 The backends' pixels differ by one or two 1/255 steps on about 1 % of the values of real-size photos, more at
 the edges of extreme upscales (a 1x1 image, 30-pixel strips). ``benchmarks/torchvision_parity.py`` checks both
@@ -75,7 +75,7 @@ class _Normaliser:
     """
 
     def __init__(self, ip, backend: Backend, dtype: torch.dtype):
-        self.backend, self.dtype = backend, dtype
+        self.backend = backend
         mean, std = _as_tuple(ip.image_mean), _as_tuple(ip.image_std)
         if backend == "torchvision":  # transformers' _fuse_mean_std_and_rescale_factor
             self.mean = (torch.tensor(mean) * (1.0 / float(ip.rescale_factor))).view(3, 1, 1)
@@ -182,8 +182,8 @@ def _native_uint8_bilinear() -> bool:
 def _torch_resize(pixels: torch.Tensor, height: int, width: int, resample: int) -> torch.Tensor:
     """(H, W, 3) uint8 -> (height, width, 3) uint8 as torchvision's ``resize_image`` (antialias on) resizes the
     image transformers' torchvision backend hands it: unchanged at the same size; bicubic, and bilinear where
-    torchvision trusts torch's uint8 kernels (AVX2, AVX512, ARM), on the uint8 image; otherwise in float32, clamped
-    (bicubic) and rounded back to uint8. The memory format of the input does not change the result."""
+    torchvision trusts torch's uint8 kernels (AVX2, AVX512, ARM), on the uint8 image; other bilinear in float32,
+    rounded back to uint8. The memory format of the input does not change the result."""
     if tuple(pixels.shape[:2]) == (height, width):
         return pixels
     mode = _TORCH_MODES[resample]
@@ -193,10 +193,7 @@ def _torch_resize(pixels: torch.Tensor, height: int, width: int, resample: int) 
                                               antialias=True)
     else:
         out = torch.nn.functional.interpolate(image.float(), size=[height, width], mode=mode, align_corners=False,
-                                              antialias=True)
-        if mode == "bicubic" or _native_uint8_bilinear():
-            out = out.clamp_(min=0, max=255)
-        out = out.round_().to(torch.uint8)
+                                              antialias=True).round_().to(torch.uint8)
     return out[0].permute(1, 2, 0)
 
 
@@ -206,8 +203,7 @@ class _Source:
     gather every third byte). Torch's resize already returns planes; PIL's output is split once."""
 
     def __init__(self, img: Image.Image, backend: Backend, resample: int):
-        self.img, self.backend, self.resample = img, backend, resample
-        self.height, self.width = img.height, img.width
+        self.img, self.resample = img, resample
         self._pixels = _rgb_bytes(img) if backend == "torchvision" else None
 
     def resized(self, height: int, width: int) -> torch.Tensor:

@@ -163,8 +163,8 @@ class Collator:
         self.pack_capacity = pack_capacity
 
     def __call__(self, samples: Sequence[EncodedSample]) -> dict[str, Any]:
-        # compact: what the model's device does cheaper (Qwen's temporal patch copies) is left to
-        # Backbone.model_inputs, which the LightningModule applies after the transfer
+        # compact: what the model's device does cheaper is left to Backbone.model_inputs, which the
+        # LightningModule applies after the transfer
         if self.pack_capacity:
             batch: dict[str, Any] = self.backbone.collate_packed(samples, self.pack_capacity, compact=True)
         else:
