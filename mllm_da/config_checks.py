@@ -159,10 +159,11 @@ def check_train_config(cfg: DictConfig) -> None:
     if method == "qlora" and cfg.model.backbone.variant == "random":
         raise ConfigError("finetune=qlora needs a saved checkpoint; model variant 'random' has none (use tiny or a real preset)")
     mix = cfg.data_mix
-    if mix.tasks == "rule_based" and not cfg.domain.get("rule_tasks"):
+    if mix.tasks == "rule_based" and not cfg.domain.get("rule_tasks") and not mix.get("synthesis"):
         raise ConfigError(
-            f"data_mix={mix.name} needs rule-based tasks but domain={cfg.domain.name} has no rule_tasks file; "
-            "use data_mix=caption_only or data_mix=external"
+            f"data_mix={mix.name} needs rule-based tasks but domain={cfg.domain.name} has no rule_tasks file and "
+            "the mix has no synthesis node for the rule-based synthesizer; use data_mix=rule_based, "
+            "data_mix=caption_only or data_mix=external"
         )
     external = None if OmegaConf.is_missing(mix, "external_file") else mix.get("external_file")
     if mix.tasks == "external" and not (external or cfg.domain.get("external_tasks")):

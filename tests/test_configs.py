@@ -74,7 +74,7 @@ def test_the_default_config_passes_the_checks(compose_cfg):
         (["trainer=ddp"], "needs a CUDA GPU"),
         (["trainer=fsdp", "trainer.accelerator=cpu"], "fsdp needs GPUs"),
         (["trainer=deepspeed", "trainer.accelerator=cpu"], "deepspeed"),
-        (["domain=biomed"], "has no rule_tasks file"),
+        (["domain=biomed", "~data_mix.synthesis"], "has no rule_tasks file"),
         (["data_mix=external"], "external_file"),
         (["data.global_batch_size=10", "data.micro_batch_size=4"], "not a multiple"),
         (["data.truncation=middle"], "truncation"),

@@ -4,7 +4,8 @@ Single-stage mixing follows reference §4.1: one conversation per image-caption 
 the start or at the end with probability 1/2 (``random.Random(record id)``) and the image's tasks on the other
 side; ``<image>\\n`` is put before whichever user turn comes first. Unlike the reference writer, ``images`` is kept.
 
-Task sources: ``rule_based`` (the domain's rule_tasks file), ``external`` (a user's file) and ``synthetic`` (the
+Task sources: ``rule_based`` (the domain's rule_tasks file; on a domain without one, the rule-based synthesizer's
+tasks), ``external`` (a user's file) and ``synthetic`` (the
 synthesis pipeline's synthetic-only file, synthesized once and reused from its cache, see
 :func:`mllm_da.synthesis.pipeline.synthetic_task_file`).
 """
@@ -91,12 +92,17 @@ class DataMix:
         return dataclasses.replace(self, captions=self.captions and captions,
                                    tasks=self.tasks if tasks else "none", reports={})
 
+    def synthesizes(self, domain: DomainFiles) -> bool:
+        """Whether the tasks come from the synthesis pipeline: ``synthetic``, and ``rule_based`` on a domain
+        without a rule_tasks file (the rule-based synthesizer writes them from the captions)."""
+        return self.tasks == "synthetic" or (self.tasks == "rule_based" and not domain.rule_tasks)
+
     def task_file(self, domain: DomainFiles) -> str | None:
-        if self.tasks == "rule_based":
+        if self.tasks == "rule_based" and domain.rule_tasks:
             return domain.rule_tasks
         if self.tasks == "external":
             return self.external_file or domain.external_tasks
-        if self.tasks == "synthetic":
+        if self.synthesizes(domain):
             return self.synthetic_file(domain)
         return None
 
@@ -105,7 +111,8 @@ class DataMix:
         from mllm_da.synthesis.pipeline import synthetic_task_file
 
         if not self.synthesis:
-            raise ValueError(f"data_mix {self.name}: tasks=synthetic needs a 'synthesis' node (see data_mix/synthetic.yaml)")
+            raise ValueError(f"data_mix {self.name}: tasks={self.tasks} on domain {domain.name} needs a 'synthesis' "
+                             "node (see data_mix/synthetic.yaml)")
         path, metrics = synthetic_task_file(domain, self.synthesis, policy=policy)
         self.reports["synthesis"] = metrics
         return str(path)
@@ -121,7 +128,7 @@ class DataMix:
         self.reports["image_caption_pairs"] = report_dict(report)
         tasks_by_image: dict[tuple[str, ...], list[Turn]] = defaultdict(list)
         task_counts: Counter[tuple[str, ...]] = Counter()
-        task_path = self.synthetic_file(domain, policy) if self.tasks == "synthetic" else self.task_file(domain)
+        task_path = self.synthetic_file(domain, policy) if self.synthesizes(domain) else self.task_file(domain)
         if self.tasks != "none":
             if not task_path:
                 raise ValueError(f"data_mix {self.name}: tasks={self.tasks} but no task file is configured")

@@ -5,7 +5,8 @@ order, its ``<image>`` placeholders match its images, and every image lies insid
 record is never fixed up silently: under ``policy="skip"`` it is counted by reason, logged and written with its
 reason to a rejects file; under ``policy="fail"`` it stops the read with file, line (or record index) and field.
 
-Two input forms are read, from a ``.json`` list or a ``.jsonl`` file:
+Two input forms are read, from a JSON list or a JSON-lines file (told apart by the content, so JSON lines in a
+``.json`` file are read as lines):
 
 * LLaMA-Factory / OpenAI: ``{"messages": [{"role": "user", "content": "<image>..."}, ...], "images": [...]}``
 * LLaVA: ``{"id": ..., "conversations": [{"from": "human", "value": "<image>\\n..."}, ...], "image": "a.png"}``
@@ -465,6 +466,26 @@ def _json_items(path: Path) -> Iterator[_Item]:
 _READERS: dict[str, Callable[[Path], Iterator[_Item]]] = {".jsonl": _jsonl_items, ".json": _json_items}
 
 
+def _json_kind(path: Path) -> str:
+    """``.json`` (one list) or ``.jsonl`` (one record a line), from the content: a ``.json`` file whose first two
+    lines are each a JSON object is read as JSON lines. Anything else keeps its suffix's reader, which names what
+    is wrong with it."""
+    suffix = path.suffix.lower()
+    if suffix != ".json":
+        return suffix
+    with path.open("rb") as handle:
+        head = handle.read(1 << 16).removeprefix(codecs.BOM_UTF8).lstrip(_JSON_SPACE)
+    lines = [line for line in head.split(b"\n")[:3] if line.strip(_JSON_SPACE)]
+    if len(lines) < 2 or not lines[0].startswith(b"{"):
+        return suffix
+    try:
+        json.loads(lines[0])
+        json.loads(lines[1])
+    except ValueError:  # a pretty-printed object, or lines longer than the sniffed head
+        return suffix
+    return ".jsonl"
+
+
 def _write_rejects(path: Path | None, rows: Iterable[dict[str, Any]]) -> None:
     # ASCII-escaped JSON, so a rejected record holding a lone surrogate is still written (and reads back equal)
     if path is not None:
@@ -491,13 +512,13 @@ def read_conversations(
     if policy not in POLICIES:
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     path = Path(path)
-    reader = _READERS.get(path.suffix.lower())
-    if reader is None:
+    if path.suffix.lower() not in _READERS:
         raise BadFileError(
             f"{path}: unsupported data file suffix {path.suffix!r}; expected one of {sorted(_READERS)}"
         )
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
+    reader = _READERS[_json_kind(path)]
     root = Path(image_root) if image_root is not None else path.parent
     if not root.is_dir():
         raise FileNotFoundError(f"image_root {root} is not an existing folder")

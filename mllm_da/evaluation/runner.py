@@ -469,15 +469,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
     from hydra.utils import instantiate
 
     from mllm_da.config_checks import check_eval_config
+    from mllm_da.data.domain import prepare_domain
     from mllm_da.utils.runinfo import instantiate_loggers, run_folder
 
     with run_folder(cfg, "evaluate") as summary:
+        prepare_domain(cfg.domain)  # the toy domain builds its benchmark on first use, a custom one finds it
         check_eval_config(cfg)
         out = Path(cfg.paths.output_dir)
         atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         torch.manual_seed(int(cfg.seed))
-        if cfg.domain.get("prepare"):
-            instantiate(cfg.domain.prepare)  # the toy domain builds its benchmark on first use
         definitions = OmegaConf.to_container(cfg.benchmark, resolve=True)
         assert isinstance(definitions, dict)
         names = [cfg.benchmarks] if isinstance(cfg.benchmarks, str) else list(cfg.benchmarks)

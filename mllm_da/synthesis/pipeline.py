@@ -30,6 +30,7 @@ from typing import Any
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
+from mllm_da.data.domain import prepare_domain
 from mllm_da.data.records import BadRecordError, Conversation, read_conversations, write_sharegpt
 from mllm_da.synthesis import filter as consistency
 from mllm_da.synthesis.cache import StageDir, digest, file_digest, folder_fingerprint
@@ -604,10 +605,7 @@ def run_pipeline(cfg: DictConfig, stop_after: str | None = None) -> PipelineResu
     if stop_after == "tune_synthesizer":
         result.metrics = collect_metrics(result)
         return result
-    if cfg.domain.get("prepare"):
-        from hydra.utils import instantiate
-
-        instantiate(cfg.domain.prepare)
+    prepare_domain(cfg.domain)
     data = read_domain_inputs(cfg)
     synth = synthesize_stage(cfg, data, tuned)
     if synth is None:

@@ -18,7 +18,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from mllm_da.config_checks import ConfigError, accumulation_steps, check_train_config
 from mllm_da.data.datamodule import ConversationDataModule, split_train_val
-from mllm_da.data.mixing import DataMix, DomainFiles
+from mllm_da.data.domain import prepare_domain
+from mllm_da.data.mixing import DataMix
 from mllm_da.evaluation.benchmarks import Benchmark, benchmark_specs, load_benchmark
 from mllm_da.evaluation.runner import evaluate_backbone, format_score_table
 from mllm_da.training.export import export_merged
@@ -55,20 +56,6 @@ class LossHistory(pl.Callback):
             if loss is not None and (not self.steps or self.steps[-1] != trainer.global_step):
                 self.steps.append(trainer.global_step)
                 self.losses.append(float(loss))
-
-
-def prepare_domain(cfg: DictConfig) -> DomainFiles:
-    """Run the domain's generator if it has one (the toy domain), then return where its files are."""
-    domain = cfg.domain
-    if domain.get("prepare"):
-        instantiate(domain.prepare)
-    return DomainFiles(
-        name=domain.name,
-        image_root=domain.image_root,
-        image_caption_pairs=domain.image_caption_pairs,
-        rule_tasks=domain.get("rule_tasks"),
-        external_tasks=domain.get("external_tasks"),
-    )
 
 
 def load_eval_benchmarks(cfg: DictConfig) -> list[Benchmark]:
@@ -353,10 +340,12 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         pl.seed_everything(cfg.seed, workers=True)
         torch.set_float32_matmul_precision("high")
         out = Path(cfg.paths.output_dir)
+        domain = prepare_domain(cfg.domain)  # before config.yaml: a custom domain fills in the files it found
+        if cfg.domain.get("found"):
+            summary["domain"] = OmegaConf.to_container(cfg.domain.found)
         atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
 
         stages = stages_of(cfg)
-        domain = prepare_domain(cfg)
         mix: DataMix = instantiate(cfg.data_mix, _convert_="all")
         two_or_more = len(stages) > 1
         stage_data = []
