@@ -125,6 +125,29 @@ def test_rule_based_mix_joins_each_caption_with_its_images_tasks(toy: DomainFile
     assert all(len(c.turns) == 4 for c in capped)
 
 
+def test_records_sharing_an_image_each_get_only_their_own_tasks(tmp_path: Path):
+    """Task files that keep the caption's record id (synthetic, rule tasks) are joined by id, so two captions of
+    one picture do not both get both records' tasks; a user's file with other ids is joined by image."""
+    Image.new("RGB", (32, 32), (200, 0, 0)).save(tmp_path / "shared.png")
+
+    def record(record_id: str, question: str, answer: str) -> dict:
+        return {"id": record_id, "images": ["shared.png"],
+                "messages": [{"role": "user", "content": f"{IMAGE_PLACEHOLDER}{question}"},
+                             {"role": "assistant", "content": answer}]}
+
+    (tmp_path / "captions.json").write_text(json.dumps([record("a", "Describe.", "Caption A."),
+                                                        record("b", "Describe.", "Caption B.")]))
+    (tmp_path / "tasks.json").write_text(json.dumps([record("a", "Task of A?", "A."), record("b", "Task of B?", "B.")]))
+    (tmp_path / "external.json").write_text(json.dumps([record("x", "Shared task?", "X.")]))
+    domain = DomainFiles(name="t", image_root=str(tmp_path), image_caption_pairs=str(tmp_path / "captions.json"),
+                         rule_tasks=str(tmp_path / "tasks.json"))
+    mixed = {c.id: [t.content for t in c.turns] for c in DataMix("rule_based", tasks="rule_based").build(domain)}
+    assert any("Task of A?" in t for t in mixed["a"]) and not any("Task of B?" in t for t in mixed["a"])
+    assert any("Task of B?" in t for t in mixed["b"]) and not any("Task of A?" in t for t in mixed["b"])
+    external = DataMix("external", tasks="external", external_file=str(tmp_path / "external.json")).build(domain)
+    assert all(any("Shared task?" in t.content for t in c.turns) for c in external)
+
+
 def test_bad_caption_record_is_skipped_and_counted_or_fails_naming_the_line(toy: DomainFiles, tmp_path: Path):
     rows = json.loads(Path(toy.image_caption_pairs).read_text())[:3]
     rows[1]["images"] = ["images/missing.png"]

@@ -26,6 +26,8 @@ from mllm_da.data.records import IMAGE_PLACEHOLDER, Conversation, Turn, read_con
 log = logging.getLogger(__name__)
 
 TaskSource = Literal["none", "rule_based", "external", "synthetic"]
+#: how task records find their caption record: ("id", record id) or ("images", the image paths)
+TaskKey = tuple[str, Any]
 
 
 @dataclass(frozen=True)
@@ -126,8 +128,12 @@ class DataMix:
             rejects_path=rejects / "image_caption_pairs.jsonl" if rejects else None,
         )
         self.reports["image_caption_pairs"] = report_dict(report)
-        tasks_by_image: dict[tuple[str, ...], list[Turn]] = defaultdict(list)
-        task_counts: Counter[tuple[str, ...]] = Counter()
+        # a task record goes with the caption record of the same id and images (synthetic and rule task files
+        # keep the caption's id); one whose id matches no caption (a user's external file) goes with every
+        # caption record of its images
+        caption_keys = {record.id: tuple(record.images) for record in caption_records}
+        tasks_by_key: dict[TaskKey, list[Turn]] = defaultdict(list)
+        task_counts: Counter[TaskKey] = Counter()
         task_path = self.synthetic_file(domain, policy) if self.synthesizes(domain) else self.task_file(domain)
         if self.tasks != "none":
             if not task_path:
@@ -143,20 +149,22 @@ class DataMix:
             )
             self.reports[Path(task_path).name] = report_dict(task_report)
             for record in task_records:
-                tasks_by_image[tuple(record.images)].extend(question_answer_turns(record))
-                task_counts[tuple(record.images)] += 1
+                images = tuple(record.images)
+                key: TaskKey = ("id", record.id) if caption_keys.get(record.id) == images else ("images", images)
+                tasks_by_key[key].extend(question_answer_turns(record))
+                task_counts[key] += 1
 
         mixed = []
         matched = 0
-        caption_images = {tuple(record.images) for record in caption_records}
+        caption_images = set(caption_keys.values())
         # a task record whose image has no (kept) caption record cannot be mixed: counted, never dropped silently
-        unmatched = sum(1 for images in tasks_by_image if images not in caption_images)
+        unmatched = sum(1 for kind, images in tasks_by_key if kind == "images" and images not in caption_images)
         unmatched_records = sum(
-            n for images, n in task_counts.items() if images not in caption_images
+            n for (kind, images), n in task_counts.items() if kind == "images" and images not in caption_images
         )
         for record in caption_records:
             caption = question_answer_turns(record) if self.captions else []
-            tasks = tasks_by_image.get(tuple(record.images), [])
+            tasks = [*tasks_by_key.get(("id", record.id), []), *tasks_by_key.get(("images", tuple(record.images)), [])]
             if self.max_tasks_per_image is not None:
                 tasks = tasks[: 2 * self.max_tasks_per_image]
             matched += bool(tasks)
