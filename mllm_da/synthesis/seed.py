@@ -8,8 +8,9 @@ write hinted questions and both kinds of answers from an image and its caption.
 
 Blank images (modality balancing): samples are grouped by task, each group is shuffled (seed 42), and each sample
 is replaced by a blank image with probability ``blank_fraction`` (``random.Random(index in its group)``). The
-project draws its own blank image (a plain white 240×160 PNG). Each group is split into train and dev
-(``dev_fraction``), and both lists are shuffled (seed 12345). The blank image is used in tuning only.
+project draws its own blank image (a plain white 240×160 PNG). Each group, in the order the tasks first appear,
+is split into ``int((1 - dev_fraction) * n)`` train samples and the rest dev (so dev gets the rounding: a task of
+under ten samples still gives one to dev at 0.1), and both lists are shuffled (seed 12345). The blank image is used in tuning only.
 
 Two sources:
 
@@ -141,16 +142,15 @@ def split_and_blank(
         groups[example.task_name].append(example)
     train: list[tuple[SeedExample, bool]] = []
     dev: list[tuple[SeedExample, bool]] = []
-    for task in sorted(groups):
-        group = groups[task]
+    for group in groups.values():  # tasks in the order they first appear in the file, as the reference walks them
         random.Random(TASK_SHUFFLE_SEED).shuffle(group)
         marked = [
             (ex, random.Random(i).choices([True, False], weights=(blank_fraction, 1.0 - blank_fraction))[0])
             for i, ex in enumerate(group)
         ]
-        n_dev = int(len(marked) * dev_fraction)
-        train.extend(marked[: len(marked) - n_dev])
-        dev.extend(marked[len(marked) - n_dev:])
+        n_train = int(len(marked) * (1.0 - dev_fraction))  # the reference rounds the train share down
+        train.extend(marked[:n_train])
+        dev.extend(marked[n_train:])
     random.Random(SPLIT_SHUFFLE_SEED).shuffle(train)
     random.Random(SPLIT_SHUFFLE_SEED).shuffle(dev)
     return train, dev
