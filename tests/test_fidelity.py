@@ -26,3 +26,27 @@ def test_seed_split_puts_int_ninety_percent_of_each_task_in_train_walking_tasks_
     again_train, again_dev = split_and_blank(renamed, 0.0, 0.1)
     assert [ex.id for ex, _ in again_train] == [ex.id for ex, _ in train]  # names do not decide the order
     assert [ex.id for ex, _ in again_dev] == [ex.id for ex, _ in dev]
+
+
+def test_parser_removes_a_missing_turn_end_only_where_present_unless_the_reference_cut_is_asked():
+    from mllm_da.synthesis.parse import LLAMA3, parse_output
+
+    fmt = LLAMA3
+    # two rounds; the first answer lacks its turn end (the model wrote the next header straight after it)
+    text = (f"Q1?{fmt.qa_separator}The lesion is red.{fmt.user_header}"
+            f"Q2?{fmt.qa_separator}Red.{fmt.turn_close}")
+    ours = parse_output(text, fmt)
+    assert [(p.question, p.answer) for p in ours] == [("Q1?", "The lesion is red."), ("Q2?", "Red.")]
+    reference = parse_output(text, dataclasses.replace(fmt, reference_cut=True))
+    assert [(p.question, p.answer) for p in reference] == [("Q1?", "The lesi"), ("Q2?", "Red.")]
+    short = f"Q1?{fmt.qa_separator}Red.{fmt.user_header}Q2?{fmt.qa_separator}Blue.{fmt.turn_close}"
+    assert [p.answer for p in parse_output(short, dataclasses.replace(fmt, reference_cut=True))] == ["Blue."]
+    assert [p.answer for p in parse_output(short, fmt)] == ["Red.", "Blue."]
+
+
+def test_reference_answer_cut_is_a_synthesis_setting_that_reaches_the_parser(compose_cfg):
+    from mllm_da.synthesis.pipeline import parse_format
+
+    assert parse_format(compose_cfg([], config_name="synth")).reference_cut is False
+    cfg = compose_cfg(["synthesis.reference_answer_cut=true"], config_name="synth")
+    assert parse_format(cfg).reference_cut is True

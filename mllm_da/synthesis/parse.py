@@ -3,13 +3,19 @@
 The synthesizer continues a prompt that ends with an open user header, so its text is a run of turns
 ``<hint>\\n<question><turn end><assistant header><answer><turn end><user header>...``. The delimiters come from
 the backbone's chat format; for the Llama-3 headers of the AdaMLLM synthesizer they are exactly the reference's
-strings (:data:`LLAMA3`). Parsing follows the reference rule for rule:
+strings (:data:`LLAMA3`). Parsing follows the reference's rules, with the one departure below:
 
 1. split the text on the user header;
 2. if the text does not end with the turn end, the last piece is a truncated turn and is dropped;
 3. each piece must split into exactly two parts on ``turn end + assistant header``; the question is the first
    part stripped, the answer the second minus its trailing turn end, stripped; a piece with an empty side, or
    that does not split in two, is skipped.
+
+One departure, on by default: the reference removes the turn end of every answer but the last by cutting as many
+characters as the turn end has, whether or not the answer ends with it (so a middle answer "Red." without its turn
+end becomes empty and its pair is dropped, and "The lesion is red." becomes "The lesi"). We remove the turn end
+only where it is present. ``ParseFormat.reference_cut=True`` (``synthesis.reference_answer_cut=true``) restores
+the reference's cut (docs/synthesis.md).
 
 A triplet is the first question (walking the pairs in order) that has been asked under both hints; each hint's
 answer is the latest one given for that question up to that point.
@@ -38,6 +44,8 @@ class ParseFormat:
     user_header: str
     qa_separator: str
     turn_close: str
+    #: cut len(turn_close) characters off every answer but the last, present or not, as the reference does
+    reference_cut: bool = False
 
     @classmethod
     def from_chat_format(cls, chat_format: ChatFormat) -> ParseFormat:
@@ -79,12 +87,15 @@ def parse_output(text: str, fmt: ParseFormat = LLAMA3) -> list[QAPair]:
     if not text.endswith(fmt.turn_close):
         pieces = pieces[:-1]
     pairs = []
-    for piece in pieces:
+    for number, piece in enumerate(pieces, start=1):
         parts = piece.split(fmt.qa_separator)
         if len(parts) != 2:
             continue
         question = parts[0].strip()
-        answer = parts[1].removesuffix(fmt.turn_close).strip()
+        if fmt.reference_cut and number < len(pieces):
+            answer = parts[1][: -len(fmt.turn_close)].strip()
+        else:
+            answer = parts[1].removesuffix(fmt.turn_close).strip()
         if question and answer:
             pairs.append(QAPair(question, answer))
     return pairs

@@ -319,13 +319,14 @@ def backbone_kwargs(cfg: DictConfig, tuned: StageOutcome | None) -> tuple[dict[s
 
 def parse_format(cfg: DictConfig) -> ParseFormat:
     """The synthesizer's delimiters from its chat format (no model load); the rule synthesizer writes Llama-3's."""
+    reference_cut = bool(cfg.synthesis.get("reference_answer_cut", False))
     if cfg.synthesizer.kind == "rules":
-        return LLAMA3
+        return dataclasses.replace(LLAMA3, reference_cut=reference_cut)
     from mllm_da.backbones.loading import family_class
 
     backbone = cfg.model.backbone
     chat = dataclasses.replace(family_class(backbone.family).default_format, **_container(backbone.chat_format or {}))
-    return ParseFormat.from_chat_format(chat)
+    return dataclasses.replace(ParseFormat.from_chat_format(chat), reference_cut=reference_cut)
 
 
 def _parse_rows(rows: Sequence[dict[str, Any]], fmt: ParseFormat) -> tuple[list[dict[str, Any]], dict[str, Any]]:
