@@ -50,3 +50,26 @@ def test_reference_answer_cut_is_a_synthesis_setting_that_reaches_the_parser(com
     assert parse_format(compose_cfg([], config_name="synth")).reference_cut is False
     cfg = compose_cfg(["synthesis.reference_answer_cut=true"], config_name="synth")
     assert parse_format(cfg).reference_cut is True
+
+
+def _prompt_ids(cfg) -> tuple[list[int], int]:
+    """Token ids of a synthesis prompt rendered with the composed preset's chat format."""
+    from omegaconf import OmegaConf
+
+    from mllm_da.backbones.chat_format import LLAMA3_HEADERS
+    from mllm_da.backbones.llava_next import llama3_tokenizer
+    from mllm_da.data.records import Turn
+
+    overrides = OmegaConf.to_container(cfg.model.backbone.chat_format, resolve=True)
+    chat = dataclasses.replace(LLAMA3_HEADERS, **overrides)
+    text, _ = chat.render([Turn("user", "<image>\nDescribe the image."), Turn("assistant", "A cat.")])
+    tokenizer = llama3_tokenizer({"vocab": 400}, chat.to_jinja())
+    return tokenizer(text, add_special_tokens=False)["input_ids"], tokenizer.bos_token_id
+
+
+def test_the_released_synthesizer_is_prompted_with_two_begin_of_text_tokens_and_others_with_one(compose_cfg):
+    ids, bos = _prompt_ids(compose_cfg(["synthesizer=adamllm"], config_name="synth"))
+    assert ids[:3].count(bos) == 2 and ids[2] != bos
+    for preset in ("llava_next_llama3_8b", "tiny_llava_next"):
+        ids, bos = _prompt_ids(compose_cfg([f"synthesizer={preset}"], config_name="synth"))
+        assert ids[0] == bos and ids[1] != bos
