@@ -73,3 +73,25 @@ def test_the_released_synthesizer_is_prompted_with_two_begin_of_text_tokens_and_
     for preset in ("llava_next_llama3_8b", "tiny_llava_next"):
         ids, bos = _prompt_ids(compose_cfg([f"synthesizer={preset}"], config_name="synth"))
         assert ids[0] == bos and ids[1] != bos
+
+
+def test_inverse_tasks_are_drawn_with_the_reference_shares_per_branch():
+    from mllm_da.synthesis.formatting import REFERENCE_INVERSE_SHARE, format_triplet
+    from mllm_da.synthesis.parse import Triplet
+
+    plain = Triplet("How many?", "Two. So the answer is two.", "There are two shapes. So the answer is two.")
+    cot = Triplet("How many?", "two", "There are two shapes in the image")
+    n = 4000
+    for triplet, kind, branch in ((plain, "qa", "informative_concludes"), (cot, "cot", "chain_of_thought")):
+        tasks = [format_triplet(triplet, f"r{i}", inverse_tasks=True) for i in range(n)]
+        assert {t.branch for t in tasks} == {branch}
+        share = sum(t.inverse for t in tasks) / n
+        expected = REFERENCE_INVERSE_SHARE[kind]
+        assert abs(share - expected) < 3 * (expected * (1 - expected) / n) ** 0.5  # within 3 standard errors
+        assert not any(format_triplet(triplet, f"r{i}").inverse for i in range(200))  # off by default
+
+
+def test_the_paper_presets_turn_inverse_tasks_on(compose_cfg):
+    for comparison in ("data_source", "stage_mode", "base_vs_post"):
+        cfg = compose_cfg([f"experiment=biomed/qwen2_vl_2b/{comparison}"])
+        assert "formatting.inverse_tasks=true" in cfg.data_mix.synthesis.overrides

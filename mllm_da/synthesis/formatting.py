@@ -9,11 +9,15 @@ thought for the precise answer. With the indicator words ``could be``, ``so``, `
 2. else the precise answer contains an indicator: the response is ``informative + " " + precise``, plain QA;
 3. else a chain-of-thought template with ``{cot}`` = informative and ``{answer}`` = precise.
 
-The template is ``random.Random(record id).choice(...)`` over the project's own lists (:data:`QA_TEMPLATES`,
-:data:`COT_TEMPLATES`) or a user's JSON file (``{"qa": [...], "cot": [...]}``, entries
+The template is drawn with ``random.Random(record id)`` from the project's own lists (:data:`QA_TEMPLATES`,
+:data:`COT_TEMPLATES`, our wording) or a user's JSON file (``{"qa": [...], "cot": [...]}``, entries
 ``{"inputs": ..., "targets": ..., "inverse": bool}``). Inverse tasks (answer → question, generate the rationale)
-are used only with ``inverse_tasks=True``: unlike the reference, which samples them by default, they are off,
-because a synthetic task that asks for the question rather than the answer is not the task the data is for.
+are used only with ``inverse_tasks=True``. The reference samples its FLAN lists uniformly, and 15 of its 79 plain
+patterns and 90 of its 210 chain-of-thought patterns are inverse; with the built-in lists we draw "inverse or not"
+with exactly those shares (:data:`REFERENCE_INVERSE_SHARE`), then a template of that kind, so the synthetic set has
+the reference's mix of forward and inverse tasks per branch. A user's file is drawn from uniformly, as it is.
+The paper presets turn inverse tasks on; elsewhere they are off, because a task that asks for the question rather
+than the answer is not the skill the data is for.
 
 Outputs, all in ShareGPT form with ``images`` (the reference writer drops ``images``; we keep them): single-stage
 (each record's caption task and, if it has one, its synthetic task in one conversation, order from
@@ -28,7 +32,7 @@ import json
 import random
 import string
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -126,12 +130,17 @@ COT_TEMPLATES: tuple[Template, ...] = _forward(
 )
 
 FIELDS = {"qa": {"question", "answer"}, "cot": {"question", "cot", "answer"}}
+#: share of inverse patterns in the reference's FLAN lists: plain QA 15 of 79, chain of thought 90 of 210
+REFERENCE_INVERSE_SHARE: Mapping[str, float] = {"qa": 15 / 79, "cot": 90 / 210}
 
 
 @dataclass(frozen=True)
 class TemplateSet:
+    """Template lists; ``inverse_share`` (kind → probability), when set, draws inverse-or-not first."""
+
     qa: tuple[Template, ...] = QA_TEMPLATES
     cot: tuple[Template, ...] = COT_TEMPLATES
+    inverse_share: Mapping[str, float] | None = field(default_factory=lambda: dict(REFERENCE_INVERSE_SHARE))
 
     def choices(self, kind: str, inverse_tasks: bool) -> tuple[Template, ...]:
         templates = self.qa if kind == "qa" else self.cot
@@ -139,6 +148,19 @@ class TemplateSet:
         if not chosen:
             raise ValueError(f"no {kind} template to choose from (inverse_tasks={inverse_tasks})")
         return chosen
+
+    def draw(self, kind: str, inverse_tasks: bool, rng: random.Random) -> tuple[int, Template]:
+        """``(index in choices(kind, inverse_tasks), template)``: uniform over the choices, or, with
+        ``inverse_share``, inverse with that probability and then uniform within the kind drawn."""
+        options = self.choices(kind, inverse_tasks)
+        share = self.inverse_share.get(kind) if self.inverse_share and inverse_tasks else None
+        inverse = [i for i, t in enumerate(options) if t.inverse]
+        if share is None or not inverse or len(inverse) == len(options):
+            index = rng.randrange(len(options))
+            return index, options[index]
+        pool = inverse if rng.random() < share else [i for i, t in enumerate(options) if not t.inverse]
+        index = pool[rng.randrange(len(pool))]
+        return index, options[index]
 
 
 def load_templates(path: str | None) -> TemplateSet:
@@ -167,7 +189,7 @@ def load_templates(path: str | None) -> TemplateSet:
                 raise ValueError(f"{where}: unknown field(s) {sorted(used - FIELDS[kind])}; allowed {sorted(FIELDS[kind])}")
             parsed.append(Template(entry["inputs"], entry["targets"], bool(entry.get("inverse", False))))
         lists[kind] = tuple(parsed)
-    return TemplateSet(**lists)
+    return TemplateSet(**lists, inverse_share=None)
 
 
 @dataclass(frozen=True)
@@ -207,14 +229,13 @@ def format_triplet(
     question, informative, precise = _clean(triplet.question), _clean(triplet.informative), _clean(triplet.precise)
     branch = choose_branch(triplet)
     if branch == "chain_of_thought":
-        options = templates.choices("cot", inverse_tasks)
+        kind = "cot"
         fields = {"question": question, "cot": informative, "answer": precise}
     else:
-        options = templates.choices("qa", inverse_tasks)
+        kind = "qa"
         answer = informative if branch == "informative_concludes" else f"{informative} {precise}"
         fields = {"question": question, "answer": answer}
-    index = random.Random(syn_id).randrange(len(options))
-    chosen = options[index]
+    index, chosen = templates.draw(kind, inverse_tasks, random.Random(syn_id))
     return FormattedTask(
         chosen.inputs.format(**fields).strip(), chosen.targets.format(**fields).strip(), branch, index, chosen.inverse
     )
