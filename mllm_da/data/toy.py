@@ -346,6 +346,16 @@ _FAMILIES: tuple[_Family, ...] = (
 )
 
 
+def scene_questions(scene: ToyScene) -> list[tuple[str, str, str]]:
+    """``(question, question type, truth in words)`` of every question the rules can ask of ``scene`` (an MC
+    count's truth as its word), for judging synthesized questions against the scene."""
+    out = []
+    for family in _FAMILIES:
+        for question, truth in family.candidates(scene):
+            out.append((question, family.question_type, COUNT_WORDS[int(truth)] if truth.isdigit() else truth))
+    return out
+
+
 def rule_tasks(
     scene: ToyScene,
     rng: random.Random,
