@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import logging
 from pathlib import Path
 
@@ -10,7 +11,7 @@ import torch
 from mllm_da.backbones.base import Backbone
 from mllm_da.backbones.loading import load_backbone
 from mllm_da.training.finetune import FinetuneConfig
-from mllm_da.utils.io import atomic_dir
+from mllm_da.utils.io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -28,7 +29,24 @@ def export_merged(backbone: Backbone, finetune: FinetuneConfig, folder: str | Pa
     folder = Path(folder)
     with atomic_dir(folder) as tmp:
         _export_into(backbone, finetune, tmp)
+        _stop_where_evaluation_stops(backbone, tmp)
     return folder
+
+
+def _stop_where_evaluation_stops(backbone: Backbone, folder: Path) -> None:
+    """Add the chat format's stop tokens to ``generation_config.json``'s ``eos_token_id``: a plain
+    ``model.generate`` on the export then stops where evaluate.py's generation stops (a tiny checkpoint's config
+    names only the turn end, not ``<|endoftext|>``)."""
+    path = folder / "generation_config.json"
+    if not path.is_file():
+        return
+    config = json.loads(path.read_text(encoding="utf-8"))
+    eos = config.get("eos_token_id")
+    eos = [] if eos is None else [eos] if isinstance(eos, int) else list(eos)
+    stops = eos + [i for i in backbone.stop_token_ids() if i not in eos]
+    if stops != eos:
+        config["eos_token_id"] = stops
+        atomic_write_json(path, config)
 
 
 def _export_into(backbone: Backbone, finetune: FinetuneConfig, folder: Path) -> None:
