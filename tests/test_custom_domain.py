@@ -241,7 +241,7 @@ def test_an_unusable_folder_says_what_it_expected(tmp_path: Path):
 def _own_domain_overrides(root: Path, steps: int) -> list[str]:
     """The README section's train command on a small tiny model: domain.root and the step budget only."""
     tiny = ",".join(f"{k}:{v}" for k, v in TEST_TINY.items())
-    return [f"domain=custom", f"domain.root={root}", f"model.backbone.tiny={{{tiny}}}",
+    return ["domain=custom", f"domain.root={root}", f"model.backbone.tiny={{{tiny}}}",
             f"trainer.max_steps={steps}", "trainer.enable_progress_bar=false", "data.micro_batch_size=2",
             "data.global_batch_size=2"]
 
@@ -262,3 +262,82 @@ def test_train_on_each_format_runs_its_whole_step_budget_and_evaluates(compose_c
     assert summary["domain"]["captions"]["path"].startswith(str(root))
     assert summary["data"]["read"]["image_caption_pairs"]["kept"] == len(CAPTIONS)
     assert {"eval/custom_vqa/open_recall", "eval/custom_mc/accuracy"} <= set(metrics)
+
+
+# ------------------------------------------------------------------------------- the README section, followed
+
+README = Path(__file__).resolve().parents[1] / "README.md"
+ENTRIES = {"synth.py": "synth", "train.py": "train", "evaluate.py": "evaluate", "predict.py": "predict"}
+
+
+def readme_commands() -> list[list[str]]:
+    """The ``python <entry>.py ...`` lines of the README's "Adapt to your own domain" commands, split as a shell
+    would split them."""
+    import shlex
+
+    text = README.read_text(encoding="utf-8")
+    section = text[text.index("## Adapt to your own domain"):]
+    section = section[section.index("**The four commands**"):]
+    block = section[section.index("```bash") + len("```bash"):]
+    block = block[: block.index("```")]
+    return [shlex.split(line) for line in block.splitlines() if line.startswith("python ")]
+
+
+def _run_entry(compose_cfg, entry: str, overrides: list[str], out: Path) -> dict:
+    """Run one entry point's plain function in this process, as its ``@hydra.main`` would, and read its summary."""
+    cfg = compose_cfg(overrides, config_name=ENTRIES[entry], output_dir=out)
+    if entry == "synth.py":
+        from mllm_da.synthesis.pipeline import synthesize as run
+    elif entry == "train.py":
+        from mllm_da.training.run import train as run
+    elif entry == "evaluate.py":
+        from mllm_da.evaluation.runner import evaluate as run
+    else:
+        from mllm_da.evaluation.predict import predict as run
+    run(cfg)
+    return json.loads((out / "summary.json").read_text())
+
+
+def _follow_the_readme(compose_cfg, tmp_path: Path, fmt: str) -> None:
+    root = tmp_path / "mine"
+    FORMATS[fmt](root)
+    _benchmark(root)
+    some_image = next(p for p in sorted(root.rglob("*.png")))
+    commands = readme_commands()
+    assert [c[1] for c in commands] == ["synth.py", "train.py", "evaluate.py", "evaluate.py", "predict.py"]
+    tiny = ",".join(f"{k}:{v}" for k, v in TEST_TINY.items())
+    steps = 5
+    train_run = tmp_path / "train_run"
+    summaries = []
+    for number, command in enumerate(commands):
+        entry = command[1]
+        overrides = []
+        for arg in command[2:]:
+            arg = arg.replace("DIR/images/cat.jpg", str(some_image)).replace("DIR", str(root))
+            arg = arg.replace("logs/train/runs/<time>", str(train_run))
+            if arg.startswith("trainer.max_steps="):
+                arg = f"trainer.max_steps={steps}"  # the section's budget, cut for the test
+            overrides.append(arg)
+        if entry == "train.py":  # a smaller tiny model than the preset's, same code path
+            overrides += [f"model.backbone.tiny={{{tiny}}}", "trainer.enable_progress_bar=false",
+                          "data.micro_batch_size=2", "data.global_batch_size=2"]
+        out = train_run if entry == "train.py" else tmp_path / f"{number}_{ENTRIES[entry]}"
+        summaries.append((entry, out, _run_entry(compose_cfg, entry, overrides, out)))
+
+    (_, synth_out, synth), (_, _, trained), (_, eval_out, evaluated), (_, _, blind), (_, predict_out, _) = summaries
+    assert synth["status"] == "ok" and synth["metrics"]["records"] == len(CAPTIONS)
+    assert trained["status"] == "ok" and trained["global_step"] == steps
+    assert trained["data"]["read"]["image_caption_pairs"]["kept"] == len(CAPTIONS)
+    assert trained["data"]["read"]["mixed"]["with_tasks"] == len(CAPTIONS)  # rule tasks for every caption
+    assert (train_run / "export" / "config.json").is_file()
+    for summary in (evaluated, blind):
+        assert summary["status"] == "ok" and summary["benchmarks"] == ["custom_mc", "custom_vqa"]
+    predictions = (eval_out / "predictions" / "custom_vqa.jsonl").read_text().splitlines()
+    assert len(predictions) == 4
+    answers = [json.loads(line) for line in (predict_out / "predictions.jsonl").read_text().splitlines()]
+    assert len(answers) == 1 and isinstance(answers[0]["prediction"], str)
+
+
+@pytest.mark.parametrize("fmt", sorted(FORMATS))
+def test_the_readme_section_runs_as_printed_on_every_format(compose_cfg, tmp_path: Path, fmt: str):
+    _follow_the_readme(compose_cfg, tmp_path, fmt)

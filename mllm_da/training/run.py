@@ -256,6 +256,28 @@ def stage_steps(cfg: DictConfig, stage: Stage) -> int:
     return max(1, round(total * stage.steps_fraction)) if total > 0 else -1
 
 
+def epoch_limit(cfg: DictConfig) -> int:
+    """``trainer.max_epochs``, where null means one epoch (the paper's) unless a step budget is given: then the
+    budget alone decides, as in the HF Trainer, so a small data set is passed over as often as it takes."""
+    epochs = cfg.trainer.get("max_epochs")
+    if epochs is not None:
+        return int(epochs)
+    return -1 if int(cfg.trainer.get("max_steps", -1)) > 0 else 1
+
+
+def stage_warnings(stage: Stage, budget: int, steps_done: int, val_records: int) -> list[str]:
+    """Plain sentences for what a run's summary must not hide: a fit that stopped short of its step budget,
+    and a validation split with no record (so no val/loss)."""
+    warnings = []
+    if budget > 0 and steps_done < budget:
+        warnings.append(f"{stage.name}: trained {steps_done} optimiser steps of the {budget} budgeted "
+                        "(trainer.max_epochs or a callback such as early stopping ended it first)")
+    if val_records == 0:
+        warnings.append(f"{stage.name}: the validation split is empty (data.val_fraction is too small for this "
+                        "data), so there is no val/loss")
+    return warnings
+
+
 def fit_stage(
     cfg: DictConfig,
     stage: Stage,
@@ -288,6 +310,7 @@ def fit_stage(
     trainer: pl.Trainer = instantiate(
         cfg.trainer,
         max_steps=stage_steps(cfg, stage),
+        max_epochs=epoch_limit(cfg),
         accumulate_grad_batches=accumulation_steps(cfg),
         logger=loggers or False,
         callbacks=callbacks,
@@ -404,6 +427,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             record["final_weights_sha256"] = weights_fingerprint(module.model)
             record["global_step"] = trainer.global_step
             record["loss_curve"] = {"step": history.steps, "loss": history.losses}
+            # a stage's trainer counts its own steps (a resumed one from its checkpoint's), so it meets its budget
+            for warning in stage_warnings(stage, stage_steps(cfg, stage), trainer.global_step, len(val_convs)):
+                log.warning(warning)
+                summary.setdefault("warnings", []).append(warning)
             if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
                 record["checkpoints"] = trainer.checkpoint_callback.dirpath
             metrics.update({k: float(v) for k, v in trainer.callback_metrics.items() if v.numel() == 1})
