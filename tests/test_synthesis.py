@@ -380,8 +380,10 @@ def test_rule_synthesizer_reads_toy_captions_and_always_yields_a_triplet():
         pairs = parse_output(text)
         assert len(pairs) == 6 and extract_triplet(pairs) is not None
     generic = parse_output(rule_output("g", "A bowl of ramen with egg and scallions, on a wooden table. Tasty."))
-    assert extract_triplet(generic) == Triplet("What does the image show?", "A bowl of ramen",
-                                               "A bowl of ramen with egg and scallions, on a wooden table.")
+    assert extract_triplet(generic) is not None
+    subject = [p for p in generic if p.question.endswith("What does the image show?")]
+    assert {p.answer for p in subject} == {"A bowl of ramen",
+                                           "A bowl of ramen with egg and scallions, on a wooden table."}
 
 
 def test_stage_keys_follow_their_payload(tmp_path: Path):
