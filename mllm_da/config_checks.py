@@ -343,6 +343,24 @@ def check_synthesis_spec(mix: DictConfig) -> None:
 SYNTH_STAGES = ("tune_synthesizer", "synthesize", "filter", "all")
 
 
+def _check_toy_seed_domain(cfg: DictConfig) -> None:
+    """A synthesizer tuned on the toy seed set asks about coloured shapes: refused on any other domain (synth.py
+    and train.py data_mix=synthetic both come here) unless the user says they mean it."""
+    tuned_here = bool(cfg.tune.enabled) and not cfg.synthesizer.get("checkpoint")
+    seed = cfg.seed_data
+    if not tuned_here or seed.source != "toy" or cfg.domain.name == "toy" or seed.get("allow_on_other_domains"):
+        return
+    raise ConfigError(
+        f"synthesizer={cfg.synthesizer.name} would be tuned on the toy seed set (coloured shapes) and then asked "
+        f"to write tasks for domain={cfg.domain.name}: it would ask about shapes. Use one of: "
+        "synthesizer=adamllm (the released AdaMLLM synthesizer, GPU); "
+        "seed_data.source=visionflan seed_data.visionflan.root=<folder with the reference's three seed files> "
+        "(tune on VisionFLAN, as the paper); synthesizer=rules (the rule-based synthesizer, CPU). "
+        "Through train.py, put these in data_mix.synthesis (synthesizer=...) or data_mix.synthesis.overrides. "
+        "seed_data.allow_on_other_domains=true allows the toy seed set anyway"
+    )
+
+
 def check_synth_config(cfg: DictConfig) -> None:
     """synth.py's options, checked before any stage runs."""
     if cfg.stage not in SYNTH_STAGES:
@@ -361,6 +379,7 @@ def check_synth_config(cfg: DictConfig) -> None:
         _int(cfg, "synthesizer.questions", 1, null=True)
     else:
         _check_model(cfg, "model.backbone")
+        _check_toy_seed_domain(cfg)
     _int(cfg, "seed", 0)
     for key in ("batch_size", "max_new_tokens", "num_shards", "processes"):
         _int(cfg, f"synthesis.{key}", 1)

@@ -207,7 +207,9 @@ def needs_tuning(cfg: DictConfig) -> bool:
 
 def seed_stage(cfg: DictConfig) -> tuple[StageOutcome, SeedFiles]:
     settings = _container(cfg.seed_data)
-    payload: dict[str, Any] = {"version": VERSIONS["seed"], **{k: v for k, v in settings.items() if k != "visionflan"}}
+    # what decides the seed set (not where VisionFLAN lives, nor whether it may be used on other domains)
+    ignored = ("visionflan", "allow_on_other_domains")
+    payload: dict[str, Any] = {"version": VERSIONS["seed"], **{k: v for k, v in settings.items() if k not in ignored}}
     if settings["source"] == "visionflan":
         vf = settings["visionflan"]
         files = {k: vf[k] for k in ("caption_file", "precise_file", "informative_file")}
