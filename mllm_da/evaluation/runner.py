@@ -474,6 +474,8 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
 
     with run_folder(cfg, "evaluate") as summary:
         prepare_domain(cfg.domain)  # the toy domain builds its benchmark on first use, a custom one finds it
+        if cfg.domain.get("found"):
+            summary["domain"] = OmegaConf.to_container(cfg.domain.found)
         check_eval_config(cfg)
         out = Path(cfg.paths.output_dir)
         atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -526,6 +528,10 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         print(table, flush=True)
         summary["metrics"] = _json_safe(metrics)
         summary["benchmarks"] = [s.name for s in specs]
+        # rows read, kept and refused by reason per benchmark, as train.py and synth.py count their records
+        tasks = json.loads((out / "scores.json").read_text(encoding="utf-8"))
+        summary["data"] = {name: {"read": task["read"], "kept": task["rows"], "rejected": sum(task["skipped"].values()),
+                                  "reasons": task["skipped"]} for name, task in tasks.items()}
         summary["artifacts"] = {
             "scores": str(out / "scores.json"),
             "table": str(out / "scores.md"),

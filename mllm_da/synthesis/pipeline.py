@@ -77,6 +77,8 @@ class PipelineResult:
     metrics: dict[str, Any] = field(default_factory=dict)
     files: dict[str, str] = field(default_factory=dict)
     complete: bool = True
+    #: what was read of the image-caption file: path, read / kept / rejected (+ beyond_limit), reasons, rejects
+    inputs: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -610,6 +612,8 @@ def run_pipeline(cfg: DictConfig, stop_after: str | None = None) -> PipelineResu
         return result
     prepare_domain(cfg.domain)
     data = read_domain_inputs(cfg)
+    result.inputs = {"path": str(cfg.domain.image_caption_pairs), **data.counts, "reasons": dict(data.skipped),
+                     "rejects_path": str(data.rejects_path) if data.rejects_path else None}
     synth = synthesize_stage(cfg, data, tuned)
     if synth is None:
         result.complete = False
@@ -658,6 +662,9 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
         summary["stages"] = {name: outcome.describe() for name, outcome in result.stages.items()}
         summary["artifacts"] = result.files
         summary["complete"] = result.complete
+        summary["data"] = {"image_caption_pairs": result.inputs}
+        if cfg.domain.get("found"):  # a custom domain's conversion: rows refused before the records were read
+            summary["domain"] = OmegaConf.to_container(cfg.domain.found)
         for key in ("parse_rate", "triplet_rate", "filter_yield", "records_per_s"):
             if key in result.metrics:
                 log.info("%s: %s", key, result.metrics[key])
