@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import pytest
 
 from mllm_da.config_checks import ConfigError, check_synth_config
@@ -59,7 +61,7 @@ def test_synth_summary_counts_input_records_read_kept_and_rejected_by_reason(com
     # the missing image is refused while converting the CSV (the domain's own count); the undecodable one here
     assert (read["read"], read["kept"], read["rejected"]) == (8, 7, 1)
     assert read["reasons"] == {"bad_image": 1}
-    assert read["rejects_path"] and "broken.png" in open(read["rejects_path"], encoding="utf-8").read()
+    assert read["rejects_path"] and "broken.png" in Path(read["rejects_path"]).read_text(encoding="utf-8")
 
 
 def test_evaluate_summary_counts_benchmark_rows_read_kept_and_refused(compose_cfg, tmp_path):
