@@ -333,7 +333,7 @@ def test_bad_rows_fail_naming_the_row_and_field_or_are_skipped_and_counted(tmp_p
     ]
     path = write_jsonl(tmp_path / "b.jsonl", rows)
     spec = BenchmarkSpec(name="b", metric="vqa_open_closed", source=str(path))
-    with pytest.raises(BenchmarkRowError, match=r"b\.jsonl row 1: field 'answer_type'"):
+    with pytest.raises(BenchmarkRowError, match=r"b\.jsonl row 2: field 'answer_type'"):
         load_benchmark(spec)
     bench = load_benchmark(
         BenchmarkSpec(name="b", metric="vqa_open_closed", source=str(path), bad_rows="skip")
@@ -352,7 +352,7 @@ def test_bad_rows_fail_naming_the_row_and_field_or_are_skipped_and_counted(tmp_p
     mc = write_jsonl(
         tmp_path / "mc.jsonl", [{"image": "ok.png", "input": "Q", "label": "E", "A": "x", "B": "y"}]
     )
-    with pytest.raises(BenchmarkRowError, match=r"row 0: field 'label'.*not one of the options \['A', 'B'\]"):
+    with pytest.raises(BenchmarkRowError, match=r"row 1: field 'label'.*not one of the options \['A', 'B'\]"):
         load_benchmark(BenchmarkSpec(name="mc", metric="multiple_choice", source=str(mc)))
     with pytest.raises(BenchmarkError, match="has no field 'question'"):
         load_benchmark(
@@ -373,7 +373,7 @@ def test_unknown_ingredient_is_a_bad_row(tmp_path: Path):
         label_space="nutrition5k",
         label_file=str(LABELS_DIR / "nutrition5k_ingredients.json"),
     )
-    with pytest.raises(BenchmarkRowError, match=r"row 0: field 'label'.*unobtainium"):
+    with pytest.raises(BenchmarkRowError, match=r"row 1: field 'label'.*unobtainium"):
         load_benchmark(spec)
 
 

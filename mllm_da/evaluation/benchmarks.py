@@ -91,7 +91,8 @@ class BenchmarkRowError(ValueError):
     """A row breaks the benchmark's schema under ``bad_rows="fail"``; names the source, row and field."""
 
     def __init__(self, origin: str, index: int, field_name: str, reason: str, message: str) -> None:
-        super().__init__(f"{origin} row {index}: field '{field_name}': {message} [{reason}]")
+        # rows are counted from 1 in messages, as the record readers count lines; ``index`` stays 0-based
+        super().__init__(f"{origin} row {index + 1}: field '{field_name}': {message} [{reason}]")
         self.origin = origin
         self.index = index
         self.field = field_name
@@ -99,6 +100,17 @@ class BenchmarkRowError(ValueError):
 
 
 # --------------------------------------------------------------------------------------------------- spec
+
+
+#: generation budget per metric when a benchmark does not set one: short answers (a word, a yes/no, a letter) get
+#: 32 tokens, ingredient lists 256 (the reference's budget for them), free text (ROUGE-L) the reference's 1,024
+DEFAULT_MAX_NEW_TOKENS: Mapping[str, int] = {
+    "vqa_open_closed": 32,
+    "multiple_choice": 32,
+    "multi_label_f1": 256,
+    "multi_label_recall": 256,
+    "rouge_l": 1024,
+}
 
 
 @dataclass(frozen=True)
@@ -128,7 +140,9 @@ class BenchmarkSpec:
     #: food101 / foodseg103 / nutrition5k: build the label space of that task from ``label_file``
     label_space: str | None = None
     label_file: str | None = None
-    max_new_tokens: int = 1024
+    #: null: the metric's default (:data:`DEFAULT_MAX_NEW_TOKENS`), so a short-answer benchmark never waits for
+    #: 1,024 tokens of a model that does not stop
+    max_new_tokens: int | None = None
     limit: int | None = None
     bad_rows: BadRows = "fail"
     #: decode every row's image at load time, so that a truncated or undecodable image is a bad row (skipped or an
@@ -157,6 +171,8 @@ class BenchmarkSpec:
             raise ValueError(f"{where}: set source (a local file or folder) or hub_id")
         if self.bad_rows not in ("fail", "skip"):
             raise ValueError(f"{where}: bad_rows must be 'fail' or 'skip', got {self.bad_rows!r}")
+        if self.max_new_tokens is None:
+            object.__setattr__(self, "max_new_tokens", DEFAULT_MAX_NEW_TOKENS[self.metric])
         if self.max_new_tokens < 1:
             raise ValueError(f"{where}: max_new_tokens must be >= 1, got {self.max_new_tokens}")
         if self.limit is not None and self.limit < 0:
@@ -240,7 +256,7 @@ class Benchmark:
         try:
             return load_image(self._image_ref(index))
         except BadImageError as err:
-            raise BadImageError(f"{self.origin} row {index}: field '{self.spec.image_field}': {err}") from err
+            raise BadImageError(f"{self.origin} row {index + 1}: field '{self.spec.image_field}': {err}") from err
 
     def image_size(self, index: int) -> tuple[int, int]:
         """(width, height) from the image header only, to plan prompt lengths without decoding pixels."""
@@ -249,7 +265,7 @@ class Benchmark:
             with Image.open(ref if isinstance(ref, Path) else io.BytesIO(ref)) as image:
                 return image.size
         except Exception as err:
-            raise BadImageError(f"{self.origin} row {index}: field '{self.spec.image_field}': {err}") from err
+            raise BadImageError(f"{self.origin} row {index + 1}: field '{self.spec.image_field}': {err}") from err
 
     def image_key(self, index: int) -> str:
         """The row's image identity (resolved path or content hash): rows sharing a picture share it."""
@@ -261,7 +277,7 @@ class Benchmark:
     def _image_ref(self, index: int) -> Path | bytes:
         ref, problem = _image_reference(self._image_value(index), self._image_root)
         if problem is not None:
-            raise BadImageError(f"{self.origin} row {index}: field '{self.spec.image_field}': {problem[1]}")
+            raise BadImageError(f"{self.origin} row {index + 1}: field '{self.spec.image_field}': {problem[1]}")
         assert ref is not None
         return ref
 
@@ -398,7 +414,7 @@ def _json_source(path: Path, image_field: str) -> _Source:
     for i, row in enumerate(rows):
         if not isinstance(row, dict):
             message = f"a row must be a JSON object, got {type(row).__name__}"
-            problems[i] = ("$", "not_object", message, f"{path} row {i}", row)
+            problems[i] = ("$", "not_object", message, f"{path} row {i + 1}", row)
             rows[i] = {}
     columns = sorted({key for row in rows for key in row})
 
@@ -695,7 +711,7 @@ def load_benchmark(
         if problem is not None:
             where, reason, message = problem
             rejects.append({
-                "source": unreadable[3] if unreadable is not None else f"{source.origin} row {index}",
+                "source": unreadable[3] if unreadable is not None else f"{source.origin} row {index + 1}",
                 "row": index,
                 "reason_key": reason,
                 "field": where,
@@ -707,7 +723,7 @@ def load_benchmark(
                 raise BenchmarkRowError(source.origin, index, where, reason, message)
             skipped[reason] += 1
             log.warning(
-                "%s row %d: field '%s': %s [%s] (skipped)", source.origin, index, where, message, reason
+                "%s row %d: field '%s': %s [%s] (skipped)", source.origin, index + 1, where, message, reason
             )
             continue
         scored = dict(fields)

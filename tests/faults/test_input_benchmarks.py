@@ -163,7 +163,7 @@ def run_case(pool: tuple[Path, dict[str, ImageCase]], tally: Any, fault: str, rn
             with pytest.raises(BenchmarkRowError) as info:
                 load_benchmark(spec, rejects_path=rejects)
             assert (info.value.reason, info.value.field, info.value.index) == (key, field, index), str(info.value)
-            assert_names(info.value, path, f"row {index}", field)
+            assert_names(info.value, path, f"row {index + 1}:", field)  # rows counted from 1
         assert [json.loads(r)["reason_key"] for r in rejects.read_text().splitlines()] == [key]
     else:
         bench = load_benchmark(spec, rejects_path=rejects)
@@ -276,7 +276,7 @@ def test_parquet_folder_with_embedded_images(tmp_path: Path, fault_tally) -> Non
     first_bad = next(i for i, n in enumerate(names) if images[n][1])
     with pytest.raises(BenchmarkRowError) as info:
         load_benchmark(BenchmarkSpec(**spec, bad_rows="fail"), cache_dir=tmp_path / "cache")
-    assert_names(info.value, tmp_path / "bench" / "test", f"row {first_bad}", "image")
+    assert_names(info.value, tmp_path / "bench" / "test", f"row {first_bad + 1}:", "image")
     for n in names:
         fault_tally.record(KIND, f"parquet {n}", outcome(images[n][1] is not None, "skip"))
         if images[n][1] is not None and n == names[first_bad]:
