@@ -78,6 +78,23 @@ def metric_names(jobs: Sequence[Job], all_metrics: bool = False) -> list[str]:
     return names + extra
 
 
+#: the headline losses a two-stage job reports are its last stage's (training/run.py copies them up)
+STAGE_LOSSES = ("train/loss_last", "val/loss")
+
+
+def last_stage(job: Job) -> str | None:
+    """The name of a multi-stage job's last stage (the prefix of its per-stage loss keys), else None."""
+    stages = [key.split("/", 1)[0] for key in job.metrics if key.endswith("/train/loss_last") and key.count("/") == 2]
+    return sorted(stages)[-1] if stages else None
+
+
+def column_name(metric: str, jobs: Sequence[Job]) -> str:
+    """A metric's column title; a headline loss says when some jobs report their last stage's."""
+    if metric in STAGE_LOSSES and any(last_stage(job) for job in jobs):
+        return f"{metric} (last stage)"
+    return metric
+
+
 def cell(value: float | None) -> str:
     if value is None:
         return "–"
@@ -86,7 +103,7 @@ def cell(value: float | None) -> str:
 
 def rows(jobs: Sequence[Job], metrics: Sequence[str]) -> tuple[list[str], list[list[str]]]:
     axes = list(jobs[0].axes)
-    header = ["job", *axes, "status", *metrics]
+    header = ["job", *axes, "status", *(column_name(m, jobs) for m in metrics)]
     body = [[job.folder.name, *job.axes.values(), job.status, *(cell(job.metrics.get(m)) for m in metrics)]
             for job in jobs]
     return header, body
@@ -102,6 +119,22 @@ def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
 
     rule = "|" + "|".join(("-" * (w + 1) + ":") if n else ("-" * (w + 2)) for w, n in zip(widths, numeric)) + "|"
     return "\n".join([line(header), rule, *(line(r) for r in body)])
+
+
+def _all_zero(values: Sequence[float]) -> bool:
+    finite = [v for v in values if not math.isnan(v)]
+    return bool(finite) and all(v == 0 for v in finite)
+
+
+def axis_range(values: Sequence[float]) -> tuple[float, float]:
+    """The value axis of a panel: from 0 (or the smallest negative value) to a little past the largest value,
+    with room for the value labels; never a fixed 0-100, and 0-1 when every value is 0 (the title says so)."""
+    finite = [v for v in values if not math.isnan(v)] or [0.0]
+    low, high = min(0.0, min(finite)), max(0.0, max(finite))
+    if low == high == 0:
+        return 0.0, 1.0
+    span = high - low
+    return low - (0.05 * span if low < 0 else 0.0), high + 0.18 * span
 
 
 def chart(jobs: Sequence[Job], metrics: Sequence[str], path: Path) -> Path:
@@ -125,7 +158,9 @@ def chart(jobs: Sequence[Job], metrics: Sequence[str], path: Path) -> Path:
             ax.text(0 if math.isnan(v) else v, i, " n/a" if math.isnan(v) else f" {v:.1f}", va="center", fontsize=8)
         ax.set_yticks(range(len(jobs)), [job.label for job in jobs], fontsize=8)
         ax.invert_yaxis()
-        ax.set_title(metric.removeprefix("eval/"), fontsize=10)
+        ax.set_xlim(*axis_range(values))
+        title = column_name(metric, jobs).removeprefix("eval/")
+        ax.set_title(title + (" (all 0)" if _all_zero(values) else ""), fontsize=10)
     for ax in list(axes.flat)[len(shown):]:
         ax.axis("off")
     fig.tight_layout()
@@ -144,7 +179,10 @@ def write_report(sweep: str | Path, out: str | Path | None = None, all_metrics: 
     header, body = rows(jobs, metrics)
     table = markdown_table(header, body)
     failed = [f"- job {j.folder.name} ({j.label}): {j.error}" for j in jobs if j.status != "ok"]
+    staged = [f"- job {j.folder.name} ({j.label}): {', '.join(m for m in STAGE_LOSSES if m in metrics)} of its last "
+              f"stage, {last_stage(j)}" for j in jobs if last_stage(j) and any(m in metrics for m in STAGE_LOSSES)]
     text = f"# Sweep {sweep.name}\n\n{table}\n" + ("\nFailed jobs:\n" + "\n".join(failed) + "\n" if failed else "")
+    text += "\nLosses of multi-stage jobs:\n" + "\n".join(staged) + "\n" if staged else ""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(header)

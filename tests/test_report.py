@@ -54,3 +54,41 @@ def test_all_metrics_and_errors(sweep: Path, tmp_path_factory):
     assert "eval/toy_vqa/count/open_recall" in result["table"]
     with pytest.raises(FileNotFoundError, match="no summary.json"):
         write_report(tmp_path_factory.mktemp("empty"))
+
+
+def test_a_two_stage_jobs_headline_loss_is_labelled_as_its_last_stages(tmp_path: Path):
+    job(tmp_path, 0, ["stage_mode=single_stage"], {"eval/toy_vqa/open_recall": 50.0, "train/loss_last": 0.4})
+    job(tmp_path, 1, ["stage_mode=two_stage"], {"eval/toy_vqa/open_recall": 30.0, "train/loss_last": 0.2,
+                                                 "stage1_captions/train/loss_last": 0.9,
+                                                 "stage2_tasks/train/loss_last": 0.2})
+    result = write_report(tmp_path)
+    assert "train/loss_last (last stage)" in result["table"]
+    text = (tmp_path / "report.md").read_text()
+    assert "job 1 (stage_mode=two_stage): train/loss_last of its last stage, stage2_tasks" in text
+
+
+def test_panel_axes_fit_the_values_and_an_all_zero_panel_says_so():
+    from mllm_da.report import axis_range
+
+    assert axis_range([0.0, 0.0, float("nan")]) == (0.0, 1.0)
+    low, high = axis_range([12.0, 60.0])
+    assert low == 0.0 and 60.0 < high < 75.0  # fits the data, not a fixed 0-100
+    low, high = axis_range([-2.0, 4.0])
+    assert low < -2.0 and high > 4.0
+
+
+def test_chart_titles_mark_all_zero_panels(tmp_path: Path, monkeypatch):
+    import matplotlib.axes
+
+    from mllm_da.report import chart, read_jobs
+
+    job(tmp_path, 0, ["data_mix=a"], {"eval/x/accuracy": 0.0, "eval/y/accuracy": 20.0})
+    job(tmp_path, 1, ["data_mix=b"], {"eval/x/accuracy": 0.0, "eval/y/accuracy": 40.0})
+    titles, limits = [], []
+    original_title, original_xlim = matplotlib.axes.Axes.set_title, matplotlib.axes.Axes.set_xlim
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda ax, t, **k: (titles.append(t), original_title(ax, t, **k))[1])
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_xlim", lambda ax, *a, **k: (len(a) == 2 and limits.append(a), original_xlim(ax, *a, **k))[1])
+    jobs = read_jobs(tmp_path)
+    chart(jobs, ["eval/x/accuracy", "eval/y/accuracy"], tmp_path / "c.png")
+    assert titles == ["x/accuracy (all 0)", "y/accuracy"]
+    assert limits[0] == (0.0, 1.0) and limits[1][1] < 60
