@@ -30,10 +30,10 @@ from typing import Literal, Protocol
 
 import torch
 from PIL import Image
-from tqdm.auto import tqdm
 
 from mllm_da.backbones.base import Backbone
 from mllm_da.data.records import IMAGE_PLACEHOLDER, Turn
+from mllm_da.utils.progress import Setting, progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -140,7 +140,7 @@ class HFGenerator:
     """
 
     def __init__(
-        self, backbone: Backbone, *, batch_size: int = 8, progress: bool = True, synthesizer: bool = False
+        self, backbone: Backbone, *, batch_size: int = 8, progress: Setting = "auto", synthesizer: bool = False
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
@@ -223,10 +223,7 @@ class HFGenerator:
         config = self._config(max_new_tokens)
         results: dict[int, str] = {}
         start = time.perf_counter()
-        bar = tqdm(
-            total=sum(r.key not in done for r in requests), desc=desc, unit="sample", disable=not self.progress,
-            dynamic_ncols=True,
-        )
+        bar = progress_bar(sum(r.key not in done for r in requests), desc, "sample", self.progress)
         try:
             for first in range(0, len(order), self.batch_size):
                 chunk = [requests[i] for i in order[first : first + self.batch_size]]
@@ -265,7 +262,7 @@ class VLLMGenerator:
         backbone: Backbone,
         model_path: str,
         *,
-        progress: bool = True,
+        progress: Setting = "auto",
         synthesizer: bool = False,
         gpu_memory_utilization: float = 0.85,
         max_model_len: int = VLLM_MAX_MODEL_LEN,
@@ -314,9 +311,7 @@ class VLLMGenerator:
         )
         results: dict[int, str] = {}
         start = time.perf_counter()
-        bar = tqdm(
-            total=len(requests), desc=desc, unit="sample", disable=not self.progress, dynamic_ncols=True
-        )
+        bar = progress_bar(len(requests), desc, "sample", self.progress)
         try:
             for first in range(0, len(requests), self.chunk_size):
                 chunk = list(requests[first : first + self.chunk_size])
@@ -364,7 +359,8 @@ class GeneratorOptions:
 
     backend: Backend = "hf"
     batch_size: int = 8
-    progress: bool = True
+    #: auto (a bar on a terminal, not in CI), true or false (mllm_da.utils.progress)
+    progress: Setting = "auto"
     synthesizer: bool = False
     vllm: dict[str, object] = field(default_factory=dict)
 

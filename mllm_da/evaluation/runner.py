@@ -505,7 +505,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         generation = GeneratorOptions(
             backend=cfg.backend,
             batch_size=int(cfg.batch_size),
-            progress=bool(cfg.progress),
+            progress=cfg.progress,
             vllm=engine_args,
         )
         metrics = evaluate_backbone(

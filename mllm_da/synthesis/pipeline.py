@@ -414,6 +414,7 @@ def synthesize_stage(cfg: DictConfig, data: DomainInputs, tuned: StageOutcome | 
         shards=[int(shard_index)] if shard_index is not None else list(range(num_shards)),
         device=resolve_device(settings.device),
         threads=settings.get("threads"),
+        progress=settings.get("progress", "auto"),
     )
     processes = int(settings.get("processes") or 1)
 

@@ -35,6 +35,7 @@ import torch
 from mllm_da.data.records import IMAGE_PLACEHOLDER, BadImageError, Turn, load_image
 from mllm_da.synthesis.parse import CAPTION_HINT
 from mllm_da.utils.io import append_jsonl, atomic_write_json, read_json
+from mllm_da.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -178,7 +179,8 @@ class SynthesisJob:
     shards: list[int] = field(default_factory=lambda: [0])
     device: str = "cpu"
     threads: int | None = None
-    progress: bool = True
+    #: auto (a bar on a terminal outside CI, else a log line every tenth of the batches), true or false
+    progress: bool | str = "auto"
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -271,11 +273,17 @@ def run_job(job: SynthesisJob, generator: SynthesizerGenerator | None = None) ->
         records += len(indices)
         return generator([by_index[i] for i in indices])
 
+    todo_records = sum(len(plan[b]) for b in range(len(plan))
+                       if b % job.num_shards in job.shards and b not in set(log_.done()))
+    bar = progress_bar(todo_records, f"synthesis shards {list(job.shards)}", "record", job.progress)
+
     def progress(n: int, total: int) -> None:
-        if job.progress and (n == total or n % max(1, total // 10) == 0):
+        bar.update(records - bar.n)
+        if bar.disable and (n == total or n % max(1, total // 10) == 0):  # no bar: a log line every tenth
             log.info("synthesis shards %s: %d/%d batches", job.shards, n, total)
 
-    batches = run_batches(log_, plan, work, job.shards, job.num_shards, progress)
+    with bar:
+        batches = run_batches(log_, plan, work, job.shards, job.num_shards, progress)
     seconds = time.perf_counter() - start
     stats = {
         "shards": list(job.shards),

@@ -26,6 +26,7 @@ from mllm_da.training.export import export_merged
 from mllm_da.training.finetune import FinetuneConfig
 from mllm_da.training.module import MLLMModule, OptimConfig
 from mllm_da.utils.io import atomic_open, atomic_write_text
+from mllm_da.utils.progress import show_progress
 from mllm_da.utils.runinfo import (
     finished_run,
     instantiate_dict,
@@ -311,6 +312,7 @@ def fit_stage(
         cfg.trainer,
         max_steps=stage_steps(cfg, stage),
         max_epochs=epoch_limit(cfg),
+        enable_progress_bar=show_progress(cfg.trainer.get("enable_progress_bar", "auto")),
         accumulate_grad_batches=accumulation_steps(cfg),
         logger=loggers or False,
         callbacks=callbacks,
