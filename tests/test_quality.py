@@ -116,3 +116,30 @@ def test_rule_answers_of_toy_scenes_are_all_right():
             truth = toy_truth(caption, rule.prompt)
             assert truth is not None and truth[0] == rule.question_type, rule.prompt
             assert answer_is(rule.answer, truth[1], rule.prompt), (rule.prompt, rule.answer, truth)
+
+
+def test_a_yes_no_explanation_without_a_conclusion_is_undecided_not_wrong():
+    from mllm_da.synthesis.quality import mentions
+
+    assert mentions("The red circle is at the top left. So the answer is yes.", "yes") is True
+    assert mentions("Yes at first sight, but no: it is blue.", "yes") is False  # its last word on it counts
+    assert mentions("The red circle is at the top left.", "yes") is None
+    report = quality_report([task("Is there a red circle?", "yes", "A small red circle is at the top left.")])
+    assert report["toy_truth"]["informative_consistency"] is None
+    assert report["toy_truth"]["informative_undecided"] == 1
+
+
+def test_every_synthesis_reports_its_quality_in_the_summary(compose_cfg, tmp_path):
+    import json
+
+    from mllm_da.synthesis.pipeline import synthesize
+
+    cfg = compose_cfg(["synthesizer=rules", "domain.prepare.n_train=48", "domain.prepare.n_test=8",
+                       "domain.root=${paths.data_dir}/toy_small", "quality.blind_sample=16"],
+                      config_name="synth", output_dir=tmp_path / "run")
+    synthesize(cfg)
+    quality = json.loads((tmp_path / "run" / "summary.json").read_text())["metrics"]["quality"]
+    assert quality["all"]["diversity"]["tasks"] == 48
+    assert quality["all"]["toy_truth"]["precise_accuracy"] == 1.0  # rule answers are right by construction
+    assert quality["grounding"] == {"records": 16, "changed_share": 0.0, "question_changed_share": 0.0}
+    assert quality["kept"]["diversity"]["tasks"] <= 48

@@ -36,6 +36,7 @@ from mllm_da.synthesis import filter as consistency
 from mllm_da.synthesis.cache import StageDir, digest, file_digest, folder_fingerprint
 from mllm_da.synthesis.formatting import FormattedTask, build_training_sets, format_triplet, load_templates
 from mllm_da.synthesis.parse import LLAMA3, ParseFormat, Triplet, extract_triplet, parse_output
+from mllm_da.synthesis.quality import SynthesizedTask, format_quality_table, grounding, quality_report
 from mllm_da.synthesis.runner import (
     BatchLog,
     IncompleteError,
@@ -47,6 +48,7 @@ from mllm_da.synthesis.runner import (
     run_in_processes,
     run_job,
 )
+from mllm_da.synthesis.sampling import SamplingConfig
 from mllm_da.synthesis.seed import SeedFiles, build_seed
 from mllm_da.utils.io import atomic_write_jsonl, atomic_write_text, read_jsonl_tolerant
 
@@ -321,6 +323,14 @@ def backbone_kwargs(cfg: DictConfig, tuned: StageOutcome | None) -> tuple[dict[s
     return kwargs, {"weights": identity, "spec": spec}
 
 
+def sampling_settings(cfg: DictConfig) -> dict[str, Any]:
+    """``synthesis.sampling`` as SamplingConfig fields (validated), or {} for greedy decoding."""
+    node = _container(cfg.synthesis.get("sampling") or {})
+    config = SamplingConfig(temperature=float(node.get("temperature", 0.0)), top_p=float(node.get("top_p", 1.0)),
+                            seed=int(node.get("seed", cfg.seed)))
+    return {} if config.greedy else dataclasses.asdict(config)
+
+
 def parse_format(cfg: DictConfig) -> ParseFormat:
     """The synthesizer's delimiters from its chat format (no model load); the rule synthesizer writes Llama-3's."""
     reference_cut = bool(cfg.synthesis.get("reference_answer_cut", False))
@@ -378,6 +388,9 @@ def synthesize_stage(cfg: DictConfig, data: DomainInputs, tuned: StageOutcome | 
     else:
         kwargs, identity = backbone_kwargs(cfg, tuned)
         generation = {"batch_size": int(settings.batch_size), "max_new_tokens": int(settings.max_new_tokens)}
+        sampling = sampling_settings(cfg)
+        if sampling:  # greedy keeps the keys synthesized sets had before sampling existed
+            generation["sampling"] = sampling
     payload = {"version": VERSIONS["synthesize"], "inputs": data.digest, "synthesizer": identity,
                "generation": generation, "format": dataclasses.asdict(fmt)}
     stage = StageDir.for_stage(cfg.paths.cache_dir, "synthesize", payload)
@@ -415,6 +428,7 @@ def synthesize_stage(cfg: DictConfig, data: DomainInputs, tuned: StageOutcome | 
         device=resolve_device(settings.device),
         threads=settings.get("threads"),
         progress=settings.get("progress", "auto"),
+        sampling=sampling_settings(cfg),
     )
     processes = int(settings.get("processes") or 1)
 
@@ -630,7 +644,51 @@ def run_pipeline(cfg: DictConfig, stop_after: str | None = None) -> PipelineResu
             formatted = result.stages["format"] = format_stage(cfg, data, judged, synth)
             result.files.update(formatted.meta["files"])
     result.metrics = collect_metrics(result)
+    if stop_after in ("filter", "all"):
+        result.metrics["quality"] = synthesis_quality(cfg, data, synth, result.stages["filter"], tuned)
+        log.info("synthetic data quality (all triplets):\n%s", format_quality_table(result.metrics["quality"]["all"]))
     return result
+
+
+def _tasks(synth: StageOutcome, data: DomainInputs, judged: StageOutcome | None) -> list[SynthesizedTask]:
+    """The triplets of a synthesize stage with their captions and (when filtered) the filter's labels."""
+    captions = {it.id: it.caption for it in data.inputs}
+    labels = {} if judged is None else {
+        r["id"]: r["label"] for r in read_jsonl_tolerant(judged.dir.path / "judgements.jsonl")}
+    return [SynthesizedTask(row["id"], captions.get(row["id"], ""), t["Q"], t["precise_A"], t["informative_A"],
+                            labels.get(row["id"]))
+            for row in read_jsonl_tolerant(synth.dir.path / "parsed.jsonl") if (t := row.get("triplet"))]
+
+
+def _first_pairs(synth: StageOutcome) -> dict[str, tuple[str, str]]:
+    """Each record's (question, precise answer) of its triplet, else its first generated pair, else empty."""
+    out = {}
+    for row in read_jsonl_tolerant(synth.dir.path / "parsed.jsonl"):
+        triplet, qa = row.get("triplet"), row.get("qa") or []
+        out[row["id"]] = ((triplet["Q"], triplet["precise_A"]) if triplet else tuple(qa[0]) if qa else ("", ""))
+    return out
+
+
+def synthesis_quality(cfg: DictConfig, data: DomainInputs, synth: StageOutcome, judged: StageOutcome | None,
+                      tuned: StageOutcome | None) -> dict[str, Any]:
+    """Quality of the synthetic set (mllm_da.synthesis.quality): of every triplet (with the filter judged against
+    the toy truth), of the kept ones, and the grounding control: the first ``quality.blind_sample`` records
+    synthesized again with each image swapped for the next record's (a cached stage of its own)."""
+    tasks = _tasks(synth, data, judged)
+    kept = [t for t in tasks if t.label is None or consistency.is_kept(t.label)]
+    report: dict[str, Any] = {"all": quality_report(tasks), "kept": quality_report(kept)}
+    sample = int(cfg.get("quality", {}).get("blind_sample", 0) or 0)
+    ordered = sorted(data.inputs, key=lambda it: it.id)[:sample]
+    if len(ordered) >= 2 and cfg.synthesis.get("shard_index") is None:
+        swapped = [dataclasses.replace(it, image=ordered[(i + 1) % len(ordered)].image) for i, it in enumerate(ordered)]
+        blind_data = dataclasses.replace(data, inputs=swapped, digest=digest({"blind": data.digest, "n": len(swapped)}))
+        blind = synthesize_stage(cfg, blind_data, tuned)
+        if blind is not None:
+            original = _first_pairs(synth)
+            report["grounding"] = grounding({it.id: original.get(it.id, ("", "")) for it in ordered},
+                                            _first_pairs(blind))
+            report["all"]["grounding"] = report["grounding"]
+    return report
 
 
 def _log_to_loggers(cfg: DictConfig, metrics: Mapping[str, Any]) -> None:
@@ -640,11 +698,16 @@ def _log_to_loggers(cfg: DictConfig, metrics: Mapping[str, Any]) -> None:
     from mllm_da.utils.runinfo import instantiate_dict
 
     flat: dict[str, float] = {}
-    for key, value in metrics.items():
+
+    def add(prefix: str, value: Any) -> None:
         if isinstance(value, Mapping):
-            flat.update({f"synth/{key}/{k}": float(v) for k, v in value.items() if isinstance(v, int | float)})
+            for key, inner in value.items():
+                add(f"{prefix}/{key}", inner)
         elif isinstance(value, int | float) and not isinstance(value, bool):
-            flat[f"synth/{key}"] = float(value)
+            flat[prefix] = float(value)
+
+    for key, value in metrics.items():
+        add(f"synth/{key}", value)
     for logger in instantiate_dict(cfg.get("logger"), instantiate):
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
         logger.log_metrics(flat, step=0)

@@ -135,19 +135,20 @@ def answer_is(answer: str, truth: str, question: str = "") -> bool:
     return " ".join(words) == truth or words == _words(truth)
 
 
-def mentions(answer: str, truth: str) -> bool:
-    """Whether a long answer is consistent with ``truth``: it says the true word(s) (a yes/no truth: its first
-    word)."""
+def mentions(answer: str, truth: str) -> bool | None:
+    """Whether a long answer is consistent with ``truth``: it says the true word(s). For a yes/no truth, its last
+    yes or no (where it concludes) must be the truth; an answer that says neither is undecided (None)."""
     words = _words(answer)
     if truth in toy.YES_NO:
-        return bool(words) and words[0] == truth
+        said = [w for w in words if w in toy.YES_NO]
+        return said[-1] == truth if said else None
     digits = {str(k): w for k, w in toy.COUNT_WORDS.items()}
     words = [digits.get(w, w) for w in words]
     target = _words(truth)
     return any(words[i : i + len(target)] == target for i in range(len(words) - len(target) + 1))
 
 
-def _rate(flags: Iterable[bool]) -> float | None:
+def _rate(flags: Iterable[bool | None]) -> float | None:
     values = list(flags)
     return round(sum(values) / len(values), 4) if values else None
 
@@ -165,11 +166,12 @@ def toy_correctness(tasks: Sequence[SynthesizedTask]) -> dict[str, object]:
         "judged": len(judged),
         "judged_share": round(len(judged) / len(tasks), 4) if tasks else None,
         "precise_accuracy": _rate(right for _, _, right, _ in judged),
-        "informative_consistency": _rate(ok for _, _, _, ok in judged),
+        "informative_consistency": _rate(ok for _, _, _, ok in judged if ok is not None),
+        "informative_undecided": sum(1 for _, _, _, ok in judged if ok is None),
         "per_type": {
             kind: {"tasks": sum(1 for _, k, _, _ in judged if k == kind),
                    "precise_accuracy": _rate(right for _, k, right, _ in judged if k == kind),
-                   "informative_consistency": _rate(ok for _, k, _, ok in judged if k == kind)}
+                   "informative_consistency": _rate(ok for _, k, _, ok in judged if k == kind and ok is not None)}
             for kind in sorted({k for _, k, _, _ in judged})
         },
     }

@@ -34,6 +34,7 @@ import torch
 
 from mllm_da.data.records import IMAGE_PLACEHOLDER, BadImageError, Turn, load_image
 from mllm_da.synthesis.parse import CAPTION_HINT
+from mllm_da.synthesis.sampling import RecordSeededSampler, SamplingConfig, record_seed
 from mllm_da.utils.io import append_jsonl, atomic_write_json, read_json
 from mllm_da.utils.progress import progress_bar
 
@@ -181,6 +182,8 @@ class SynthesisJob:
     threads: int | None = None
     #: auto (a bar on a terminal outside CI, else a log line every tenth of the batches), true or false
     progress: bool | str = "auto"
+    #: SamplingConfig fields; empty: greedy
+    sampling: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -193,11 +196,14 @@ class SynthesisJob:
 
 
 class SynthesizerGenerator:
-    """Greedy synthesizer decoding for a batch of inputs; one result row per input."""
+    """Synthesizer decoding for a batch of inputs, one result row per input: greedy (the reference), or sampled
+    from each record's own seeded stream (:mod:`mllm_da.synthesis.sampling`)."""
 
-    def __init__(self, backbone: Any, max_new_tokens: int = 512, device: str = "cpu") -> None:
+    def __init__(self, backbone: Any, max_new_tokens: int = 512, device: str = "cpu",
+                 sampling: SamplingConfig | None = None) -> None:
         self.backbone = backbone
         self.max_new_tokens = max_new_tokens
+        self.sampling = sampling or SamplingConfig()
         self.device = torch.device(device)
         self.stop_ids = backbone.stop_token_ids(synthesizer=True)
         if not self.stop_ids:
@@ -237,7 +243,9 @@ class SynthesizerGenerator:
             k: v.to(self.device, dtype=param.dtype) if v.is_floating_point() else v.to(self.device)
             for k, v in batch.items()
         }
-        out = self.backbone.model.generate(**batch, generation_config=self._config())
+        sampler = [] if self.sampling.greedy else [
+            RecordSeededSampler(self.sampling, [record_seed(self.sampling.seed, items[slot].id) for slot in slots])]
+        out = self.backbone.model.generate(**batch, generation_config=self._config(), logits_processor=sampler)
         new = out[:, batch["input_ids"].shape[1]:].tolist()
         stops = set(self.stop_ids)
         for slot, tokens in zip(slots, new):
@@ -259,7 +267,8 @@ def run_job(job: SynthesisJob, generator: SynthesizerGenerator | None = None) ->
     if generator is None:
         from mllm_da.backbones.loading import load_backbone
 
-        generator = SynthesizerGenerator(load_backbone(**job.backbone), job.max_new_tokens, job.device)
+        generator = SynthesizerGenerator(load_backbone(**job.backbone), job.max_new_tokens, job.device,
+                                         SamplingConfig(**job.sampling))
     folder = Path(job.folder)
     folder.mkdir(parents=True, exist_ok=True)
     plan = load_or_write_plan(folder, job.inputs, job.batch_size)
