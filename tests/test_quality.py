@@ -135,7 +135,8 @@ def test_every_synthesis_reports_its_quality_in_the_summary(compose_cfg, tmp_pat
     from mllm_da.synthesis.pipeline import synthesize
 
     cfg = compose_cfg(["synthesizer=rules", "domain.prepare.n_train=48", "domain.prepare.n_test=8",
-                       "domain.root=${paths.data_dir}/toy_small", "quality.blind_sample=16"],
+                       "domain.root=${paths.data_dir}/toy_small", "quality.blind_sample=16",
+                       f"paths.cache_dir={tmp_path / 'cache'}"],  # its own cache: other tests count cache hits
                       config_name="synth", output_dir=tmp_path / "run")
     synthesize(cfg)
     quality = json.loads((tmp_path / "run" / "summary.json").read_text())["metrics"]["quality"]
