@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from mllm_da.stats import Interval, mean_interval, paired_comparison
 from mllm_da.utils.io import atomic_open, atomic_write_text
 
 #: per-question-type metrics (eval/<task>/<type>/<metric>) are left to --all-metrics: the table stays readable
@@ -137,28 +138,40 @@ def axis_range(values: Sequence[float]) -> tuple[float, float]:
     return low - (0.05 * span if low < 0 else 0.0), high + 0.18 * span
 
 
-def chart(jobs: Sequence[Job], metrics: Sequence[str], path: Path) -> Path:
-    """One panel per metric, one bar per job (labelled by its axis values); failed jobs have no bar."""
+def chart(jobs: Sequence[Job], metrics: Sequence[str], path: Path,
+          intervals: dict[str, dict[str, Interval]] | None = None) -> Path:
+    """One panel per metric: one bar per job (labelled by its axis values; failed jobs have no bar), or, when
+    ``intervals`` (condition → metric → mean and interval over seeds) is given, one bar per condition with its
+    95 % interval as an error bar."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     shown = [m for m in metrics if m.startswith("eval/")] or list(metrics)
+    labels = list(intervals) if intervals else [job.label for job in jobs]
     cols = min(3, len(shown))
     nrows = math.ceil(len(shown) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 0.9 + 0.45 * len(jobs) * nrows + 0.8 * nrows),
+    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 0.9 + 0.45 * len(labels) * nrows + 0.8 * nrows),
                              squeeze=False)
     colours = plt.get_cmap("tab10")
     for ax, metric in zip(axes.flat, shown):
-        values = [job.metrics.get(metric, math.nan) for job in jobs]
-        ax.barh(range(len(jobs)), [0 if math.isnan(v) else v for v in values],
-                color=[colours(i % 10) for i in range(len(jobs))])
+        if intervals:
+            spans = [intervals[name][metric] for name in labels]
+            values = [i.mean for i in spans]
+            errors = [[0.0 if math.isnan(i.low) else i.mean - i.low for i in spans],
+                      [0.0 if math.isnan(i.high) else i.high - i.mean for i in spans]]
+            tops = [v if math.isnan(i.high) else i.high for v, i in zip(values, spans)]
+        else:
+            values = [job.metrics.get(metric, math.nan) for job in jobs]
+            errors, tops = None, values
+        ax.barh(range(len(labels)), [0 if math.isnan(v) else v for v in values], xerr=errors, capsize=3,
+                color=[colours(i % 10) for i in range(len(labels))])
         for i, v in enumerate(values):
-            ax.text(0 if math.isnan(v) else v, i, " n/a" if math.isnan(v) else f" {v:.1f}", va="center", fontsize=8)
-        ax.set_yticks(range(len(jobs)), [job.label for job in jobs], fontsize=8)
+            ax.text(0 if math.isnan(v) else v, i, " n/a" if math.isnan(v) else f" {v:.1f}", va="bottom", fontsize=8)
+        ax.set_yticks(range(len(labels)), labels, fontsize=8)
         ax.invert_yaxis()
-        ax.set_xlim(*axis_range(values))
+        ax.set_xlim(*axis_range([*values, *tops]))
         title = column_name(metric, jobs).removeprefix("eval/")
         ax.set_title(title + (" (all 0)" if _all_zero(values) else ""), fontsize=10)
     for ax in list(axes.flat)[len(shown):]:
@@ -170,7 +183,96 @@ def chart(jobs: Sequence[Job], metrics: Sequence[str], path: Path) -> Path:
     return path
 
 
-def write_report(sweep: str | Path, out: str | Path | None = None, all_metrics: bool = False) -> dict[str, Any]:
+# ------------------------------------------------------------------------------------------ seeds and pairs
+
+SEED_AXIS = "seed"
+
+
+def conditions(jobs: Sequence[Job]) -> dict[tuple[tuple[str, str], ...], list[Job]]:
+    """Finished jobs grouped by their axis values other than ``seed``: one condition, its seeds."""
+    groups: dict[tuple[tuple[str, str], ...], list[Job]] = {}
+    for job in jobs:
+        if job.status == "ok":
+            key = tuple((k, v) for k, v in job.axes.items() if k != SEED_AXIS)
+            groups.setdefault(key, []).append(job)
+    return groups
+
+
+def condition_label(key: tuple[tuple[str, str], ...]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in key) or "all"
+
+
+def aggregate_table(jobs: Sequence[Job], metrics: Sequence[str]) -> tuple[str, dict[str, dict[str, Interval]]]:
+    """Mean and 95 % bootstrap interval of each metric over each condition's seeds, as Markdown."""
+    groups = conditions(jobs)
+    axes = [k for k in jobs[0].axes if k != SEED_AXIS]
+    header = [*axes, "seeds", *metrics]
+    body, intervals = [], {}
+    for key, members in groups.items():
+        row = {m: mean_interval([j.metrics.get(m, math.nan) for j in members]) for m in metrics}
+        intervals[condition_label(key)] = row
+        body.append([*(v for _, v in key), str(len(members)), *(row[m].format() for m in metrics)])
+    return markdown_table(header, body), intervals
+
+
+def row_scores(job: Job) -> dict[str, dict[str, float]]:
+    """Per benchmark, each row's score (0-1) keyed by row id and, for open/closed rows, by answer type, from the
+    job's newest predictions (a train run's eval/step_*/trained, or an evaluate run's predictions/)."""
+    steps = sorted(job.folder.glob("eval/step_*/trained/predictions"),
+                   key=lambda p: int(p.parent.parent.name.removeprefix("step_")))
+    folder = steps[-1] if steps else job.folder / "predictions"
+    out: dict[str, dict[str, float]] = {}
+    for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
+        for line in path.read_text(encoding="utf-8").splitlines():
+            if not line.strip():
+                continue
+            row = json.loads(line)
+            kind = row.get("answer_type")
+            task = f"{path.stem}/{kind.lower()}" if kind else path.stem
+            out.setdefault(task, {})[str(row["id"])] = float(row["score"])
+    return out
+
+
+def paired_table(jobs: Sequence[Job], baseline: str | None = None) -> str:
+    """Each condition against the baseline condition (the first, or the one whose label contains ``baseline``) on
+    the same benchmark rows: the mean difference of row scores (averaged over a condition's seeds) with its 95 %
+    bootstrap interval, a sign-flip permutation p-value and, for right/wrong rows of one seed each, McNemar's."""
+    groups = conditions(jobs)
+    if len(groups) < 2:
+        return ""
+    labels = {condition_label(k): members for k, members in groups.items()}
+    base = next((name for name in labels if baseline and baseline in name), next(iter(labels)))
+    scores = {name: [row_scores(j) for j in members] for name, members in labels.items()}
+
+    def averaged(name: str, task: str) -> dict[str, float]:
+        runs = [s[task] for s in scores[name] if task in s]
+        common = set.intersection(*(set(r) for r in runs)) if runs else set()
+        return {rid: sum(r[rid] for r in runs) / len(runs) for rid in common}
+
+    tasks = sorted({t for runs in scores.values() for s in runs for t in s})
+    body = []
+    for name in labels:
+        if name == base:
+            continue
+        for task in tasks:
+            a, b = averaged(base, task), averaged(name, task)
+            shared = sorted(set(a) & set(b))
+            if not shared:
+                continue
+            result = paired_comparison([a[r] for r in shared], [b[r] for r in shared])
+            diff = result.difference  # scores are 0-1: shown in points like the metrics
+            body.append([name, task, str(len(shared)),
+                         Interval(100 * diff.mean, 100 * diff.low, 100 * diff.high, diff.n).format(),
+                         f"{result.p_permutation:.3g}",
+                         "–" if result.p_mcnemar is None else f"{result.p_mcnemar:.3g}"])
+    if not body:
+        return ""
+    return markdown_table(["condition", "benchmark", "rows", f"difference vs {base} [95 % CI]",
+                           "p (permutation)", "p (McNemar)"], body)
+
+
+def write_report(sweep: str | Path, out: str | Path | None = None, all_metrics: bool = False,
+                 baseline: str | None = None) -> dict[str, Any]:
     """Write report.md / report.csv / report.png for a sweep folder; returns their paths and the table."""
     sweep = Path(sweep)
     out = Path(out) if out else sweep
@@ -182,6 +284,14 @@ def write_report(sweep: str | Path, out: str | Path | None = None, all_metrics: 
     staged = [f"- job {j.folder.name} ({j.label}): {', '.join(m for m in STAGE_LOSSES if m in metrics)} of its last "
               f"stage, {last_stage(j)}" for j in jobs if last_stage(j) and any(m in metrics for m in STAGE_LOSSES)]
     text = f"# Sweep {sweep.name}\n\n{table}\n" + ("\nFailed jobs:\n" + "\n".join(failed) + "\n" if failed else "")
+    intervals: dict[str, dict[str, Interval]] = {}
+    if any(len(members) > 1 for members in conditions(jobs).values()):
+        aggregated, intervals = aggregate_table(jobs, metrics)
+        text += f"\n## Over seeds: mean [95 % bootstrap interval]\n\n{aggregated}\n"
+    paired = paired_table(jobs, baseline)
+    if paired:
+        text += ("\n## Paired on the same benchmark rows\n\nRow scores averaged over each condition's seeds; "
+                 "McNemar only for right/wrong rows of one seed each.\n\n" + paired + "\n")
     text += "\nLosses of multi-stage jobs:\n" + "\n".join(staged) + "\n" if staged else ""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
@@ -191,7 +301,7 @@ def write_report(sweep: str | Path, out: str | Path | None = None, all_metrics: 
     paths = {"markdown": atomic_write_text(out / "report.md", text),
              "csv": atomic_write_text(out / "report.csv", buffer.getvalue())}
     if metrics and any(job.metrics for job in jobs):
-        paths["png"] = chart(jobs, metrics, out / "report.png")
+        paths["png"] = chart(jobs, metrics, out / "report.png", intervals)
     return {"table": table, "jobs": len(jobs), "failed": len(failed), **{k: str(v) for k, v in paths.items()}}
 
 
@@ -200,8 +310,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("sweep", type=Path, help="a multirun folder (logs/<task>/multiruns/<time>)")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the sweep folder)")
     parser.add_argument("--all-metrics", action="store_true", help="also the per-question-type metrics")
+    parser.add_argument("--baseline", default=None,
+                        help="the condition the paired tests compare against (a substring of its label, e.g. "
+                             "data_mix=caption_only); default: the first")
     args = parser.parse_args(argv)
-    result = write_report(args.sweep, args.out, args.all_metrics)
+    result = write_report(args.sweep, args.out, args.all_metrics, args.baseline)
     print(result["table"])
     print("\n".join(f"written: {result[k]}" for k in ("markdown", "csv", "png") if k in result))
     return 0

@@ -92,3 +92,44 @@ def test_chart_titles_mark_all_zero_panels(tmp_path: Path, monkeypatch):
     chart(jobs, ["eval/x/accuracy", "eval/y/accuracy"], tmp_path / "c.png")
     assert titles == ["x/accuracy (all 0)", "y/accuracy"]
     assert limits[0] == (0.0, 1.0) and limits[1][1] < 60
+
+
+def _seeded_job(root: Path, n: int, data_mix: str, seed: int, right: list[int], rows: int = 120) -> None:
+    """A finished job whose toy_mc predictions are right on the rows listed in ``right``."""
+    job(root, n, [f"data_mix={data_mix}", f"seed={seed}"], {"eval/toy_mc/accuracy": 100 * len(right) / rows})
+    folder = root / str(n) / "eval" / "step_10" / "trained" / "predictions"
+    folder.mkdir(parents=True)
+    hits = set(right)
+    (folder / "toy_mc.jsonl").write_text("".join(
+        json.dumps({"index": i, "id": f"r{i}", "score": float(i in hits)}) + "\n" for i in range(rows)))
+
+
+def test_seeds_are_aggregated_with_intervals_and_a_real_paired_difference_is_found(tmp_path: Path):
+    import random
+
+    rng = random.Random(0)
+    base_right = [i for i in range(120) if rng.random() < 0.4]
+    n = 0
+    for seed in range(3):
+        _seeded_job(tmp_path, n, "caption_only", seed, base_right)
+        fixed = [i for i in range(120) if i not in base_right and rng.random() < 0.5]
+        _seeded_job(tmp_path, n + 1, "synthetic", seed, base_right + fixed)  # better on the same rows
+        noisy = rng.sample(range(120), len(base_right))
+        _seeded_job(tmp_path, n + 2, "rule_based", seed, noisy)  # as many right, on other rows: no difference
+        n += 3
+    write_report(tmp_path, baseline="data_mix=caption_only")
+    text = (tmp_path / "report.md").read_text()
+    over = text[text.index("## Over seeds"):text.index("## Paired")]
+    assert [line.split("|")[2].strip() for line in over.splitlines() if line.startswith("| ") and "seeds" not in line] \
+        == ["3", "3", "3"]
+    assert "[" in over  # means with their intervals
+    paired = text[text.index("## Paired"):]
+    synthetic = next(line for line in paired.splitlines() if line.startswith("| data_mix=synthetic"))
+    rule = next(line for line in paired.splitlines() if line.startswith("| data_mix=rule_based"))
+    low = float(synthetic.split("[")[1].split(",")[0])
+    assert low > 0, synthetic  # the interval of a real improvement excludes 0
+    p_value = float(synthetic.split("|")[5])
+    assert p_value < 0.01
+    rule_low, rule_high = (float(x) for x in rule.split("[")[1].split("]")[0].split(","))
+    assert rule_low < 0 < rule_high, rule  # no true difference: the interval spans 0
+    assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"

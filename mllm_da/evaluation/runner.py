@@ -168,6 +168,8 @@ def _record(
         "image_index": image_index,
         "group": row.group,
     }
+    if row.fields.get("answer_type") is not None:  # open and closed rows are scored differently: kept apart
+        record["answer_type"] = str(row.fields["answer_type"])
     return record, score
 
 
