@@ -270,6 +270,15 @@ class SourceReport:
     reasons: dict[str, int] = field(default_factory=dict)
     rejects: list[dict[str, Any]] = field(default_factory=list, repr=False)
 
+    def readable(self, rows: Sequence[_Row], policy: str) -> Iterator[_Row]:
+        """The rows that could be read at all, each counted as read; a malformed one is refused here."""
+        for row in rows:
+            self.read += 1
+            if "__problem__" in row.fields:
+                self.refuse(row, "malformed_row", "$", row.fields["__problem__"], policy)
+                continue
+            yield row
+
     def refuse(self, row: _Row, key: str, where: str, reason: str, policy: str) -> None:
         self.rejected += 1
         self.reasons[key] = self.reasons.get(key, 0) + 1
@@ -287,12 +296,8 @@ def _caption_records(
 ) -> list[dict[str, Any]]:
     """ShareGPT records from flat rows (an image and a caption) or from rows already in ShareGPT/LLaVA form."""
     records = []
-    for row in rows:
-        report.read += 1
+    for row in report.readable(rows, policy):
         fields = row.fields
-        if "__problem__" in fields:
-            report.refuse(row, "malformed_row", "$", fields["__problem__"], policy)
-            continue
         image_key = _field(fields, IMAGE_FIELDS)
         if image_key is None:
             report.refuse(row, "missing_field", "image", f"no image field (one of {list(IMAGE_FIELDS)})", policy)
@@ -390,12 +395,8 @@ def _benchmark_rows(
 ) -> dict[str, list[dict[str, Any]]]:
     """Split the user's benchmark rows into open/closed VQA rows and multiple-choice rows."""
     out: dict[str, list[dict[str, Any]]] = {name: [] for name in BENCHMARK_FILES}
-    for row in rows:
-        report.read += 1
+    for row in report.readable(rows, policy):
         fields = row.fields
-        if "__problem__" in fields:
-            report.refuse(row, "malformed_row", "$", fields["__problem__"], policy)
-            continue
         keys = {what: _field(fields, names) for what, names in
                 (("image", IMAGE_FIELDS), ("question", QUESTION_FIELDS), ("answer", ANSWER_FIELDS))}
         missing = next((what for what, key in keys.items()
