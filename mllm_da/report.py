@@ -35,6 +35,8 @@ class Job:
     metrics: dict[str, float]
     error: str = ""
     axes: dict[str, str] = field(default_factory=dict)
+    #: the names of its stages in training order (summary.json's ``stages``); empty for a single stage or unknown
+    stages: list[str] = field(default_factory=list)
 
     @property
     def label(self) -> str:
@@ -60,8 +62,9 @@ def read_jobs(sweep: Path) -> list[Job]:
             raise ValueError(f"{path}: not a readable summary.json ({err})") from err
         metrics = {k: float(v) for k, v in (summary.get("metrics") or {}).items()
                    if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        stages = [str(s.get("name")) for s in summary.get("stages") or [] if isinstance(s, dict)]
         jobs.append(Job(path.parent, summary.get("status", "?"), read_overrides(path.parent), metrics,
-                        str(summary.get("error", ""))[:200]))
+                        str(summary.get("error", ""))[:200], stages=stages if len(stages) > 1 else []))
     if not jobs:
         raise FileNotFoundError(f"{sweep}: no summary.json below it; is it a multirun folder of train.py?")
     keys = sorted({k for job in jobs for k in job.overrides})
@@ -84,16 +87,24 @@ STAGE_LOSSES = ("train/loss_last", "val/loss")
 
 
 def last_stage(job: Job) -> str | None:
-    """The name of a multi-stage job's last stage (the prefix of its per-stage loss keys), else None."""
+    """The name of a multi-stage job's last stage, else None: from its summary's stage list, or for a summary
+    without one, the last prefix of its per-stage loss keys (run.py writes them in stage order)."""
+    if job.stages:
+        return job.stages[-1]
     stages = [key.split("/", 1)[0] for key in job.metrics if key.endswith("/train/loss_last") and key.count("/") == 2]
-    return sorted(stages)[-1] if stages else None
+    return stages[-1] if stages else None
 
 
 def column_name(metric: str, jobs: Sequence[Job]) -> str:
-    """A metric's column title; a headline loss says when some jobs report their last stage's."""
-    if metric in STAGE_LOSSES and any(last_stage(job) for job in jobs):
-        return f"{metric} (last stage)"
-    return metric
+    """A metric's column title. A headline loss of multi-stage jobs is their last stage's: when every job that
+    has it is multi-stage with the same last stage, the title is that stage's own key (``stage2_tasks/val/loss``),
+    otherwise it says "(last stage)" and the report names each job's stage under the table."""
+    if metric not in STAGE_LOSSES:
+        return metric
+    last_stages = {last_stage(job) for job in jobs if metric in job.metrics}
+    if len(last_stages) == 1 and None not in last_stages:
+        return f"{last_stages.pop()}/{metric}"
+    return f"{metric} (last stage)" if any(last_stages) else metric
 
 
 def cell(value: float | None) -> str:
@@ -206,7 +217,7 @@ def aggregate_table(jobs: Sequence[Job], metrics: Sequence[str]) -> tuple[str, d
     """Mean and 95 % bootstrap interval of each metric over each condition's seeds, as Markdown."""
     groups = conditions(jobs)
     axes = [k for k in jobs[0].axes if k != SEED_AXIS]
-    header = [*axes, "seeds", *metrics]
+    header = [*axes, "seeds", *(column_name(m, jobs) for m in metrics)]  # loss titles as in the job table
     body, intervals = [], {}
     for key, members in groups.items():
         row = {m: mean_interval([j.metrics.get(m, math.nan) for j in members]) for m in metrics}

@@ -266,16 +266,31 @@ def epoch_limit(cfg: DictConfig) -> int:
     return -1 if int(cfg.trainer.get("max_steps", -1)) > 0 else 1
 
 
-def stage_warnings(stage: Stage, budget: int, steps_done: int, val_records: int) -> list[str]:
-    """Plain sentences for what a run's summary must not hide: a fit that stopped short of its step budget,
-    and a validation split with no record (so no val/loss)."""
+def shortfall_cause(cfg: DictConfig, trainer: pl.Trainer) -> str:
+    """Why a fit stopped before its step budget, as far as its trainer can tell: the epoch limit, no training
+    batch at all, or something that asked it to stop (a callback such as early stopping, an interruption)."""
+    epochs = epoch_limit(cfg)
+    if epochs > 0 and trainer.current_epoch >= epochs:
+        return f"the epoch limit trainer.max_epochs={epochs} ended it first"
+    if not trainer.num_training_batches:
+        return "there was no training batch"
+    return "a callback such as early stopping, or an interruption, ended it first"
+
+
+def stage_warnings(
+    stage: Stage, budget: int, steps_done: int, cause: str, records: int, val_records: int, val_fraction: float
+) -> list[str]:
+    """Plain sentences for what a run's summary must not hide: a fit that stopped short of its step budget
+    (``cause`` says why), and a validation split with no record (so no val/loss) out of ``records``."""
     warnings = []
     if budget > 0 and steps_done < budget:
-        warnings.append(f"{stage.name}: trained {steps_done} optimiser steps of the {budget} budgeted "
-                        "(trainer.max_epochs or a callback such as early stopping ended it first)")
-    if val_records == 0:
-        warnings.append(f"{stage.name}: the validation split is empty (data.val_fraction is too small for this "
-                        "data), so there is no val/loss")
+        warnings.append(f"{stage.name}: trained {steps_done} optimiser steps of the {budget} budgeted ({cause})")
+    if val_records == 0 and val_fraction > 0:
+        warnings.append(f"{stage.name}: the validation split is empty (data.val_fraction={val_fraction} of "
+                        f"{records} records held out none), so there is no val/loss; raise data.val_fraction")
+    elif val_records == 0:
+        warnings.append(f"{stage.name}: the validation split is empty (data.val_fraction={val_fraction}), so there "
+                        "is no val/loss")
     return warnings
 
 
@@ -428,9 +443,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             record["start_weights_sha256"] = history.start_fingerprint
             record["final_weights_sha256"] = weights_fingerprint(module.model)
             record["global_step"] = trainer.global_step
+            budget = stage_steps(cfg, stage)
+            record["step_budget"] = budget if budget > 0 else None  # None: trained by epochs, not steps
             record["loss_curve"] = {"step": history.steps, "loss": history.losses}
             # a stage's trainer counts its own steps (a resumed one from its checkpoint's), so it meets its budget
-            for warning in stage_warnings(stage, stage_steps(cfg, stage), trainer.global_step, len(val_convs)):
+            cause = shortfall_cause(cfg, trainer)
+            for warning in stage_warnings(stage, budget, trainer.global_step, cause,
+                                          len(train_convs) + len(val_convs), len(val_convs),
+                                          float(cfg.data.val_fraction)):
                 log.warning(warning)
                 summary.setdefault("warnings", []).append(warning)
             if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
@@ -450,6 +470,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         summary["data"] = previous["data"]
         summary["loss_curve"] = previous["loss_curve"]
         summary["global_step"] = previous["global_step"]
+        summary["step_budget"] = previous["step_budget"]
         summary["world_size"] = trainer.world_size
         summary["metrics"] = metrics
         if (out / "checkpoints").exists():
