@@ -186,7 +186,7 @@ def _previous_predictions(path: Path, bench: Benchmark) -> dict[int, dict[str, A
             continue  # outside the current limit, or a duplicate: the final rewrite drops it
         if rec.get("prompt") != row.prompt or rec.get("id") != row.id:
             raise ValueError(
-                f"{path}:{number}: row {index} was generated for a different prompt or id than the "
+                f"{path}:{number}: row {index + 1} was generated for a different prompt or id than the "
                 "benchmark now has; "
                 "evaluate into a new folder or delete the predictions file"
             )
