@@ -75,6 +75,7 @@ def test_correctness_and_the_filter_against_the_truth():
 def test_diversity_of_a_degenerate_set_is_zero_and_of_a_balanced_one_is_maximal():
     same = diversity(["How many shapes are there?"] * 10, ["count"] * 10)
     assert same["distinct_questions"] == 1 and same["type_entropy_bits"] == 0 and same["largest_type_share"] == 1
+    assert str(same["type_entropy_bits"]) == "0.0"  # printed in the log's table: no "-0.0"
     mixed = diversity([f"Question {i}?" for i in range(4)], ["a", "b", "c", "d"])
     assert mixed["distinct_question_share"] == 1 and mixed["type_entropy_bits"] == pytest.approx(2.0)
     assert entropy_bits({}) == 0

@@ -56,7 +56,7 @@ def _words(text: str) -> list[str]:
 def entropy_bits(counts: Mapping[str, int]) -> float:
     """Shannon entropy of a distribution given by counts, in bits (0 for one value or none)."""
     total = sum(counts.values())
-    return -sum(n / total * math.log2(n / total) for n in counts.values() if n) if total else 0.0
+    return 0.0 - sum(n / total * math.log2(n / total) for n in counts.values() if n) if total else 0.0  # not -0.0
 
 
 def distinct_ngrams(texts: Sequence[str], n: int) -> float:
