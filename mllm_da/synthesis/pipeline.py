@@ -51,6 +51,7 @@ from mllm_da.synthesis.runner import (
 from mllm_da.synthesis.sampling import SamplingConfig
 from mllm_da.synthesis.seed import SeedFiles, build_seed
 from mllm_da.utils.io import atomic_write_jsonl, atomic_write_text, read_jsonl_tolerant
+from mllm_da.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
@@ -280,6 +281,9 @@ def tune_stage(cfg: DictConfig, seed_outcome: StageOutcome, seed: SeedFiles) -> 
     run_dir = stage.path / "run"
     with open_dict(train_cfg):
         train_cfg.paths.output_dir = str(run_dir)
+        progress = cfg.synthesis.get("progress", "auto")
+        if str(progress).lower() != "auto":  # synth.py's one switch covers tuning's bar too (not in the key)
+            train_cfg.trainer.enable_progress_bar = progress
         last = run_dir / "checkpoints" / "last.ckpt"
         if last.exists():  # a killed tuning run continues from its last checkpoint
             train_cfg.ckpt_path = str(last)
@@ -378,12 +382,27 @@ def _throughput(runs_file: Path) -> dict[str, float]:
     }
 
 
+def rule_questions(cfg: DictConfig) -> int:
+    """``synthesizer.questions`` of the rule synthesizer (null: the preset's default, 3)."""
+    return int(cfg.synthesizer.get("questions") or 3)
+
+
+def rule_shortfall(written: Sequence[int], questions: int) -> dict[str, int]:
+    """How far the rule synthesizer fell short of ``questions`` tasks per caption: a caption supports only the
+    templates it has phrases for (docs/synthesis.md), so a short caption gets fewer tasks, and that is counted."""
+    short = [questions - n for n in written if n < questions]
+    return {"questions": questions, "records": len(written), "tasks": sum(written), "short_records": len(short),
+            "missing_tasks": sum(short), "records_without_task": sum(n == 0 for n in written)}
+
+
 def synthesize_stage(cfg: DictConfig, data: DomainInputs, tuned: StageOutcome | None) -> StageOutcome | None:
     """Generate (or apply the rules), merge by record id, parse. ``None`` while other shards are unfinished."""
     settings = cfg.synthesis
     fmt = parse_format(cfg)
     if cfg.synthesizer.kind == "rules":
-        kwargs, identity = {}, {"rules": int(cfg.synthesizer.get("questions", 3))}
+        from mllm_da.synthesis.rules import RULES_VERSION
+
+        kwargs, identity = {}, {"rules": rule_questions(cfg), "rules_version": RULES_VERSION}
         generation: dict[str, Any] = {}
     else:
         kwargs, identity = backbone_kwargs(cfg, tuned)
@@ -402,16 +421,22 @@ def synthesize_stage(cfg: DictConfig, data: DomainInputs, tuned: StageOutcome | 
         return {"stats": stats, "throughput": throughput, "skipped_inputs": data.skipped}
 
     if cfg.synthesizer.kind == "rules":
-        from mllm_da.synthesis.rules import rule_output
+        from mllm_da.synthesis.rules import render_output, rule_pairs
 
         def compute_rules() -> dict[str, Any]:
             start = time.perf_counter()
-            questions = int(cfg.synthesizer.get("questions", 3))
-            rows = [{"id": it.id, "text": rule_output(it.id, it.caption, questions, fmt), "finished": True,
-                     "new_tokens": 0, "error": None} for it in sorted(data.inputs, key=lambda it: it.id)]
+            questions = rule_questions(cfg)
+            rows, written = [], []
+            for it in sorted(data.inputs, key=lambda it: it.id):
+                pairs = rule_pairs(it.id, it.caption, questions)
+                written.append(len({question for _, question, _ in pairs}))
+                rows.append({"id": it.id, "text": render_output(pairs, fmt), "finished": True, "new_tokens": 0,
+                             "error": None})
             seconds = time.perf_counter() - start
-            return finish(rows, {"generated_records": len(rows), "generation_seconds": round(seconds, 3),
+            meta = finish(rows, {"generated_records": len(rows), "generation_seconds": round(seconds, 3),
                                  "records_per_s": round(len(rows) / seconds, 2) if seconds else None})
+            meta["rules"] = rule_shortfall(written, questions)
+            return meta
 
         return _run_stage("synthesize", stage, compute_rules)
 
@@ -504,15 +529,20 @@ def _llm_labels(cfg: DictConfig, settings: Mapping[str, Any], stage: StageDir, r
     plan = plan_batches([len(p) for p in prompts], ids, int(settings["batch_size"]))
     batch_log = BatchLog(stage.path, "judgements")
     judge: consistency.LLMJudge | None = None
+    done = set(batch_log.done())
+    bar = progress_bar(sum(len(b) for i, b in enumerate(plan) if i not in done), "consistency filter", "triplet",
+                       cfg.synthesis.get("progress", "auto"))
 
     def work(indices: list[int]) -> list[dict[str, Any]]:
         nonlocal judge
         if judge is None:
             judge = consistency.load_judge(settings, cfg.paths.cache_dir, resolve_device(settings.get("device", "auto")))
         labels = judge.labels([prompts[i] for i in indices])
+        bar.update(len(indices))
         return [{"id": ids[i], "label": lab} for i, lab in zip(indices, labels)]
 
-    run_batches(batch_log, plan, work, [0], 1)
+    with bar:
+        run_batches(batch_log, plan, work, [0], 1)
     merged = {row["id"]: row["label"] for row in merge_batches(batch_log, plan, ids)}
     return [merged[i] for i in ids]
 
@@ -595,6 +625,8 @@ def collect_metrics(result: PipelineResult) -> dict[str, Any]:
             "image_errors": s.get("image_errors", 0),
         })
         metrics.update({k: v for k, v in stages["synthesize"].meta["throughput"].items() if v is not None})
+        if "rules" in stages["synthesize"].meta:  # the rule synthesizer: tasks written and the shortfall
+            metrics["rules"] = stages["synthesize"].meta["rules"]
     if "filter" in stages:
         f = stages["filter"].meta["stats"]
         metrics.update({
@@ -644,6 +676,11 @@ def run_pipeline(cfg: DictConfig, stop_after: str | None = None) -> PipelineResu
             formatted = result.stages["format"] = format_stage(cfg, data, judged, synth)
             result.files.update(formatted.meta["files"])
     result.metrics = collect_metrics(result)
+    rules = result.metrics.get("rules")
+    if rules and rules["short_records"]:  # logged on every run, a reused stage's too
+        log.warning("rules: %d of %d captions support fewer than %d question templates (%d tasks short, %d with "
+                    "none); docs/synthesis.md lists the templates", rules["short_records"], rules["records"],
+                    rules["questions"], rules["missing_tasks"], rules["records_without_task"])
     if stop_after in ("filter", "all"):
         result.metrics["quality"] = synthesis_quality(cfg, data, synth, result.stages["filter"], tuned)
         log.info("synthetic data quality (all triplets):\n%s", format_quality_table(result.metrics["quality"]["all"]))
