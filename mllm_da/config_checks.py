@@ -450,6 +450,18 @@ def check_eval_config(cfg: DictConfig) -> None:
         raise ConfigError("benchmarks: no benchmark selected; set benchmarks=[...] (names of conf/benchmark/*.yaml)")
     _check_benchmarks(cfg, "benchmarks", names, limit_key="limit", tokens_key="max_new_tokens",
                       batch_key="batch_size", bad_rows_key="bad_rows")
+    _check_generation(cfg)
+
+
+def check_predict_config(cfg: DictConfig) -> None:
+    """predict.py's options, checked before any model is loaded."""
+    _int(cfg, "batch_size", 1)
+    _int(cfg, "max_new_tokens", 1)
+    _check_generation(cfg)
+
+
+def _check_generation(cfg: DictConfig) -> None:
+    """What evaluate.py and predict.py share: the generation backend, seed, device and model."""
     _choice(cfg, "backend", ("hf", "vllm", "auto"))
     _int(cfg, "seed", 0)
     device = cfg.get("device")

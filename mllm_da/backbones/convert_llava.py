@@ -63,13 +63,10 @@ from typing import Any
 
 import torch
 
+from mllm_da.backbones.llava_next import LLAVA_LLAMA3_SYSTEM
+
 log = logging.getLogger(__name__)
 
-#: the ``llava_llama_3`` conversation's system prompt (reference §8.1)
-LLAVA_LLAMA3_SYSTEM = (
-    "You are a helpful language and vision assistant. You are able to understand the visual content that the user "
-    "provides, and assist the user with a variety of tasks using natural language."
-)
 #: CLIP ViT-L/14 at 336 px (``openai/clip-vit-large-patch14-336``), the tower LLaVA-NeXT-Llama3 is built on
 CLIP_L_336 = dict(
     model_type="clip_vision_model",

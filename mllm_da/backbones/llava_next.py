@@ -30,6 +30,13 @@ LLAMA3_SPECIALS = (
 )
 
 
+#: the ``llava_llama_3`` conversation's system prompt (reference §8.1); the presets' chat_format.default_system
+#: (conf/model/llava_next_llama3_8b.yaml) and the LLaVA converter's chat template carry it
+LLAVA_LLAMA3_SYSTEM = (
+    "You are a helpful language and vision assistant. You are able to understand the visual content that the user "
+    "provides, and assist the user with a variety of tasks using natural language."
+)
+
 def llama3_tokenizer(sizes: Mapping[str, Any], chat_template: str):
     """Offline Llama-3-style tokenizer: header tokens, ``<|eot_id|>`` ends a turn, both image tokens present."""
     return train_bpe_tokenizer(

@@ -40,7 +40,8 @@ from typing import Any
 
 from PIL import Image
 
-from mllm_da.data.records import IMAGE_PLACEHOLDER, POLICIES, BadRecordError
+from mllm_da.data.records import IMAGE_PLACEHOLDER, POLICIES, BadRecordError, json_items, unwrap_image
+from mllm_da.data.toy import MC_INSTRUCTION
 from mllm_da.utils.io import atomic_write_bytes, atomic_write_json, atomic_write_jsonl, read_json
 
 log = logging.getLogger(__name__)
@@ -56,8 +57,6 @@ QUESTION_FIELDS: tuple[str, ...] = ("question", "input", "prompt", "query")
 ANSWER_FIELDS: tuple[str, ...] = ("answer", "label", "output", "gt_answer")
 #: the user turn of a converted caption record (the caption is the assistant's answer)
 DEFAULT_CAPTION_INSTRUCTION = "Describe the image."
-#: the instruction after a multiple-choice question's options (the toy benchmark's wording)
-MC_INSTRUCTION = "Answer with the option's letter from the given choices directly."
 LETTERS = "ABCDEFGHIJKLMNOPQRSTUVWXYZ"
 #: how the user benchmark's rows are split: one file per scorer (conf/benchmark/custom_vqa.yaml, custom_mc.yaml)
 BENCHMARK_FILES: Mapping[str, str] = {"custom_vqa": "benchmark_vqa.jsonl", "custom_mc": "benchmark_mc.jsonl"}
@@ -105,30 +104,14 @@ class _Row:
 
 
 def _json_rows(path: Path, fmt: str) -> Iterator[_Row]:
-    data = path.read_bytes().removeprefix(codecs.BOM_UTF8)
-    try:
-        text = data.decode("utf-8")
-    except UnicodeDecodeError as err:
-        raise CustomDomainError(f"{path}: not valid UTF-8 ({err.reason} at byte {err.start})") from err
-    if fmt == "jsonl":
-        for number, line in enumerate(text.split("\n"), start=1):
-            if not line.strip():
-                continue
-            try:
-                value = json.loads(line)
-            except ValueError as err:
-                yield _Row(f"{path}:{number}", {"__problem__": f"malformed JSON ({err})"})
-                continue
-            yield _Row(f"{path}:{number}", value if isinstance(value, dict) else {"__problem__": "not an object"})
-        return
-    try:
-        values = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise CustomDomainError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from err
-    if not isinstance(values, list):
-        raise CustomDomainError(f"{path}: expected a JSON list of records (or JSON lines), got an object")
-    for index, value in enumerate(values, start=1):
-        yield _Row(f"{path}#{index}", value if isinstance(value, dict) else {"__problem__": "not an object"})
+    """Rows of a JSON list or JSON-lines file, read by the record readers (a bad line is a bad row)."""
+    for item in json_items(path, f".{fmt}"):
+        if item.problem is not None:
+            yield _Row(item.source, {"__problem__": item.problem.reason})
+        elif not isinstance(item.value, dict):
+            yield _Row(item.source, {"__problem__": "not an object"})
+        else:
+            yield _Row(item.source, item.value)
 
 
 def _csv_rows(path: Path, delimiter: str) -> Iterator[_Row]:
@@ -202,20 +185,11 @@ class _ImageStore:
 
     def path_of(self, value: Any) -> tuple[str | None, str | None]:
         """``(relative path, None)`` or ``(None, why not)``."""
-        if isinstance(value, (list, tuple)):
-            if len(value) != 1:
-                return None, f"expected one image, got {len(value)}"
-            value = value[0]
-        if isinstance(value, Mapping):
-            value = value.get("bytes") or value.get("path")
-        if isinstance(value, Image.Image):
-            buffer = io.BytesIO()
-            value.save(buffer, format="PNG")
-            value = buffer.getvalue()
-        if isinstance(value, (bytes, bytearray)):
-            return self._store(bytes(value), None), None
-        if not isinstance(value, str) or not value.strip():
-            return None, "no image"
+        value, problem = unwrap_image(value)
+        if value is None:
+            return None, problem
+        if isinstance(value, bytes):
+            return self._store(value, None), None
         return self._locate(value.strip())
 
     def _locate(self, text: str) -> tuple[str | None, str | None]:

@@ -173,6 +173,29 @@ def load_image(source: str | os.PathLike | bytes) -> Image.Image:
         raise BadImageError(f"{name}: cannot decode image ({type(err).__name__}: {err})") from err
 
 
+def unwrap_image(value: Any) -> tuple[bytes | str | None, str | None]:
+    """A stored image value as embedded bytes or a path string, or ``(None, why not)``.
+
+    Accepted: bytes; ``{"bytes": ..., "path": ...}`` (``datasets.Image`` without decoding: the bytes win); a PIL
+    image (encoded as PNG); a path string; a one-element list of any of these (the ShareGPT ``images`` form).
+    """
+    if isinstance(value, (list, tuple)):
+        if len(value) != 1:
+            return None, f"expected one image, got a list of {len(value)}"
+        value = value[0]
+    if isinstance(value, Mapping):
+        value = value.get("bytes") or value.get("path")
+    if isinstance(value, Image.Image):
+        buffer = io.BytesIO()
+        value.save(buffer, format="PNG")
+        value = buffer.getvalue()
+    if isinstance(value, (bytes, bytearray)):
+        return (bytes(value), None) if value else (None, "the embedded image is empty")
+    if not isinstance(value, str) or not value.strip():
+        return None, "no image (null or empty)"
+    return value, None
+
+
 def locate_image(root: Path, text: str) -> tuple[Path, bool, bool]:
     """``(resolved path, inside root?, is a file?)`` of an image path relative to ``root`` (an absolute path replaces
     the root; symlinks are followed). Raises ``OSError``/``RuntimeError`` for a name too long or a symlink loop;
@@ -464,6 +487,13 @@ def _json_items(path: Path) -> Iterator[_Item]:
 
 
 _READERS: dict[str, Callable[[Path], Iterator[_Item]]] = {".jsonl": _jsonl_items, ".json": _json_items}
+
+
+def json_items(path: Path, kind: str) -> Iterator[_Item]:
+    """The records of a JSON list (``kind=".json"``) or JSON-lines (``".jsonl"``) file as read, before any
+    validation: each with its ``file:line`` / ``file#index`` source and, for a line that does not parse, its
+    problem (other readers, such as the custom domain's, validate them their own way)."""
+    return _READERS[kind](path)
 
 
 def _json_kind(path: Path) -> str:

@@ -46,7 +46,7 @@ from typing import Any, Literal
 
 from PIL import Image
 
-from mllm_da.data.records import BadImageError, load_image, locate_image, lone_surrogate
+from mllm_da.data.records import BadImageError, load_image, locate_image, lone_surrogate, unwrap_image
 from mllm_da.evaluation.scorers import (
     SCORERS,
     ChoiceLabels,
@@ -288,21 +288,11 @@ def _image_reference(value: Any, root: Path | None) -> tuple[Path | bytes | None
     Accepted values: bytes; ``{"bytes": ..., "path": ...}`` (``datasets.Image`` without decoding); a path
     string; a one-element list of any of these (the ShareGPT ``images`` form).
     """
-    if isinstance(value, (list, tuple)):
-        if len(value) != 1:
-            return None, ("missing_image", f"expected one image, got a list of {len(value)}")
-        value = value[0]
-    if isinstance(value, Mapping):
-        data, path = value.get("bytes"), value.get("path")
-        value = data if data else path
-    if isinstance(value, (bytes, bytearray)):
-        return (bytes(value), None) if value else (None, ("missing_image", "the embedded image is empty"))
-    if isinstance(value, Image.Image):
-        buffer = io.BytesIO()
-        value.save(buffer, format="PNG")
-        return buffer.getvalue(), None
-    if not isinstance(value, str) or not value.strip():
-        return None, ("missing_image", "no image (null or empty)")
+    value, problem = unwrap_image(value)
+    if value is None:
+        return None, ("missing_image", str(problem))
+    if isinstance(value, bytes):
+        return value, None
     if "\x00" in value:
         return None, ("missing_image", "the image path contains a NUL byte")
     at = lone_surrogate(value)

@@ -181,30 +181,17 @@ def predict_backbone(
     return [answers[i] for i in range(len(questions))], generator.stats
 
 
-def _check_config(cfg: DictConfig) -> None:
-    """predict.py's options, checked before any model is loaded."""
-    from mllm_da.config_checks import ConfigError, _check_model, _choice, _int
-
-    _int(cfg, "batch_size", 1)
-    _int(cfg, "max_new_tokens", 1)
-    _int(cfg, "seed", 0)
-    _choice(cfg, "backend", ("hf", "vllm", "auto"))
-    device = cfg.get("device")
-    if device not in (None, "auto") and str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ConfigError(f"device={device} needs a CUDA GPU and none is visible; use device=cpu or device=auto")
-    _check_model(cfg, "model.backbone")
-
-
 def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     """Answer the configured questions; writes ``predictions.jsonl`` and ``summary.json`` in the run folder and
     returns the prediction rows (index, id, image, question, prediction)."""
     from hydra.utils import instantiate
 
+    from mllm_da.config_checks import check_predict_config
     from mllm_da.evaluation.runner import backbone_config, resolve_device
     from mllm_da.utils.runinfo import run_folder
 
     with run_folder(cfg, "predict") as summary:
-        _check_config(cfg)
+        check_predict_config(cfg)
         questions = questions_from_config(cfg)
         out = Path(cfg.paths.output_dir)
         atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
@@ -213,7 +200,7 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         backbone: Backbone = instantiate(node, device=resolve_device(cfg.get("device")), _convert_="all")
         engine_args = OmegaConf.to_container(cfg.vllm, resolve=True) if cfg.get("vllm") else {}
         options = GeneratorOptions(backend=cfg.backend, batch_size=int(cfg.batch_size),
-                                   progress=bool(cfg.progress), vllm=engine_args)  # type: ignore[arg-type]
+                                   progress=cfg.progress, vllm=engine_args)  # type: ignore[arg-type]
         answers, stats = predict_backbone(
             backbone, questions, max_new_tokens=int(cfg.max_new_tokens),
             image_separator=str(cfg.image_separator), generation=options,

@@ -22,7 +22,7 @@ import json
 import logging
 import time
 from collections import Counter
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -687,20 +687,21 @@ def run_pipeline(cfg: DictConfig, stop_after: str | None = None) -> PipelineResu
     return result
 
 
-def _tasks(synth: StageOutcome, data: DomainInputs, judged: StageOutcome | None) -> list[SynthesizedTask]:
-    """The triplets of a synthesize stage with their captions and (when filtered) the filter's labels."""
+def _tasks(parsed: Sequence[dict[str, Any]], data: DomainInputs, judged: StageOutcome | None) -> list[SynthesizedTask]:
+    """The triplets of a synthesize stage's parsed rows with their captions and (when filtered) the filter's
+    labels."""
     captions = {it.id: it.caption for it in data.inputs}
     labels = {} if judged is None else {
         r["id"]: r["label"] for r in read_jsonl_tolerant(judged.dir.path / "judgements.jsonl")}
     return [SynthesizedTask(row["id"], captions.get(row["id"], ""), t["Q"], t["precise_A"], t["informative_A"],
                             labels.get(row["id"]))
-            for row in read_jsonl_tolerant(synth.dir.path / "parsed.jsonl") if (t := row.get("triplet"))]
+            for row in parsed if (t := row.get("triplet"))]
 
 
-def _first_pairs(synth: StageOutcome) -> dict[str, tuple[str, str]]:
+def _first_pairs(parsed: Iterable[dict[str, Any]]) -> dict[str, tuple[str, str]]:
     """Each record's (question, precise answer) of its triplet, else its first generated pair, else empty."""
     out = {}
-    for row in read_jsonl_tolerant(synth.dir.path / "parsed.jsonl"):
+    for row in parsed:
         triplet, qa = row.get("triplet"), row.get("qa") or []
         out[row["id"]] = ((triplet["Q"], triplet["precise_A"]) if triplet else tuple(qa[0]) if qa else ("", ""))
     return out
@@ -711,7 +712,8 @@ def synthesis_quality(cfg: DictConfig, data: DomainInputs, synth: StageOutcome, 
     """Quality of the synthetic set (mllm_da.synthesis.quality): of every triplet (with the filter judged against
     the toy truth), of the kept ones, and the grounding control: the first ``quality.blind_sample`` records
     synthesized again with each image swapped for the next record's (a cached stage of its own)."""
-    tasks = _tasks(synth, data, judged)
+    parsed = list(read_jsonl_tolerant(synth.dir.path / "parsed.jsonl"))
+    tasks = _tasks(parsed, data, judged)
     kept = [t for t in tasks if t.label is None or consistency.is_kept(t.label)]
     report: dict[str, Any] = {"all": quality_report(tasks), "kept": quality_report(kept)}
     sample = int(cfg.get("quality", {}).get("blind_sample", 0) or 0)
@@ -721,9 +723,9 @@ def synthesis_quality(cfg: DictConfig, data: DomainInputs, synth: StageOutcome, 
         blind_data = dataclasses.replace(data, inputs=swapped, digest=digest({"blind": data.digest, "n": len(swapped)}))
         blind = synthesize_stage(cfg, blind_data, tuned)
         if blind is not None:
-            original = _first_pairs(synth)
+            original = _first_pairs(parsed)
             report["grounding"] = grounding({it.id: original.get(it.id, ("", "")) for it in ordered},
-                                            _first_pairs(blind))
+                                            _first_pairs(read_jsonl_tolerant(blind.dir.path / "parsed.jsonl")))
             report["all"]["grounding"] = report["grounding"]
     return report
 

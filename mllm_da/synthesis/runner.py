@@ -282,8 +282,8 @@ def run_job(job: SynthesisJob, generator: SynthesizerGenerator | None = None) ->
         records += len(indices)
         return generator([by_index[i] for i in indices])
 
-    todo_records = sum(len(plan[b]) for b in range(len(plan))
-                       if b % job.num_shards in job.shards and b not in set(log_.done()))
+    finished = log_.done()  # read the batch logs once: they can be large on a resumed run
+    todo_records = sum(len(plan[b]) for b in range(len(plan)) if b % job.num_shards in job.shards and b not in finished)
     bar = progress_bar(todo_records, f"synthesis shards {list(job.shards)}", "record", job.progress)
 
     def progress(n: int, total: int) -> None:
