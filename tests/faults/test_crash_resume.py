@@ -582,8 +582,7 @@ AUDITED = [
     ("mllm_da/data/toy.py", "image.save(buffer", "in memory"),
     ("mllm_da/data/toy.py", 'open(root / ".lock", "w")', "a lock file, holds nothing"),
     ("mllm_da/synthesis/cache.py", 'open(self.path / ".lock", "w")', "a lock file, holds nothing"),
-    ("mllm_da/evaluation/benchmarks.py", "value.save(buffer", "in memory"),
-    ("mllm_da/data/custom.py", "value.save(buffer", "in memory"),
+    ("mllm_da/data/records.py", "value.save(buffer", "in memory"),
     ("mllm_da/backbones/convert_llava.py", "model.save_pretrained(tmp", "converter: inside atomic_dir"),
     ("mllm_da/backbones/convert_llava.py", "processor.save_pretrained(tmp)", "converter: inside atomic_dir"),
 ]
