@@ -1,5 +1,6 @@
 # Two commands for a new user: `make demo` (post-train the tiny Qwen2-VL on the toy domain, CPU) and `make test`.
-# Each creates .venv and installs what it needs; torch is pinned to the CPU wheel first so pip never pulls CUDA.
+# Each creates .venv and installs what it needs with the tested versions of constraints.txt; torch is installed
+# first (the CPU wheel) so pip never pulls CUDA.
 PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
@@ -7,19 +8,19 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test test-all test-faults lint install install-test clean-venv
+.PHONY: demo test test-all test-faults lint format typecheck contracts check install install-test clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install -q --upgrade pip
 
-$(VENV)/.installed: pyproject.toml | $(BIN)/python
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e .
+$(VENV)/.installed: pyproject.toml constraints.txt | $(BIN)/python
+	$(BIN)/pip install -q -c constraints.txt torch
+	$(BIN)/pip install -q -c constraints.txt -e .
 	touch $@
 
-$(VENV)/.installed-test: pyproject.toml $(VENV)/.installed
-	$(BIN)/pip install -q -e '.[test,dev]'
+$(VENV)/.installed-test: pyproject.toml constraints.txt $(VENV)/.installed
+	$(BIN)/pip install -q -c constraints.txt -e '.[test,dev]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -42,8 +43,22 @@ test-faults: install-test
 	MLLM_DA_FAULT_PROFILE=full MLLM_DA_FAULT_REPORT=faults-report.json $(BIN)/python -m pytest -q -m '' tests/faults; \
 	status=$$?; $(BIN)/python -m tests.faults.report faults-report.json docs/reliability.md; exit $$status
 
+## lint and format check (ruff), types (mypy), import layers (import-linter): what CI runs before the tests
 lint: install-test
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: install-test
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+typecheck: install-test
+	$(BIN)/mypy
+
+contracts: install-test
+	$(BIN)/lint-imports
+
+check: lint typecheck contracts test
 
 clean-venv:
 	rm -rf $(VENV)
