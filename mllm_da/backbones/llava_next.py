@@ -91,7 +91,7 @@ class LlavaNext(Backbone):
         return self.chat_format.image_text
 
     def num_image_tokens(self, width: int, height: int) -> int:
-        # the processor's _get_num_multimodal_tokens, without its per-call kwargs merging (0.5 ms an image)
+        # the processor's _get_num_multimodal_tokens, without its per-call kwargs merging (costly per image)
         size = self.processor.image_processor.size
         side = size["shortest_edge"] if "shortest_edge" in size else min(size["height"], size["width"])
         count = self.processor._get_number_of_features(height, width, side, side)

@@ -67,7 +67,7 @@ class Qwen2VL(Backbone):
         return "<|image_pad|>"
 
     def num_image_tokens(self, width: int, height: int) -> int:
-        # the processor's _get_num_multimodal_tokens, without its per-call kwargs merging (0.5 ms an image)
+        # the processor's _get_num_multimodal_tokens, without its per-call kwargs merging (costly per image)
         rows, cols = self.image_grid(width, height)
         return rows * cols // self.processor.image_processor.merge_size**2
 
@@ -75,8 +75,8 @@ class Qwen2VL(Backbone):
         self, images_per_sample: Sequence[Sequence[Image.Image]], *, compact: bool = False
     ) -> dict[str, torch.Tensor]:
         """``compact``: each patch once (3 * p * p values), not once per temporal slot; :meth:`model_inputs`
-        repeats it on the model's device, where the copy costs next to nothing: +13 % loader samples per
-        CPU-second at real sizes (benchmarks/README.md)."""
+        repeats it on the model's device, where the copy costs next to nothing (the loader gain is measured in
+        benchmarks/README.md)."""
         flat = [img for imgs in images_per_sample for img in imgs]
         ip = self.processor.image_processor
         # pixels in the model's half-precision dtype when it has one: the same values the model casts them to
