@@ -325,7 +325,7 @@ def test_an_open_llava_next_llama3_config_gives_the_llava_next_llama3_8b_archite
     from accelerate import init_empty_weights
     from transformers import LlavaNextForConditionalGeneration
 
-    from mllm_da.backbones.convert_llava import check_source_config, target_config, vision_config
+    from mllm_da.backbones.llava_source import check_source_config, target_config, vision_config
     from mllm_da.backbones.loading import ARCHITECTURES
 
     cfg = {

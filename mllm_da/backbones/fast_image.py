@@ -171,7 +171,7 @@ def _resize(img: Image.Image, height: int, width: int, resample: int) -> Image.I
     return img if img.size == (width, height) else img.resize((width, height), resample=resample)
 
 
-_TORCH_MODES = {int(Image.BICUBIC): "bicubic", int(Image.BILINEAR): "bilinear"}
+_TORCH_MODES = {int(Image.Resampling.BICUBIC): "bicubic", int(Image.Resampling.BILINEAR): "bilinear"}
 
 
 def _native_uint8_bilinear() -> bool:
@@ -227,7 +227,7 @@ def _resample(ip, backend: Backend = "pil") -> int | None:
     """The PIL resample filter ``ip`` resizes with, or ``None`` when the backend has no exact counterpart."""
     resample = getattr(ip, "resample", None)
     if resample is None:
-        resample = int(Image.BILINEAR)  # what both backends' resize falls back to
+        resample = int(Image.Resampling.BILINEAR)  # what both backends' resize falls back to
     if not isinstance(resample, int):
         return None  # a torchvision mode: not this path
     if backend == "torchvision" and int(resample) not in _TORCH_MODES:
@@ -246,7 +246,7 @@ def qwen_fast_supported(ip) -> bool:
         bool(getattr(ip, "do_resize", True))
         and bool(getattr(ip, "do_rescale", True))
         and bool(getattr(ip, "do_normalize", True))
-        and int(getattr(ip, "resample", Image.BICUBIC)) == int(Image.BICUBIC)
+        and getattr(ip, "resample", Image.Resampling.BICUBIC) == Image.Resampling.BICUBIC
         and ip.size.get("shortest_edge") is not None
         and ip.size.get("longest_edge") is not None
     )
@@ -280,7 +280,7 @@ def qwen_pixel_inputs(
     pixel_values = _output((sum(gh * gw for gh, gw in grids), 3 * copies * patch * patch), dtype)
     row = 0
     for img, (height, width), (gh, gw) in zip(images, sizes, grids):
-        planes = _Source(img, backend, int(Image.BICUBIC)).resized(height, width)  # (C, H, W) uint8
+        planes = _Source(img, backend, int(Image.Resampling.BICUBIC)).resized(height, width)  # (C, H, W) uint8
         # (C, gh/m, m, p, gw/m, m, p) -> (gh/m, gw/m, m, m, C, p, p): transformers' patch order, read from the
         # bytes by the first normalising pass
         grouped = planes.view(3, gh // merge, merge, patch, gw // merge, merge, patch).permute(1, 4, 2, 5, 0, 3, 6)
@@ -320,6 +320,8 @@ def llava_next_tile(ip, backend: Backend = "pil") -> int | None:
     else:
         return None
     tile = (crop.get("height") if crop else None) or size.get("height") or size.get("shortest_edge")
+    if not tile:
+        return None
     crop_hw = (crop.get("height"), crop.get("width")) if crop else (None, None)
     if base != (tile, tile) or (getattr(ip, "do_center_crop", True) and crop_hw != base):
         return None
@@ -353,6 +355,7 @@ def llava_next_pixel_inputs(
     if tile is None or not _rgb_only(images):
         return None
     resample = _resample(ip, backend)
+    assert resample is not None, "the caller checks the processor is supported first"
     normalise = _Normaliser(ip, backend, dtype)
     pinpoints = [[int(h), int(w)] for h, w in ip.image_grid_pinpoints]
     bests = [select_best_resolution((img.height, img.width), pinpoints) for img in images]
@@ -401,6 +404,7 @@ def mllama_pixel_inputs(
     if not flat or not mllama_supported(ip, backend) or not _rgb_only(flat):
         return None
     resample = _resample(ip, backend)
+    assert resample is not None, "the caller checks the processor is supported first"
     tile, max_tiles = int(ip.size["height"]), int(ip.max_image_tiles)
     normalise = _Normaliser(ip, backend, dtype)
     supported = get_all_supported_aspect_ratios(max_tiles)
