@@ -171,7 +171,7 @@ class LlavaNext(Backbone):
 
     @classmethod
     def load_processor(cls, folder: str, image: Mapping[str, Any]) -> Any:
-        overrides = {k: list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in image.items()}
+        overrides: dict[str, Any] = {k: list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in image.items()}
         return LlavaNextProcessor.from_pretrained(folder, **overrides)
 
     def __init__(self, model, processor, spec):

@@ -136,5 +136,5 @@ class Mllama(Backbone):
 
     @classmethod
     def load_processor(cls, folder: str, image: Mapping[str, Any]) -> Any:
-        overrides = {k: list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in image.items()}
+        overrides: dict[str, Any] = {k: list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in image.items()}
         return MllamaProcessor.from_pretrained(folder, **overrides)

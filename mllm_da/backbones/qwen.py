@@ -194,7 +194,7 @@ class Qwen2VL(Backbone):
 
     @classmethod
     def image_processor(cls, image: Mapping[str, Any], base: Any | None = None) -> Qwen2VLImageProcessorPil:
-        kwargs = dict(patch_size=14, temporal_patch_size=2, merge_size=2)
+        kwargs: dict[str, Any] = dict(patch_size=14, temporal_patch_size=2, merge_size=2)
         if base is not None:
             kwargs.update(base.to_dict())
             for key in ("image_processor_type", "processor_class", "_processor_class"):
