@@ -19,7 +19,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from mllm_da.data.toy import (
+from mllm_da.toy.build import main
+from mllm_da.toy import (
     BASE_RGB,
     CAPTION_INSTRUCTIONS,
     COLOURS,
@@ -35,7 +36,6 @@ from mllm_da.data.toy import (
     build_toy_domain,
     caption_instruction,
     describe_scene,
-    main,
     quadrant_box,
     render_scene,
     rule_tasks,
