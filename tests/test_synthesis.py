@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from conftest import CONF, ROOT, TEST_TINY, small_run_overrides
 
+from mllm_da import toy
 from mllm_da.backbones.chat_format import QWEN_CHATML
 from mllm_da.backbones.loading import load_backbone
-from mllm_da import toy
 from mllm_da.data.mixing import mix_single_stage
 from mllm_da.data.records import BadRecordError, Conversation, Turn, read_conversations
 from mllm_da.synthesis import filter as consistency

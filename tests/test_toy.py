@@ -19,7 +19,6 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from mllm_da.toy.build import main
 from mllm_da.toy import (
     BASE_RGB,
     CAPTION_INSTRUCTIONS,
@@ -41,6 +40,7 @@ from mllm_da.toy import (
     rule_tasks,
     sample_scene,
 )
+from mllm_da.toy.build import main
 
 WORD_TO_COUNT = {w: k for k, w in COUNT_WORDS.items()}
 N_TRAIN, N_TEST = 40, 12
