@@ -34,8 +34,8 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import compose_config, environment  # noqa: E402
+from mllm_da import toy  # noqa: E402
 from mllm_da.backbones.base import Backbone  # noqa: E402
-from mllm_da.data import toy  # noqa: E402
 from mllm_da.data.records import IMAGE_PLACEHOLDER, Turn  # noqa: E402
 from mllm_da.evaluation.generation import GenerationRequest, HFGenerator, question_turns  # noqa: E402
 

@@ -25,8 +25,8 @@ sys.path.insert(0, str(ROOT))
 from benchmarks.common import environment, print_table, write_result  # noqa: E402
 from benchmarks.data_pipeline import processor_backbone  # noqa: E402
 from benchmarks.workload import WorkloadSpec, draw  # noqa: E402
+from mllm_da import toy  # noqa: E402
 from mllm_da.backbones.base import pack_bins  # noqa: E402
-from mllm_da.data import toy  # noqa: E402
 from mllm_da.data.datamodule import length_grouped_batches, padding_fraction  # noqa: E402
 from mllm_da.data.records import IMAGE_PLACEHOLDER, Turn  # noqa: E402
 

@@ -110,7 +110,7 @@ def conversations(spec: WorkloadSpec = WorkloadSpec()) -> list[Conversation]:
 def toy_conversations(n: int = 256, seed: int = 0, image_size: int = 112, max_tasks: int = 6) -> list[Conversation]:
     """``n`` toy-domain conversations (caption round + 1..``max_tasks`` rule tasks, as the demo trains on), the
     scenes rendered once to PNG under the benchmark cache."""
-    from mllm_da.data import toy
+    from mllm_da import toy
 
     folder = CACHE / f"toy-{n}-{seed}-{image_size}-{max_tasks}"
     folder.mkdir(parents=True, exist_ok=True)

@@ -50,7 +50,7 @@ def compose_cfg(work_root: Path) -> Callable[..., DictConfig]:
 @pytest.fixture(scope="session")
 def synth_inputs(work_root: Path) -> list:
     """Ten synthesis inputs (caption and image) from the small toy domain."""
-    from mllm_da.data import toy
+    from mllm_da import toy
     from mllm_da.data.records import read_conversations
     from mllm_da.synthesis.runner import SynthesisInput
 

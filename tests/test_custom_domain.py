@@ -12,7 +12,8 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from mllm_da.data.custom import CustomDomainError, prepare_custom_domain, sniff_format
+from mllm_da.data.custom import CustomDomainError, prepare_custom_domain
+from mllm_da.data.custom_files import sniff_format
 from mllm_da.data.records import BadRecordError, read_conversations
 from tests.conftest import TEST_TINY
 

@@ -21,7 +21,7 @@ from mllm_da.data.datamodule import (
 )
 from mllm_da.data.mixing import DataMix, DomainFiles, mix_single_stage
 from mllm_da.data.records import IMAGE_PLACEHOLDER, BadRecordError, Conversation, Turn
-from mllm_da.data.toy import build_toy_domain
+from mllm_da.toy import build_toy_domain
 
 
 @pytest.fixture(scope="module")

@@ -5,7 +5,7 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from mllm_da.synthesis.seed import SeedExample, split_and_blank
+from mllm_da.synthesis.seed_format import SeedExample, split_and_blank
 
 
 def _examples(sizes: dict[str, int]) -> list[SeedExample]:

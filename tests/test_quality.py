@@ -7,7 +7,7 @@ import random
 
 import pytest
 
-from mllm_da.data import toy
+from mllm_da import toy
 from mllm_da.synthesis.quality import (
     SynthesizedTask,
     answer_is,

@@ -18,9 +18,9 @@ from pathlib import Path
 import pytest
 from conftest import CONF, ROOT, TEST_TINY, small_run_overrides
 
+from mllm_da import toy
 from mllm_da.backbones.chat_format import QWEN_CHATML
 from mllm_da.backbones.loading import load_backbone
-from mllm_da.data import toy
 from mllm_da.data.mixing import mix_single_stage
 from mllm_da.data.records import BadRecordError, Conversation, Turn, read_conversations
 from mllm_da.synthesis import filter as consistency
@@ -45,7 +45,7 @@ from mllm_da.synthesis.parse import (
     pairs_to_turns,
     parse_output,
 )
-from mllm_da.synthesis.rules import render_output, rule_output, scene_from_caption
+from mllm_da.synthesis.rules import render_output, rule_output
 from mllm_da.synthesis.runner import (
     BatchLog,
     SynthesisInput,
@@ -55,16 +55,10 @@ from mllm_da.synthesis.runner import (
     plan_batches,
     run_job,
 )
-from mllm_da.synthesis.seed import (
-    SeedExample,
-    SeedQA,
-    build_seed,
-    seed_turns,
-    split_and_blank,
-    strip_image_marker,
-    toy_seed_examples,
-    visionflan_examples,
-)
+from mllm_da.synthesis.seed import build_seed, toy_seed_examples
+from mllm_da.synthesis.seed_format import SeedExample, SeedQA, seed_turns, split_and_blank
+from mllm_da.synthesis.visionflan import strip_image_marker, visionflan_examples
+from mllm_da.toy import scene_from_caption
 
 U, A, E = LLAMA3.user_header, LLAMA3.qa_separator, LLAMA3.turn_close
 P, I = PRECISE_HINT + "\n", INFORMATIVE_HINT + "\n"  # noqa: E741

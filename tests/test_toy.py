@@ -19,7 +19,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image, ImageDraw
 
-from mllm_da.data.toy import (
+from mllm_da.toy import (
     BASE_RGB,
     CAPTION_INSTRUCTIONS,
     COLOURS,
@@ -35,12 +35,12 @@ from mllm_da.data.toy import (
     build_toy_domain,
     caption_instruction,
     describe_scene,
-    main,
     quadrant_box,
     render_scene,
     rule_tasks,
     sample_scene,
 )
+from mllm_da.toy.build import main
 
 WORD_TO_COUNT = {w: k for k, w in COUNT_WORDS.items()}
 N_TRAIN, N_TEST = 40, 12

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Literal
 
-from mllm_da.data.records import IMAGE_PLACEHOLDER, Turn
+from mllm_da.utils.conversation import IMAGE_PLACEHOLDER, Turn
 
 MaskMode = Literal["assistant", "synthesizer"]
 
@@ -37,7 +37,9 @@ class ChatFormat:
     stop_strings: tuple[str, ...] = ()
 
     def prefix(self, role: str) -> str:
-        return {"system": self.system_prefix, "user": self.user_prefix, "assistant": self.assistant_prefix}[role]
+        return {"system": self.system_prefix, "user": self.user_prefix, "assistant": self.assistant_prefix}[
+            role
+        ]
 
     def content_text(self, content: str) -> str:
         """Replace the dataset's ``<image>`` marker with the backbone's image text."""
@@ -115,7 +117,11 @@ class ChatFormat:
         parts += [
             "{%- for message in messages -%}",
             "{%- if message['role'] == 'assistant' -%}",
-            lit(self.assistant_prefix) + "{%- generation -%}" + content + lit(self.turn_end) + "{%- endgeneration -%}",
+            lit(self.assistant_prefix)
+            + "{%- generation -%}"
+            + content
+            + lit(self.turn_end)
+            + "{%- endgeneration -%}",
             "{%- else -%}",
             "{%- if message['role'] == 'system' -%}" + lit(self.system_prefix),
             "{%- else -%}" + lit(self.user_prefix) + "{%- endif -%}",
@@ -150,4 +156,3 @@ LLAMA3_HEADERS = ChatFormat(
     synthesizer_end="<|end_of_text|>",
     stop_strings=("<|eot_id|>", "<|end_of_text|>"),
 )
-

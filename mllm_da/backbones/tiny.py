@@ -11,6 +11,8 @@ from collections.abc import Iterable, Sequence
 
 from transformers import PreTrainedTokenizerFast
 
+from mllm_da.toy import sample_texts
+
 GENERAL_TEXT = (
     "Describe the image. What is in the picture? Answer with a precise response. Answer with an informative "
     "response. The answer is yes. The answer is no. Question: Answer: Options: Explanation: Therefore, so, thus, "
@@ -22,17 +24,7 @@ GENERAL_TEXT = (
 
 def tokenizer_corpus(seed: int = 0, n_scenes: int = 3000) -> list[str]:
     """Texts the tiny tokenizer is trained on: toy-domain captions and tasks, so domain words are single tokens."""
-    from mllm_da.data import toy
-
-    rng = random.Random(seed)
-    texts = [GENERAL_TEXT] * 20
-    for _ in range(n_scenes):
-        scene = toy.sample_scene(rng)
-        texts.append(toy.describe_scene(scene))
-        for task in toy.rule_tasks(scene, rng, 3):
-            texts.append(task.question)
-            texts.append(task.answer)
-    return texts
+    return [GENERAL_TEXT] * 20 + sample_texts(random.Random(seed), n_scenes)
 
 
 def train_bpe_tokenizer(

@@ -15,7 +15,8 @@ from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mllm_da.backbones.base import IGNORE_INDEX, Backbone, EncodedSample
-from mllm_da.data.records import Conversation, load_image
+from mllm_da.data.images import load_image
+from mllm_da.utils.conversation import Conversation
 
 log = logging.getLogger(__name__)
 
@@ -53,7 +54,9 @@ class ConversationDataset(Dataset):
         self.samples: list[EncodedSample] = []
         self.report = PlanReport()
         for conv in conversations:
-            sample = backbone.encode(conv.turns, [image_size(p) for p in conv.images], mode=mode, sample_id=conv.id)
+            sample = backbone.encode(
+                conv.turns, [image_size(p) for p in conv.images], mode=mode, sample_id=conv.id
+            )
             fitted = backbone.truncate(sample, cutoff_len, truncation)
             if fitted is None:
                 self.report.dropped += 1
@@ -68,7 +71,9 @@ class ConversationDataset(Dataset):
             self.conversations.append(conv)
             self.samples.append(fitted)
         if self.report.dropped:
-            log.warning("length plan dropped %d conversation(s): %s", self.report.dropped, dict(self.report.reasons))
+            log.warning(
+                "length plan dropped %d conversation(s): %s", self.report.dropped, dict(self.report.reasons)
+            )
 
     @property
     def lengths(self) -> list[int]:
@@ -92,9 +97,12 @@ def length_grouped_batches(
     rng.shuffle(order)
     if group_by_length:
         span = batch_size * megabatch
-        order = [i for k in range(0, len(order), span)
-                 for i in sorted(order[k:k + span], key=lambda i: -lengths[i])]
-    batches = [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+        order = [
+            i
+            for k in range(0, len(order), span)
+            for i in sorted(order[k : k + span], key=lambda i: -lengths[i])
+        ]
+    batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
     if group_by_length:
         rng.shuffle(batches)
     return batches
@@ -131,7 +139,7 @@ class LengthGroupedBatchSampler(Sampler[list[int]]):
             self.lengths, self.batch_size, random.Random(f"{self.seed}:{self.epoch}"), self.group_by_length
         )
         usable = len(batches) - len(batches) % self.num_replicas  # every rank gets the same number of steps
-        return batches[self.rank:usable:self.num_replicas]
+        return batches[self.rank : usable : self.num_replicas]
 
     def __iter__(self) -> Iterator[list[int]]:
         batches = self.epoch_batches()
@@ -220,8 +228,10 @@ class ConversationDataModule(pl.LightningDataModule):
         self.group_by_length = group_by_length
         self.pack_capacity = cutoff_len if packing else None
         if packing and not backbone.supports_packing:
-            raise ValueError(f"{backbone.family}: data.packing=true is not supported: "
-                             f"{backbone.packing_unsupported_reason}")
+            raise ValueError(
+                f"{backbone.family}: data.packing=true is not supported: "
+                f"{backbone.packing_unsupported_reason}"
+            )
         self.num_workers = num_workers
         self.pin_memory = pin_memory
         self.seed = seed
@@ -232,7 +242,9 @@ class ConversationDataModule(pl.LightningDataModule):
         if self.train_set is None:
             self.train_set = ConversationDataset(self.backbone, self.train_conversations, **self.dataset_args)
             if not len(self.train_set):
-                raise ValueError(f"no training sample is left after the length plan: {dict(self.train_set.report.reasons)}")
+                raise ValueError(
+                    f"no training sample is left after the length plan: {dict(self.train_set.report.reasons)}"
+                )
             self.val_set = ConversationDataset(self.backbone, self.val_conversations, **self.dataset_args)
 
     def _loader(self, dataset: Dataset, sampler: Sampler) -> DataLoader:
@@ -252,8 +264,12 @@ class ConversationDataModule(pl.LightningDataModule):
     def train_sampler(self) -> LengthGroupedBatchSampler:
         world, rank = self._world()
         return LengthGroupedBatchSampler(
-            self.train_set.lengths, self.micro_batch_size, seed=self.seed,
-            group_by_length=self.group_by_length, num_replicas=world, rank=rank,
+            self.train_set.lengths,
+            self.micro_batch_size,
+            seed=self.seed,
+            group_by_length=self.group_by_length,
+            num_replicas=world,
+            rank=rank,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -278,7 +294,11 @@ class ConversationDataModule(pl.LightningDataModule):
             return []
         world, rank = self._world()
         sampler = LengthGroupedBatchSampler(
-            self.val_set.lengths, self.eval_batch_size, seed=self.seed, group_by_length=True,
-            num_replicas=world, rank=rank,
+            self.val_set.lengths,
+            self.eval_batch_size,
+            seed=self.seed,
+            group_by_length=True,
+            num_replicas=world,
+            rank=rank,
         )
         return self._loader(self.val_set, sampler)

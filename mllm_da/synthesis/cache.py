@@ -19,14 +19,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from mllm_da.utils.io import atomic_write_json, read_json
+from mllm_da.utils.io import atomic_write_json, locked_dir, read_json
 
 log = logging.getLogger(__name__)
-
-try:
-    import fcntl
-except ImportError:  # pragma: no cover - non-POSIX
-    fcntl = None  # type: ignore[assignment]
 
 _FILE_DIGESTS: dict[tuple[str, int, int], str] = {}
 
@@ -107,12 +102,5 @@ class StageDir:
     @contextmanager
     def lock(self) -> Iterator[None]:
         """Exclusive lock on the folder, so that one process computes it while the others wait, then reuse."""
-        if fcntl is None:  # pragma: no cover - non-POSIX
+        with locked_dir(self.path):
             yield
-            return
-        with open(self.path / ".lock", "w") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
-            try:
-                yield
-            finally:
-                fcntl.flock(handle, fcntl.LOCK_UN)

@@ -25,8 +25,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 
+from mllm_da.backbones.base import spec_hash
+from mllm_da.backbones.llava_next import llama3_tokenizer, llama_text_config
+from mllm_da.backbones.loading import check_checkpoint_folder
 from mllm_da.synthesis.parse import Triplet
+from mllm_da.utils.io import build_dir_once
 
 log = logging.getLogger(__name__)
 
@@ -88,9 +93,13 @@ def load_prompt(prompt_file: str | None) -> str:
     try:
         fields = {name for _, name, _, _ in string.Formatter().parse(text) if name is not None}
     except ValueError as err:
-        raise ValueError(f"filter.prompt_file {path}: not a str.format template ({err}); double literal braces") from err
+        raise ValueError(
+            f"filter.prompt_file {path}: not a str.format template ({err}); double literal braces"
+        ) from err
     if fields != PROMPT_FIELDS:
-        raise ValueError(f"filter.prompt_file {path}: uses fields {sorted(fields)}; it must use exactly {sorted(PROMPT_FIELDS)}")
+        raise ValueError(
+            f"filter.prompt_file {path}: uses fields {sorted(fields)}; it must use exactly {sorted(PROMPT_FIELDS)}"
+        )
     return text
 
 
@@ -171,8 +180,8 @@ class LLMJudge:
         mask = torch.zeros((len(slots), width), dtype=torch.long)
         for row, i in enumerate(slots):
             n = len(encoded[i])
-            ids[row, width - n:] = torch.tensor(encoded[i])
-            mask[row, width - n:] = 1
+            ids[row, width - n :] = torch.tensor(encoded[i])
+            mask[row, width - n :] = 1
         generated = self.model.generate(
             input_ids=ids.to(self.device),
             attention_mask=mask.to(self.device),
@@ -192,41 +201,21 @@ class LLMJudge:
 
 def tiny_judge_checkpoint(cache_dir: str, sizes: Mapping[str, Any], seed: int = 0) -> Path:
     """A tiny random Llama-style causal LM with the offline Llama-3-style tokenizer, built once (tests, CPU)."""
-    import os
-    import shutil
-    import tempfile
-
-    from transformers import AutoModelForCausalLM, LlamaConfig
-
-    from mllm_da.backbones.base import spec_hash
-    from mllm_da.backbones.llava_next import llama3_tokenizer, llama_text_config
-
     folder = Path(cache_dir) / "tiny" / f"judge-{spec_hash({'sizes': dict(sizes), 'seed': seed})}"
-    if (folder / "config.json").exists():
-        return folder
-    tokenizer = llama3_tokenizer(sizes, "")
-    torch.manual_seed(seed)
-    model = AutoModelForCausalLM.from_config(LlamaConfig(**llama_text_config(tokenizer, sizes)))
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
+
+    def build(tmp: Path) -> None:
+        tokenizer = llama3_tokenizer(sizes, "")
+        torch.manual_seed(seed)
+        model = AutoModelForCausalLM.from_config(LlamaConfig(**llama_text_config(tokenizer, sizes)))
         model.save_pretrained(tmp, safe_serialization=True)
         tokenizer.save_pretrained(tmp)
-        os.replace(tmp, folder)
-    except OSError:
-        if not (folder / "config.json").exists():
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+
+    build_dir_once(folder, build)
     return folder
 
 
 def load_judge(settings: Mapping[str, Any], cache_dir: str, device: str) -> LLMJudge:
     """The ``llm`` backend's judge from a ``filter=`` preset (``model.variant``: pretrained or tiny)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from mllm_da.backbones.loading import check_checkpoint_folder
-
     model_cfg = settings["model"]
     if model_cfg["variant"] == "tiny":
         source = str(tiny_judge_checkpoint(cache_dir, model_cfg.get("tiny") or {}))
@@ -235,12 +224,16 @@ def load_judge(settings: Mapping[str, Any], cache_dir: str, device: str) -> LLMJ
     else:
         raise ValueError(f"filter.model.variant must be pretrained or tiny, got {model_cfg['variant']!r}")
     dtype = getattr(torch, model_cfg.get("dtype") or "float32")
-    check_checkpoint_folder(source)  # a judge from elsewhere runs no code: no auto_map, safetensors weights only
+    check_checkpoint_folder(
+        source
+    )  # a judge from elsewhere runs no code: no auto_map, safetensors weights only
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True)
     except OSError as err:
-        raise OSError(f"filter.model.source={source!r} could not be loaded ({err}); offline, point it at a local folder") from err
+        raise OSError(
+            f"filter.model.source={source!r} could not be loaded ({err}); offline, point it at a local folder"
+        ) from err
     return LLMJudge(
         model,
         tokenizer,

@@ -37,8 +37,8 @@ from pathlib import Path
 from typing import Literal
 
 from mllm_da.data.mixing import mix_single_stage, question_answer_turns
-from mllm_da.data.records import IMAGE_PLACEHOLDER, Conversation, Turn
 from mllm_da.synthesis.parse import Triplet
+from mllm_da.utils.conversation import IMAGE_PLACEHOLDER, Conversation, Turn
 
 INDICATORS: tuple[str, ...] = ("could be ", "so ", "thus ", "therefore ", "final ", "answer ", "result ")
 Branch = Literal["informative_concludes", "precise_has_indicator", "chain_of_thought"]
@@ -91,7 +91,7 @@ QA_TEMPLATES: tuple[Template, ...] = _forward(
 ) + _inverse(
     ("Here is an answer about the image: {answer}\nWhat question does it answer?", "{question}"),
     ("{answer}\n\nWrite a question about the image that this answers.", "{question}"),
-    ("What question about the picture has the answer \"{answer}\"?", "{question}"),
+    ('What question about the picture has the answer "{answer}"?', "{question}"),
     ("Ask a question about the image.", "{question}"),
     ("Write one question someone could ask about this image.", "{question}"),
 )
@@ -125,7 +125,7 @@ COT_TEMPLATES: tuple[Template, ...] = _forward(
     ("{cot} So the answer is {answer}.\nWrite the question this reasoning answers.", "{question}"),
     ("Answer: {answer}\nExplanation: {cot}\nWhat was the question?", "{question}"),
     ("Question: {question}\nAnswer: {answer}\nExplain how the image supports this answer.", "{cot}"),
-    ("The answer to \"{question}\" is {answer}. Why?", "{cot}"),
+    ('The answer to "{question}" is {answer}. Why?', "{cot}"),
     ("{question}\nThe answer is {answer}. Give the reasoning.", "{cot}"),
 )
 
@@ -179,14 +179,22 @@ def load_templates(path: str | None) -> TemplateSet:
         parsed = []
         for i, entry in enumerate(entries):
             where = f"{file}: field '{kind}[{i}]'"
-            if not isinstance(entry, dict) or not isinstance(entry.get("inputs"), str) or not isinstance(
-                entry.get("targets"), str
+            if (
+                not isinstance(entry, dict)
+                or not isinstance(entry.get("inputs"), str)
+                or not isinstance(entry.get("targets"), str)
             ):
                 raise ValueError(f"{where}: needs string 'inputs' and 'targets'")
-            used = {n for text in (entry["inputs"], entry["targets"])
-                    for _, n, _, _ in string.Formatter().parse(text) if n is not None}
+            used = {
+                n
+                for text in (entry["inputs"], entry["targets"])
+                for _, n, _, _ in string.Formatter().parse(text)
+                if n is not None
+            }
             if used - FIELDS[kind]:
-                raise ValueError(f"{where}: unknown field(s) {sorted(used - FIELDS[kind])}; allowed {sorted(FIELDS[kind])}")
+                raise ValueError(
+                    f"{where}: unknown field(s) {sorted(used - FIELDS[kind])}; allowed {sorted(FIELDS[kind])}"
+                )
             parsed.append(Template(entry["inputs"], entry["targets"], bool(entry.get("inverse", False))))
         lists[kind] = tuple(parsed)
     return TemplateSet(**lists, inverse_share=None)
@@ -226,7 +234,11 @@ def format_triplet(
 ) -> FormattedTask:
     """The §3.3 training pair of a kept triplet; ``syn_id`` (the record id) seeds the template choice."""
     templates = templates or TemplateSet()
-    question, informative, precise = _clean(triplet.question), _clean(triplet.informative), _clean(triplet.precise)
+    question, informative, precise = (
+        _clean(triplet.question),
+        _clean(triplet.informative),
+        _clean(triplet.precise),
+    )
     branch = choose_branch(triplet)
     if branch == "chain_of_thought":
         kind = "cot"
@@ -237,7 +249,11 @@ def format_triplet(
         fields = {"question": question, "answer": answer}
     index, chosen = templates.draw(kind, inverse_tasks, random.Random(syn_id))
     return FormattedTask(
-        chosen.inputs.format(**fields).strip(), chosen.targets.format(**fields).strip(), branch, index, chosen.inverse
+        chosen.inputs.format(**fields).strip(),
+        chosen.targets.format(**fields).strip(),
+        branch,
+        index,
+        chosen.inverse,
     )
 
 
@@ -254,7 +270,9 @@ def task_turns(task: FormattedTask) -> list[Turn]:
     return [Turn("user", task.instruction), Turn("assistant", task.response)]
 
 
-def build_training_sets(captions: Sequence[Conversation], tasks: Mapping[str, FormattedTask]) -> FormattedData:
+def build_training_sets(
+    captions: Sequence[Conversation], tasks: Mapping[str, FormattedTask]
+) -> FormattedData:
     """Single-stage, caption-only and synthetic-only conversations (images kept), in caption-record order."""
     data = FormattedData([], [], [])
     for record in captions:

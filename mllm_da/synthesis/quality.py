@@ -16,7 +16,7 @@ from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
-from mllm_da.data import toy
+from mllm_da import toy
 
 #: question forms for domains without a known truth, tried in order (first match wins)
 QUESTION_FORMS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -56,7 +56,9 @@ def _words(text: str) -> list[str]:
 def entropy_bits(counts: Mapping[str, int]) -> float:
     """Shannon entropy of a distribution given by counts, in bits (0 for one value or none)."""
     total = sum(counts.values())
-    return 0.0 - sum(n / total * math.log2(n / total) for n in counts.values() if n) if total else 0.0  # not -0.0
+    return (
+        0.0 - sum(n / total * math.log2(n / total) for n in counts.values() if n) if total else 0.0
+    )  # not -0.0
 
 
 def distinct_ngrams(texts: Sequence[str], n: int) -> float:
@@ -112,9 +114,7 @@ def _toy_candidates(scene: toy.ToyScene) -> dict[str, tuple[str, str]]:
 def toy_truth(caption: str, question: str) -> tuple[str, str] | None:
     """``(question type, true answer in words)`` of a toy question about the scene a toy caption describes, or
     None when the caption is not a toy scene or the question is not one the toy rules can ask."""
-    from mllm_da.synthesis.rules import scene_from_caption
-
-    scene = scene_from_caption(caption)
+    scene = toy.scene_from_caption(caption)
     if scene is None:
         return None
     first, _ = _options(question)
@@ -129,7 +129,9 @@ def answer_is(answer: str, truth: str, question: str = "") -> bool:
     if text.upper() in options:
         text = options[text.upper()]
     words = _words(text)
-    words = [toy.COUNT_WORDS.get(int(w), w) if w.isdigit() and int(w) in toy.COUNT_WORDS else w for w in words]
+    words = [
+        toy.COUNT_WORDS.get(int(w), w) if w.isdigit() and int(w) in toy.COUNT_WORDS else w for w in words
+    ]
     if truth in toy.YES_NO:
         return bool(words) and words[0] == truth
     return " ".join(words) == truth or words == _words(truth)
@@ -161,7 +163,14 @@ def toy_correctness(tasks: Sequence[SynthesizedTask]) -> dict[str, object]:
         truth = toy_truth(task.caption, task.question)
         if truth is not None:
             kind, answer = truth
-            judged.append((task, kind, answer_is(task.precise, answer, task.question), mentions(task.informative, answer)))
+            judged.append(
+                (
+                    task,
+                    kind,
+                    answer_is(task.precise, answer, task.question),
+                    mentions(task.informative, answer),
+                )
+            )
     out: dict[str, object] = {
         "judged": len(judged),
         "judged_share": round(len(judged) / len(tasks), 4) if tasks else None,
@@ -169,9 +178,13 @@ def toy_correctness(tasks: Sequence[SynthesizedTask]) -> dict[str, object]:
         "informative_consistency": _rate(ok for _, _, _, ok in judged if ok is not None),
         "informative_undecided": sum(1 for _, _, _, ok in judged if ok is None),
         "per_type": {
-            kind: {"tasks": sum(1 for _, k, _, _ in judged if k == kind),
-                   "precise_accuracy": _rate(right for _, k, right, _ in judged if k == kind),
-                   "informative_consistency": _rate(ok for _, k, _, ok in judged if k == kind and ok is not None)}
+            kind: {
+                "tasks": sum(1 for _, k, _, _ in judged if k == kind),
+                "precise_accuracy": _rate(right for _, k, right, _ in judged if k == kind),
+                "informative_consistency": _rate(
+                    ok for _, k, _, ok in judged if k == kind and ok is not None
+                ),
+            }
             for kind in sorted({k for _, k, _, _ in judged})
         },
     }
@@ -189,13 +202,19 @@ def toy_correctness(tasks: Sequence[SynthesizedTask]) -> dict[str, object]:
     return out
 
 
-def grounding(original: Mapping[str, tuple[str, str]], blind: Mapping[str, tuple[str, str]]) -> dict[str, object]:
+def grounding(
+    original: Mapping[str, tuple[str, str]], blind: Mapping[str, tuple[str, str]]
+) -> dict[str, object]:
     """How often a record's (question, precise answer) changed when its image was swapped for another record's:
     a synthesizer that reads the image changes often, one that ignores it (rules, captions only) never."""
     shared = sorted(set(original) & set(blind))
     changed = [original[key] != blind[key] for key in shared]
     question_changed = [original[key][0] != blind[key][0] for key in shared]
-    return {"records": len(shared), "changed_share": _rate(changed), "question_changed_share": _rate(question_changed)}
+    return {
+        "records": len(shared),
+        "changed_share": _rate(changed),
+        "question_changed_share": _rate(question_changed),
+    }
 
 
 def quality_report(
@@ -203,6 +222,7 @@ def quality_report(
 ) -> dict[str, object]:
     """Every measure of one synthetic set: diversity (by toy question type where the truth is known, else by
     :func:`question_form`), copying from the caption, and — when any caption is a toy scene — correctness."""
+
     def default_type(task: SynthesizedTask) -> str:
         truth = toy_truth(task.caption, task.question)
         return truth[0] if truth is not None else question_form(task.question)
@@ -236,11 +256,17 @@ def format_quality_table(report: Mapping[str, object]) -> str:
     ]
     truth = report.get("toy_truth")
     if isinstance(truth, Mapping):
-        rows += [("precise accuracy (toy truth)", truth["precise_accuracy"]),
-                 ("informative consistency (toy truth)", truth["informative_consistency"])]
+        rows += [
+            ("precise accuracy (toy truth)", truth["precise_accuracy"]),
+            ("informative consistency (toy truth)", truth["informative_consistency"]),
+        ]
         if isinstance(truth.get("filter"), Mapping):
-            rows += [("filter keep precision / recall", f"{truth['filter']['keep_precision']} / "
-                                                        f"{truth['filter']['keep_recall']}")]
+            rows += [
+                (
+                    "filter keep precision / recall",
+                    f"{truth['filter']['keep_precision']} / {truth['filter']['keep_recall']}",
+                )
+            ]
     if isinstance(report.get("grounding"), Mapping):
         rows.append(("changed with a swapped image", report["grounding"]["changed_share"]))  # type: ignore[index]
     return "\n".join(["| measure | value |", "|---|---|", *(f"| {k} | {v} |" for k, v in rows)])

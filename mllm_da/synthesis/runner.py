@@ -32,9 +32,11 @@ from typing import Any
 
 import torch
 
-from mllm_da.data.records import IMAGE_PLACEHOLDER, BadImageError, Turn, load_image
+from mllm_da.backbones.generate import cut_at_stop_token, new_tokens
+from mllm_da.data.images import BadImageError, load_image
 from mllm_da.synthesis.parse import CAPTION_HINT
 from mllm_da.synthesis.sampling import RecordSeededSampler, SamplingConfig, record_seed
+from mllm_da.utils.conversation import IMAGE_PLACEHOLDER, Turn
 from mllm_da.utils.io import append_jsonl, atomic_write_json, read_json
 from mllm_da.utils.progress import progress_bar
 
@@ -82,8 +84,9 @@ class BatchLog:
                     batch, results = int(row["batch"]), row["results"]
                 except (ValueError, KeyError, TypeError) as err:
                     # only the last line can be torn by a kill (and is cut off before reading); this is damage
-                    raise ValueError(f"{path}:{number}: not a batch record ({err}); delete {path} to redo its "
-                                     "batches") from err
+                    raise ValueError(
+                        f"{path}:{number}: not a batch record ({err}); delete {path} to redo its batches"
+                    ) from err
                 batches.setdefault(batch, results)
         return batches
 
@@ -127,7 +130,7 @@ def plan_batches(costs: Sequence[Any], ids: Sequence[str], batch_size: int) -> l
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     order = sorted(range(len(ids)), key=lambda i: (costs[i], ids[i]))
-    return [order[k:k + batch_size] for k in range(0, len(order), batch_size)]
+    return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
 
 
 def run_batches(
@@ -153,12 +156,16 @@ def merge_batches(log_: BatchLog, plan: Sequence[Sequence[int]], ids: Sequence[s
     done = log_.done()
     missing = [b for b in range(len(plan)) if b not in done]
     if missing:
-        raise IncompleteError(f"{log_.folder}: {len(missing)} of {len(plan)} batches not done yet (e.g. {missing[:5]})")
+        raise IncompleteError(
+            f"{log_.folder}: {len(missing)} of {len(plan)} batches not done yet (e.g. {missing[:5]})"
+        )
     rows: dict[str, dict[str, Any]] = {}
     for b, indices in enumerate(plan):
         results = done[b]
         if [r["id"] for r in results] != [ids[i] for i in indices]:
-            raise RuntimeError(f"{log_.folder}: batch {b} holds other records than the plan; delete the folder")
+            raise RuntimeError(
+                f"{log_.folder}: batch {b} holds other records than the plan; delete the folder"
+            )
         for row in results:
             rows[row["id"]] = row
     return [rows[key] for key in sorted(rows)]
@@ -199,29 +206,24 @@ class SynthesizerGenerator:
     """Synthesizer decoding for a batch of inputs, one result row per input: greedy (the reference), or sampled
     from each record's own seeded stream (:mod:`mllm_da.synthesis.sampling`)."""
 
-    def __init__(self, backbone: Any, max_new_tokens: int = 512, device: str = "cpu",
-                 sampling: SamplingConfig | None = None) -> None:
+    def __init__(
+        self,
+        backbone: Any,
+        max_new_tokens: int = 512,
+        device: str = "cpu",
+        sampling: SamplingConfig | None = None,
+    ) -> None:
         self.backbone = backbone
         self.max_new_tokens = max_new_tokens
         self.sampling = sampling or SamplingConfig()
         self.device = torch.device(device)
         self.stop_ids = backbone.stop_token_ids(synthesizer=True)
         if not self.stop_ids:
-            raise ValueError(f"{backbone.family}: the chat format's synthesizer_end is not a token of the tokenizer")
+            raise ValueError(
+                f"{backbone.family}: the chat format's synthesizer_end is not a token of the tokenizer"
+            )
         backbone.model.to(self.device).eval()
         self.new_tokens = 0
-
-    def _config(self) -> Any:
-        from transformers import GenerationConfig
-
-        pad = self.backbone.tokenizer.pad_token_id
-        return GenerationConfig(
-            max_new_tokens=self.max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            eos_token_id=self.stop_ids,
-            pad_token_id=pad if pad is not None else self.stop_ids[0],
-        )
 
     @torch.inference_mode()
     def __call__(self, items: Sequence[SynthesisInput]) -> list[dict[str, Any]]:
@@ -238,23 +240,30 @@ class SynthesizerGenerator:
         if not prompts:
             return rows
         batch = self.backbone.generation_batch(prompts)
-        param = next(self.backbone.model.parameters())
-        batch = {
-            k: v.to(self.device, dtype=param.dtype) if v.is_floating_point() else v.to(self.device)
-            for k, v in batch.items()
-        }
-        sampler = [] if self.sampling.greedy else [
-            RecordSeededSampler(self.sampling, [record_seed(self.sampling.seed, items[slot].id) for slot in slots])]
-        out = self.backbone.model.generate(**batch, generation_config=self._config(), logits_processor=sampler)
-        new = out[:, batch["input_ids"].shape[1]:].tolist()
+        sampler = (
+            []
+            if self.sampling.greedy
+            else [
+                RecordSeededSampler(
+                    self.sampling, [record_seed(self.sampling.seed, items[slot].id) for slot in slots]
+                )
+            ]
+        )
+        generated = new_tokens(
+            self.backbone.model,
+            self.backbone.tokenizer,
+            batch,
+            self.stop_ids,
+            self.max_new_tokens,
+            logits_processor=sampler,
+        )
         stops = set(self.stop_ids)
-        for slot, tokens in zip(slots, new):
-            end = next((i for i, t in enumerate(tokens) if t in stops), None)
-            kept = tokens if end is None else tokens[:end]
+        for slot, tokens in zip(slots, generated):
+            kept, finished = cut_at_stop_token(tokens, stops)
             rows[slot]["text"] = self.backbone.tokenizer.decode(
                 kept, skip_special_tokens=False, clean_up_tokenization_spaces=False
             )
-            rows[slot]["finished"] = end is not None
+            rows[slot]["finished"] = finished
             rows[slot]["new_tokens"] = len(kept)
             self.new_tokens += len(kept)
         return rows
@@ -267,8 +276,9 @@ def run_job(job: SynthesisJob, generator: SynthesizerGenerator | None = None) ->
     if generator is None:
         from mllm_da.backbones.loading import load_backbone
 
-        generator = SynthesizerGenerator(load_backbone(**job.backbone), job.max_new_tokens, job.device,
-                                         SamplingConfig(**job.sampling))
+        generator = SynthesizerGenerator(
+            load_backbone(**job.backbone), job.max_new_tokens, job.device, SamplingConfig(**job.sampling)
+        )
     folder = Path(job.folder)
     folder.mkdir(parents=True, exist_ok=True)
     plan = load_or_write_plan(folder, job.inputs, job.batch_size)
@@ -283,7 +293,9 @@ def run_job(job: SynthesisJob, generator: SynthesizerGenerator | None = None) ->
         return generator([by_index[i] for i in indices])
 
     finished = log_.done()  # read the batch logs once: they can be large on a resumed run
-    todo_records = sum(len(plan[b]) for b in range(len(plan)) if b % job.num_shards in job.shards and b not in finished)
+    todo_records = sum(
+        len(plan[b]) for b in range(len(plan)) if b % job.num_shards in job.shards and b not in finished
+    )
     bar = progress_bar(todo_records, f"synthesis shards {list(job.shards)}", "record", job.progress)
 
     def progress(n: int, total: int) -> None:
@@ -315,7 +327,9 @@ def load_or_write_plan(folder: Path, inputs: Sequence[SynthesisInput], batch_siz
     if path.exists():
         stored = read_json(path, "batch plan")
         if stored["ids"] != ids or stored["batch_size"] != batch_size:
-            raise RuntimeError(f"{path}: planned for other inputs or another batch size; delete {folder} to restart")
+            raise RuntimeError(
+                f"{path}: planned for other inputs or another batch size; delete {folder} to restart"
+            )
         return stored["batches"]
     plan = plan_batches([prompt_cost(it) for it in inputs], ids, batch_size)
     atomic_write_json(path, {"ids": ids, "batch_size": batch_size, "batches": plan}, indent=None)
@@ -332,15 +346,22 @@ def run_in_processes(job: SynthesisJob, devices: Sequence[str], processes: int) 
         shards = [s for s in job.shards if s % processes == p]
         if not shards:
             continue
-        sub = SynthesisJob(**{**asdict(job), "inputs": job.inputs, "shards": shards,
-                              "device": devices[p % len(devices)]})
+        sub = SynthesisJob(
+            **{**asdict(job), "inputs": job.inputs, "shards": shards, "device": devices[p % len(devices)]}
+        )
         spec = folder / f"job-{p}.json"
         atomic_write_json(spec, sub.to_json(), indent=None)
         procs.append((p, subprocess.Popen([sys.executable, "-m", "mllm_da.synthesis.runner", str(spec)])))
     failed = [p for p, proc in procs if proc.wait() != 0]
     if failed:
-        raise RuntimeError(f"synthesis worker process(es) {failed} failed; rerun to resume (see their output above)")
-    return [json.loads(line) for line in _complete_lines(folder / "runs.jsonl")] if (folder / "runs.jsonl").exists() else []
+        raise RuntimeError(
+            f"synthesis worker process(es) {failed} failed; rerun to resume (see their output above)"
+        )
+    return (
+        [json.loads(line) for line in _complete_lines(folder / "runs.jsonl")]
+        if (folder / "runs.jsonl").exists()
+        else []
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -19,10 +19,15 @@ import os
 import shutil
 import sys
 import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
+
+try:  # serialises concurrent builders (one per DDP rank) of the same folder; POSIX only
+    import fcntl
+except ImportError:  # pragma: no cover - non-POSIX
+    fcntl = None  # type: ignore[assignment]
 
 #: read once at import (reading it means setting it, which is not thread-safe): temporary files are made 0600/0700
 #: and get the mode a plain ``open``/``mkdir`` would have given them
@@ -136,6 +141,52 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         _fsync_dir(path.parent)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
+
+
+def build_dir_once(
+    path: str | os.PathLike, build: Callable[[Path], None], done_file: str = "config.json"
+) -> bool:
+    """Build a folder once, for a cache shared by processes: ``build`` fills a temporary sibling, which gets the
+    modes ``mkdir``/``open`` would have given it and is renamed into place.
+
+    Nothing is built while ``path/done_file`` exists. Two processes may race: the loser's rename fails and its copy
+    is dropped, as long as the winner's folder is complete. Returns whether this call built the folder.
+    """
+    path = Path(path)
+    if (path / done_file).exists():
+        return False
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", dir=path.parent))
+    try:
+        build(tmp)
+        default_permissions(tmp)  # mkdtemp makes 0700: a shared cache should read like any folder
+        os.replace(tmp, path)
+    except OSError:
+        if not (path / done_file).exists():  # another process did not win the race either
+            raise
+        return False
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return True
+
+
+@contextmanager
+def locked_dir(path: str | os.PathLike) -> Iterator[Path]:
+    """Hold an exclusive lock on the folder ``path`` (made if missing), so that of several processes that would
+    compute it (DDP ranks, parallel runs) one does while the others wait, then reuse its result.
+
+    The lock is ``flock`` on ``path/.lock``, a file that holds nothing; without ``fcntl`` (not POSIX) no lock."""
+    path = Path(path)
+    path.mkdir(parents=True, exist_ok=True)
+    if fcntl is None:  # pragma: no cover - non-POSIX
+        yield path
+        return
+    with open(path / ".lock", "w") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield path
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
 
 
 def read_json(path: str | os.PathLike, what: str = "file") -> Any:

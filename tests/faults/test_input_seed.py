@@ -27,7 +27,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from mllm_da.data.records import BadFileError, BadRecordError, load_image, read_conversations
-from mllm_da.synthesis.seed import SEED_REASONS, build_seed
+from mllm_da.synthesis.seed import build_seed
+from mllm_da.synthesis.visionflan import SEED_REASONS
 
 from ._input_helpers import SKIPPED, TEXT_CASES, ImageCase, assert_names, make_image_pool, outcome
 
