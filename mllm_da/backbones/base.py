@@ -24,7 +24,9 @@ import torch
 from PIL import Image
 
 from mllm_da.backbones.chat_format import ChatFormat, MaskMode
+from mllm_da.backbones.fast_image import BACKENDS
 from mllm_da.data.records import Turn
+from mllm_da.utils.typed_config import Rules, check_value, load, option, raise_problems, validate
 
 log = logging.getLogger(__name__)
 
@@ -33,18 +35,26 @@ GROUPS = ("vision", "projector", "llm")
 #: LoRA only on the language model's linear layers: a plain name list would also hit vision MLPs/attention.
 LLM_LORA_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
 Variant = Literal["pretrained", "tiny", "random"]
+Dtype = Literal["float32", "bfloat16", "float16", "auto"]
+#: data.truncation: drop over-long samples, or cut their text after the last image
+Truncation = Literal["drop", "cut_text"]
+#: finetune.quantization_bits of QLoRA (bitsandbytes NF4 or int8)
+QuantizationBits = Literal[4, 8]
 
 
 @dataclass
 class BackboneSpec:
-    """What a ``model=`` preset says. ``source`` is a hub id or folder (pretrained) or a config JSON (random)."""
+    """What a ``model=`` preset says. ``source`` is a hub id or folder (pretrained) or a config JSON (random).
+
+    A typed config (mllm_da/utils/typed_config.py): built from a preset it is checked at start; built in Python,
+    by the same rules in ``__post_init__``."""
 
     family: str
     variant: Variant = "pretrained"
     source: str | None = None
     #: architecture JSON for variant=random: a path, or a file name in mllm_da/backbones/architectures/
     random_config: str | None = None
-    dtype: str = "float32"
+    dtype: Dtype = "float32"
     attn_implementation: str | None = "sdpa"
     trust_remote_code: bool = False
     #: tiny variant sizes (hidden size, layers, vision sizes...), see each family's ``tiny_config``
@@ -54,25 +64,25 @@ class BackboneSpec:
     #: which transformers image-processor family the pixels reproduce bit for bit (backbones/fast_image.py):
     #: "torchvision" (transformers' default where torchvision is installed, so what models are served with; torch's
     #: vectorised resize) or "pil" (the *ImageProcessorPil classes)
-    image_backend: str = "torchvision"
+    image_backend: str = option("torchvision", choices=BACKENDS)
     #: changes to the family's chat format (for example LLaVA-NeXT's image token or a system prompt)
     chat_format: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
+    seed: int = option(0, ge=0)
     cache_dir: str = ".cache/mllm_da"
 
     @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> BackboneSpec:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(cfg) - names - {"_target_"}
-        if unknown:
-            raise ValueError(f"model config: unknown field(s) {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**{k: (dict(v) if isinstance(v, Mapping) else v) for k, v in cfg.items() if k in names})
+    def from_config(cls, cfg: Mapping[str, Any], path: str = "model.backbone") -> BackboneSpec:
+        return load(cfg, cls, path)
 
     def __post_init__(self) -> None:
-        from mllm_da.backbones.fast_image import BACKENDS
+        validate(self, "model.backbone")
 
-        if self.image_backend not in BACKENDS:
-            raise ValueError(f"model config: image_backend must be one of {list(BACKENDS)}, got {self.image_backend!r}")
+    def rules(self, path: str) -> list[str]:
+        if self.variant == "random" and not self.random_config:
+            return [f"{path}.random_config must name an architecture JSON for variant=random"]
+        if self.variant == "pretrained" and not self.source:
+            return [f"{path}.source must name a hub id or a local folder for variant=pretrained"]
+        return []
 
 
 @dataclass
@@ -203,10 +213,9 @@ class Backbone(ABC):
         """
         if sample.expanded_length <= cutoff_len:
             return sample
+        raise_problems(check_value(policy, Truncation, "data.truncation", Rules())[1])  # a Python caller's value
         if policy == "drop":
             return None
-        if policy != "cut_text":
-            raise ValueError(f"truncation policy must be 'drop' or 'cut_text', got {policy!r}")
         extra = sample.expanded_length - len(sample.input_ids)
         keep = cutoff_len - extra
         positions = [i for i, t in enumerate(sample.input_ids) if t == self.image_token_id]

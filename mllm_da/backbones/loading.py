@@ -24,11 +24,12 @@ from typing import Any
 import torch
 from transformers.utils import logging as transformers_logging
 
-from mllm_da.backbones.base import Backbone, BackboneSpec, spec_hash
+from mllm_da.backbones.base import Backbone, BackboneSpec, QuantizationBits, spec_hash
 from mllm_da.backbones.llava_next import LlavaNext
 from mllm_da.backbones.mllama import Mllama
 from mllm_da.backbones.qwen import Qwen2_5VL, Qwen2VL
 from mllm_da.utils.io import default_permissions
+from mllm_da.utils.typed_config import check_value, raise_problems
 
 log = logging.getLogger(__name__)
 transformers_logging.disable_progress_bar()  # per-shard bars drown the training log
@@ -147,9 +148,7 @@ def quantization_config(cls: type[Backbone], bits: int | None, compute_dtype: to
             bnb_4bit_use_double_quant=True,
             llm_int8_skip_modules=list(cls.quantization_skip_modules),
         )
-    if bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(cls.quantization_skip_modules))
-    raise ValueError(f"finetune.quantization_bits must be 4 or 8, got {bits}")
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(cls.quantization_skip_modules))
 
 
 def load_backbone(
@@ -168,21 +167,18 @@ def load_backbone(
         spec = BackboneSpec.from_config(fields)
     elif not isinstance(spec, BackboneSpec):
         spec = BackboneSpec.from_config(spec)
+    # a Python caller's bit width, by the rule the finetune config states (its variant and dtype: BackboneSpec's)
+    raise_problems(check_value(quantization_bits, QuantizationBits | None, "finetune.quantization_bits")[1])
     cls = family_class(spec.family)
-    dtype = DTYPES.get(spec.dtype)
-    if dtype is None:
-        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {spec.dtype!r}")
+    dtype = DTYPES[spec.dtype]
     if spec.variant == "random":
         return _random_backbone(cls, spec, dtype, device, quantization_bits)
     if spec.variant == "tiny":
         source = str(tiny_checkpoint(spec))
-    elif spec.variant == "pretrained":
-        if not spec.source:
-            raise ValueError("model.source must name a hub id or a local folder for variant=pretrained")
+    else:
+        assert spec.source  # BackboneSpec.rules: variant=pretrained names a source
         source = spec.source
         check_checkpoint_folder(source, spec.trust_remote_code)
-    else:
-        raise ValueError(f"model.variant must be pretrained, tiny or random, got {spec.variant!r}")
     compute = dtype if isinstance(dtype, torch.dtype) else torch.float32
     kwargs: dict[str, Any] = dict(
         dtype=dtype,
@@ -211,9 +207,7 @@ def load_backbone(
 def _random_backbone(cls, spec, dtype, device, quantization_bits) -> Backbone:
     if quantization_bits:
         raise ValueError("variant=random cannot be quantised: QLoRA needs a saved checkpoint (use variant=tiny/pretrained)")
-    if not spec.random_config:
-        raise ValueError("model.backbone.random_config must name an architecture JSON for variant=random")
-    path = Path(spec.random_config)
+    path = Path(str(spec.random_config))  # BackboneSpec.rules: variant=random names one
     if not path.is_absolute() and not path.exists():
         path = ARCHITECTURES / path
     if not path.exists():

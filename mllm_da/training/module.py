@@ -11,17 +11,21 @@ import torch
 
 from mllm_da.backbones.base import Backbone
 from mllm_da.training.finetune import FinetuneConfig, apply_finetune, parameter_groups
+from mllm_da.utils.typed_config import option
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    warmup_ratio: float = 0.03
+    """The ``optim`` node of conf/train.yaml. The rate, decay and warm-up have no default here: the YAML takes them
+    from the model preset's recipe (``model.recipe``), the one place they are set."""
+
+    lr: float = option(gt=0.0)
+    weight_decay: float = option(ge=0.0)
+    warmup_ratio: float = option(ge=0.0, le=1.0)
     #: the cosine ends at ``min_lr_ratio * lr`` rather than 0
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: float | None = option(0.0, ge=0.0, le=1.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = option(1e-8, gt=0.0)
     #: fused AdamW kernel on CUDA (ignored on CPU)
     fused: bool = True
 
@@ -130,7 +134,7 @@ class MLLMModule(pl.LightningModule):
         optimizer = torch.optim.AdamW(groups, betas=tuple(self.optim.betas), eps=self.optim.eps, fused=fused or None)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(round(self.optim.warmup_ratio * total))
-        min_ratio = self.optim.min_lr_ratio
+        min_ratio = self.optim.min_lr_ratio or 0.0
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: cosine_with_warmup(step, total, warmup, min_ratio)
         )
