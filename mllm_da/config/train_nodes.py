@@ -14,7 +14,8 @@ from typing import Any, Literal
 import lightning.pytorch as pl
 from omegaconf import ListConfig
 
-from mllm_da.backbones.base import GROUPS, BackboneSpec, Truncation
+from mllm_da.backbones.base import GROUPS
+from mllm_da.backbones.spec import BackboneSpec, Truncation
 from mllm_da.backbones.chat_format import MaskMode
 from mllm_da.backbones.loading import FAMILIES
 from mllm_da.training.finetune import GroupSetting
@@ -58,7 +59,9 @@ class ModelConfig:
     read by interpolations elsewhere (``${model.recipe.lr}``)."""
 
     backbone: BackboneNode
-    groups: dict[str, GroupSetting] = option(default_factory=lambda: {g: GroupSetting() for g in GROUPS}, keys=GROUPS)
+    groups: dict[str, GroupSetting] = option(
+        default_factory=lambda: {g: GroupSetting() for g in GROUPS}, keys=GROUPS
+    )
     recipe: dict[str, Any] = field(default_factory=dict)
     #: text between image and question at evaluation ("\n" for AdaMLLM's LLaVA)
     eval_image_separator: str | None = None
@@ -121,7 +124,9 @@ class DataMixConfig:
         if not self.captions and self.tasks == "none":
             return [f"data_mix={self.name} has neither captions ({path}.captions=false) nor tasks: no data"]
         if self.tasks == "synthetic" and self.synthesis is None:
-            return [f"data_mix={self.name} has tasks=synthetic but no 'synthesis' node; start from data_mix=synthetic"]
+            return [
+                f"data_mix={self.name} has tasks=synthetic but no 'synthesis' node; start from data_mix=synthetic"
+            ]
         if self.tasks == "mixed" and not self.components:
             return [f"data_mix={self.name}: no components ({path}.components)"]
         return []
@@ -161,8 +166,11 @@ class StageModeConfig:
         if not self.stages:
             return [f"stage_mode={self.name} lists no stages ({path}.stages)"]
         names = [s.name for s in self.stages]
-        return [f"{path}.stages[{i}].name must be a unique non-empty name without '/', got {n!r} twice"
-                for i, n in enumerate(names) if n in names[:i]]
+        return [
+            f"{path}.stages[{i}].name must be a unique non-empty name without '/', got {n!r} twice"
+            for i, n in enumerate(names)
+            if n in names[:i]
+        ]
 
 
 # --------------------------------------------------------------------------------------------- trainer
@@ -200,15 +208,19 @@ class TrainerConfig:
     def rules(self, path: str) -> list[str]:
         strategy, problems = str(self.strategy), []
         if str(self.devices) == "-1" and self.accelerator not in ("gpu", "cuda", "auto"):
-            problems.append(f"{path}.devices=-1 (all GPUs) needs a GPU accelerator, got "
-                            f"{path}.accelerator={self.accelerator}; give a count")
+            problems.append(
+                f"{path}.devices=-1 (all GPUs) needs a GPU accelerator, got "
+                f"{path}.accelerator={self.accelerator}; give a count"
+            )
         if "deepspeed" in strategy and self.accelerator == "cpu":
             problems.append("trainer=deepspeed runs on GPUs only; use trainer=cpu or trainer=ddp here")
         if "fsdp" in strategy and self.accelerator == "cpu":
             problems.append("trainer=fsdp needs GPUs (NCCL); on CPU use trainer=cpu or trainer=ddp")
         if self.max_steps == -1 and self.max_epochs == -1:
-            problems.append(f"{path}.max_steps=-1 and {path}.max_epochs=-1: training would never stop; "
-                            f"set {path}.max_steps or {path}.max_epochs")
+            problems.append(
+                f"{path}.max_steps=-1 and {path}.max_epochs=-1: training would never stop; "
+                f"set {path}.max_steps or {path}.max_epochs"
+            )
         return problems
 
 

@@ -11,7 +11,8 @@ from typing import Any, Literal, get_args
 import torch
 from hydra.utils import instantiate
 
-from mllm_da.backbones.base import GROUPS, Backbone, QuantizationBits
+from mllm_da.backbones.base import GROUPS, Backbone
+from mllm_da.backbones.spec import QuantizationBits
 from mllm_da.utils.typed_config import Rules, check_value, load, option, plain, raise_problems, validate
 
 log = logging.getLogger(__name__)
@@ -44,12 +45,16 @@ class FinetuneConfig:
     #: QLoRA weight bits (4 or 8); ignored for full and LoRA
     quantization_bits: int | None = None
     gradient_checkpointing: bool = False
-    groups: dict[str, GroupSetting] = option(default_factory=lambda: {g: GroupSetting() for g in GROUPS}, keys=GROUPS)
+    groups: dict[str, GroupSetting] = option(
+        default_factory=lambda: {g: GroupSetting() for g in GROUPS}, keys=GROUPS
+    )
     #: the preset's name (conf/finetune/<name>.yaml), if it gives one
     name: str | None = None
 
     def __post_init__(self) -> None:
-        given = {g: s if isinstance(s, GroupSetting) else GroupSetting(**s) for g, s in dict(self.groups).items()}
+        given = {
+            g: s if isinstance(s, GroupSetting) else GroupSetting(**s) for g, s in dict(self.groups).items()
+        }
         self.groups = {g: GroupSetting() for g in GROUPS} | given
         validate(self, "finetune")
 
@@ -137,8 +142,14 @@ def parameter_groups(
     for key, params in sorted(buckets.items()):
         group = key.split("/")[0]
         lr = cfg.groups[group].lr or base_lr
-        out.append({"params": params, "lr": lr, "weight_decay": 0.0 if key.endswith("no_decay") else weight_decay,
-                    "name": key})
+        out.append(
+            {
+                "params": params,
+                "lr": lr,
+                "weight_decay": 0.0 if key.endswith("no_decay") else weight_decay,
+                "name": key,
+            }
+        )
     if not out:
         raise ValueError("no trainable parameter: check finetune and model.groups settings")
     return out
