@@ -25,10 +25,10 @@ import torch
 from transformers.utils import logging as transformers_logging
 
 from mllm_da.backbones.base import Backbone, spec_hash
-from mllm_da.backbones.spec import BackboneSpec, QuantizationBits
 from mllm_da.backbones.llava_next import LlavaNext
 from mllm_da.backbones.mllama import Mllama
 from mllm_da.backbones.qwen import Qwen2_5VL, Qwen2VL
+from mllm_da.backbones.spec import BackboneSpec, QuantizationBits
 from mllm_da.utils.io import default_permissions
 from mllm_da.utils.typed_config import check_value, raise_problems, validate
 

@@ -15,9 +15,9 @@ import lightning.pytorch as pl
 from omegaconf import ListConfig
 
 from mllm_da.backbones.base import GROUPS
-from mllm_da.backbones.spec import BackboneSpec, Truncation
 from mllm_da.backbones.chat_format import MaskMode
 from mllm_da.backbones.loading import FAMILIES
+from mllm_da.backbones.spec import BackboneSpec, Truncation
 from mllm_da.training.finetune import GroupSetting
 from mllm_da.training.module import OptimConfig
 from mllm_da.utils.typed_config import option
