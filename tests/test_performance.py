@@ -161,8 +161,9 @@ def test_compile_switch_compiles_in_place_and_keeps_parameter_names(work_root: P
     from mllm_da.training.finetune import FinetuneConfig
     from mllm_da.training.module import MLLMModule, OptimConfig
 
-    plain = MLLMModule(tiny("qwen2_vl", work_root), FinetuneConfig(), OptimConfig())
-    compiled = MLLMModule(tiny("qwen2_vl", work_root), FinetuneConfig(), OptimConfig(), compile=True)
+    optim = OptimConfig(lr=1e-5, weight_decay=0.0, warmup_ratio=0.03)
+    plain = MLLMModule(tiny("qwen2_vl", work_root), FinetuneConfig(), optim)
+    compiled = MLLMModule(tiny("qwen2_vl", work_root), FinetuneConfig(), optim, compile=True)
     assert getattr(plain.model, "_compiled_call_impl", None) is None
     assert compiled.model._compiled_call_impl is not None  # compiled lazily, on the first call
     assert list(compiled.state_dict()) == list(plain.state_dict())  # checkpoints and export unchanged

@@ -16,15 +16,17 @@ import logging
 import re
 from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar, Literal
+from typing import Any, ClassVar
 
 import torch
 from PIL import Image
 
 from mllm_da.backbones.chat_format import ChatFormat, MaskMode
+from mllm_da.backbones.spec import BackboneSpec, Dtype, QuantizationBits, Truncation, Variant  # noqa: F401 - their old home
 from mllm_da.data.records import Turn
+from mllm_da.utils.typed_config import Rules, check_value, raise_problems
 
 log = logging.getLogger(__name__)
 
@@ -32,47 +34,6 @@ IGNORE_INDEX = -100
 GROUPS = ("vision", "projector", "llm")
 #: LoRA only on the language model's linear layers: a plain name list would also hit vision MLPs/attention.
 LLM_LORA_REGEX = r".*language_model.*\.(q_proj|k_proj|v_proj|o_proj|gate_proj|up_proj|down_proj)"
-Variant = Literal["pretrained", "tiny", "random"]
-
-
-@dataclass
-class BackboneSpec:
-    """What a ``model=`` preset says. ``source`` is a hub id or folder (pretrained) or a config JSON (random)."""
-
-    family: str
-    variant: Variant = "pretrained"
-    source: str | None = None
-    #: architecture JSON for variant=random: a path, or a file name in mllm_da/backbones/architectures/
-    random_config: str | None = None
-    dtype: str = "float32"
-    attn_implementation: str | None = "sdpa"
-    trust_remote_code: bool = False
-    #: tiny variant sizes (hidden size, layers, vision sizes...), see each family's ``tiny_config``
-    tiny: dict[str, Any] = field(default_factory=dict)
-    #: image-processor settings (Qwen min/max pixels, mean/std, ...), applied on top of the checkpoint's
-    image: dict[str, Any] = field(default_factory=dict)
-    #: which transformers image-processor family the pixels reproduce bit for bit (backbones/fast_image.py):
-    #: "torchvision" (transformers' default where torchvision is installed, so what models are served with; torch's
-    #: vectorised resize) or "pil" (the *ImageProcessorPil classes)
-    image_backend: str = "torchvision"
-    #: changes to the family's chat format (for example LLaVA-NeXT's image token or a system prompt)
-    chat_format: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    cache_dir: str = ".cache/mllm_da"
-
-    @classmethod
-    def from_config(cls, cfg: Mapping[str, Any]) -> BackboneSpec:
-        names = {f.name for f in dataclasses.fields(cls)}
-        unknown = set(cfg) - names - {"_target_"}
-        if unknown:
-            raise ValueError(f"model config: unknown field(s) {sorted(unknown)}; known: {sorted(names)}")
-        return cls(**{k: (dict(v) if isinstance(v, Mapping) else v) for k, v in cfg.items() if k in names})
-
-    def __post_init__(self) -> None:
-        from mllm_da.backbones.fast_image import BACKENDS
-
-        if self.image_backend not in BACKENDS:
-            raise ValueError(f"model config: image_backend must be one of {list(BACKENDS)}, got {self.image_backend!r}")
 
 
 @dataclass
@@ -113,7 +74,9 @@ class Backbone(ABC):
         self.tokenizer = processor.tokenizer
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
         if self.image_token_id is None or self.image_token_id == self.tokenizer.unk_token_id:
-            raise ValueError(f"{spec.family}: image token {self.image_token!r} is not in the tokenizer's vocabulary")
+            raise ValueError(
+                f"{spec.family}: image token {self.image_token!r} is not in the tokenizer's vocabulary"
+            )
 
     # ----------------------------------------------------------------------------------------------- facts
     @property
@@ -143,7 +106,9 @@ class Backbone(ABC):
                 return group
         raise KeyError(f"{self.family}: parameter {parameter_name!r} belongs to no module group")
 
-    def group_parameters(self, model: torch.nn.Module | None = None) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
+    def group_parameters(
+        self, model: torch.nn.Module | None = None
+    ) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
         groups: dict[str, list[tuple[str, torch.nn.Parameter]]] = {g: [] for g in GROUPS}
         for name, param in (model or self.model).named_parameters():
             groups[self.group_of(name)].append((name, param))
@@ -161,7 +126,9 @@ class Backbone(ABC):
         return [prefix.rstrip(".") for g, prefix in self.group_prefixes if g == group]
 
     # ---------------------------------------------------------------------------------------- encoding
-    def render(self, turns: Sequence[Turn], mode: MaskMode = "assistant", add_generation_prompt: bool = False):
+    def render(
+        self, turns: Sequence[Turn], mode: MaskMode = "assistant", add_generation_prompt: bool = False
+    ):
         return self.chat_format.render(turns, mode=mode, add_generation_prompt=add_generation_prompt)
 
     def encode(
@@ -203,10 +170,11 @@ class Backbone(ABC):
         """
         if sample.expanded_length <= cutoff_len:
             return sample
+        raise_problems(
+            check_value(policy, Truncation, "data.truncation", Rules())[1]
+        )  # a Python caller's value
         if policy == "drop":
             return None
-        if policy != "cut_text":
-            raise ValueError(f"truncation policy must be 'drop' or 'cut_text', got {policy!r}")
         extra = sample.expanded_length - len(sample.input_ids)
         keep = cutoff_len - extra
         positions = [i for i, t in enumerate(sample.input_ids) if t == self.image_token_id]
@@ -283,7 +251,9 @@ class Backbone(ABC):
             labels[row, sl] = torch.tensor(labs)
             attention[row, sl] = 1
         batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
-        batch.update({k: v for k, v in pixel.items() if not k.startswith("_")})  # "_x": helper data, not inputs
+        batch.update(
+            {k: v for k, v in pixel.items() if not k.startswith("_")}
+        )  # "_x": helper data, not inputs
         batch.update(self.extra_inputs(input_ids, pixel, [len(i) for i in images_per_sample]))
         return batch
 
@@ -312,7 +282,9 @@ class Backbone(ABC):
         KV cache. ``compact`` as in :meth:`collate`.
         """
         if not self.supports_packing:
-            raise ValueError(f"{self.family}: data.packing=true is not supported: {self.packing_unsupported_reason}")
+            raise ValueError(
+                f"{self.family}: data.packing=true is not supported: {self.packing_unsupported_reason}"
+            )
         expanded = [self.expand(s) for s in samples]
         bins = pack_bins([len(ids) for ids, _ in expanded], capacity)
         order = [i for b in bins for i in b]
@@ -332,15 +304,18 @@ class Backbone(ABC):
                 positions = self.sample_position_ids(ids, samples[i].images)
                 if position_rows is None:
                     position_rows = torch.zeros((positions.shape[0], len(bins), width), dtype=torch.long)
-                input_ids[row, at:at + n] = torch.tensor(ids)
-                labels[row, at + 1:at + n] = torch.tensor(labs[1:])
-                position_rows[:, row, at:at + n] = positions
+                input_ids[row, at : at + n] = torch.tensor(ids)
+                labels[row, at + 1 : at + n] = torch.tensor(labs[1:])
+                position_rows[:, row, at : at + n] = positions
                 at += n
             real += at
             if position_rows is not None and at < width:  # the padding tail: a segment of its own
                 position_rows[:, row, at:] = torch.arange(width - at)
-        batch = {"input_ids": input_ids, "labels": labels,
-                 "position_ids": position_rows[0] if position_rows.shape[0] == 1 else position_rows}
+        batch = {
+            "input_ids": input_ids,
+            "labels": labels,
+            "position_ids": position_rows[0] if position_rows.shape[0] == 1 else position_rows,
+        }
         batch.update({k: v for k, v in pixel.items() if not k.startswith("_")})
         batch.update(self.extra_inputs(input_ids, pixel, [len(i) for i in images_in_order]))
         batch["_real_tokens"] = torch.tensor(real)

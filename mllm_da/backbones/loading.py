@@ -24,11 +24,13 @@ from typing import Any
 import torch
 from transformers.utils import logging as transformers_logging
 
-from mllm_da.backbones.base import Backbone, BackboneSpec, spec_hash
+from mllm_da.backbones.base import Backbone, spec_hash
 from mllm_da.backbones.llava_next import LlavaNext
 from mllm_da.backbones.mllama import Mllama
 from mllm_da.backbones.qwen import Qwen2_5VL, Qwen2VL
+from mllm_da.backbones.spec import BackboneSpec, QuantizationBits
 from mllm_da.utils.io import default_permissions
+from mllm_da.utils.typed_config import check_value, raise_problems, validate
 
 log = logging.getLogger(__name__)
 transformers_logging.disable_progress_bar()  # per-shard bars drown the training log
@@ -40,8 +42,15 @@ TINY_BUILD_VERSION = 1
 ARCHITECTURES = Path(__file__).parent / "architectures"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16, "auto": "auto"}
 #: the configs through which a checkpoint can ask transformers to import its own code (``auto_map``)
-CODE_CONFIGS = ("config.json", "tokenizer_config.json", "processor_config.json", "preprocessor_config.json",
-                "image_processor_config.json", "video_preprocessor_config.json", "feature_extractor_config.json")
+CODE_CONFIGS = (
+    "config.json",
+    "tokenizer_config.json",
+    "processor_config.json",
+    "preprocessor_config.json",
+    "image_processor_config.json",
+    "video_preprocessor_config.json",
+    "feature_extractor_config.json",
+)
 PICKLE_WEIGHTS = ("*.bin", "*.pt", "*.pth", "*.ckpt", "*.pkl", "*.pickle")
 
 
@@ -72,17 +81,25 @@ def check_checkpoint_folder(source: str | os.PathLike, trust_remote_code: bool =
     are read from safetensors). For a hub id only its cached configs are checked."""
     path = Path(source).expanduser()
     is_folder = path.is_dir()
-    configs = [path / name for name in CODE_CONFIGS if (path / name).is_file()] if is_folder \
+    configs = (
+        [path / name for name in CODE_CONFIGS if (path / name).is_file()]
+        if is_folder
         else _cached_snapshot_files(str(source))
+    )
     if not trust_remote_code:
         for config in configs:
             try:
                 data = json.loads(config.read_text(encoding="utf-8"))
             except (OSError, ValueError) as err:
-                raise UnsafeCheckpointError(f"{config}: not readable JSON ({err}); is {source} a saved model?") from err
+                raise UnsafeCheckpointError(
+                    f"{config}: not readable JSON ({err}); is {source} a saved model?"
+                ) from err
             if isinstance(data, dict) and data.get("auto_map"):
-                targets = sorted({str(v) for v in data["auto_map"].values()}) if isinstance(data["auto_map"], dict) \
+                targets = (
+                    sorted({str(v) for v in data["auto_map"].values()})
+                    if isinstance(data["auto_map"], dict)
                     else [str(data["auto_map"])]
+                )
                 raise UnsafeCheckpointError(
                     f"{config} asks for custom code (auto_map: {', '.join(targets)}); it is not run. Load it only if "
                     "you trust it: model.backbone.trust_remote_code=true"
@@ -103,14 +120,23 @@ def family_class(family: str) -> type[Backbone]:
     try:
         return FAMILIES[family]
     except KeyError:
-        raise ValueError(f"model.family={family!r} is not supported; choose one of {sorted(FAMILIES)}") from None
+        raise ValueError(
+            f"model.family={family!r} is not supported; choose one of {sorted(FAMILIES)}"
+        ) from None
 
 
 def tiny_checkpoint(spec: BackboneSpec) -> Path:
     """Build (once) a deterministic tiny checkpoint folder for ``spec`` and return its path."""
     cls = family_class(spec.family)
-    key = spec_hash({"family": spec.family, "tiny": spec.tiny, "image": spec.image, "seed": spec.seed,
-                     "version": TINY_BUILD_VERSION})
+    key = spec_hash(
+        {
+            "family": spec.family,
+            "tiny": spec.tiny,
+            "image": spec.image,
+            "seed": spec.seed,
+            "version": TINY_BUILD_VERSION,
+        }
+    )
     folder = Path(spec.cache_dir) / "tiny" / f"{spec.family}-{key}"
     if (folder / "config.json").exists():
         return folder
@@ -147,9 +173,7 @@ def quantization_config(cls: type[Backbone], bits: int | None, compute_dtype: to
             bnb_4bit_use_double_quant=True,
             llm_int8_skip_modules=list(cls.quantization_skip_modules),
         )
-    if bits == 8:
-        return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(cls.quantization_skip_modules))
-    raise ValueError(f"finetune.quantization_bits must be 4 or 8, got {bits}")
+    return BitsAndBytesConfig(load_in_8bit=True, llm_int8_skip_modules=list(cls.quantization_skip_modules))
 
 
 def load_backbone(
@@ -168,21 +192,19 @@ def load_backbone(
         spec = BackboneSpec.from_config(fields)
     elif not isinstance(spec, BackboneSpec):
         spec = BackboneSpec.from_config(spec)
+    # a Python caller's spec and bit width, by the rules a config is checked by
+    validate(spec, "model.backbone")
+    raise_problems(check_value(quantization_bits, QuantizationBits | None, "finetune.quantization_bits")[1])
     cls = family_class(spec.family)
-    dtype = DTYPES.get(spec.dtype)
-    if dtype is None:
-        raise ValueError(f"model.dtype must be one of {sorted(DTYPES)}, got {spec.dtype!r}")
+    dtype = DTYPES[spec.dtype]
     if spec.variant == "random":
         return _random_backbone(cls, spec, dtype, device, quantization_bits)
     if spec.variant == "tiny":
         source = str(tiny_checkpoint(spec))
-    elif spec.variant == "pretrained":
-        if not spec.source:
-            raise ValueError("model.source must name a hub id or a local folder for variant=pretrained")
+    else:
+        assert spec.source  # BackboneSpec.rules: variant=pretrained names a source
         source = spec.source
         check_checkpoint_folder(source, spec.trust_remote_code)
-    else:
-        raise ValueError(f"model.variant must be pretrained, tiny or random, got {spec.variant!r}")
     compute = dtype if isinstance(dtype, torch.dtype) else torch.float32
     kwargs: dict[str, Any] = dict(
         dtype=dtype,
@@ -210,19 +232,23 @@ def load_backbone(
 
 def _random_backbone(cls, spec, dtype, device, quantization_bits) -> Backbone:
     if quantization_bits:
-        raise ValueError("variant=random cannot be quantised: QLoRA needs a saved checkpoint (use variant=tiny/pretrained)")
-    if not spec.random_config:
-        raise ValueError("model.backbone.random_config must name an architecture JSON for variant=random")
-    path = Path(spec.random_config)
+        raise ValueError(
+            "variant=random cannot be quantised: QLoRA needs a saved checkpoint (use variant=tiny/pretrained)"
+        )
+    path = Path(str(spec.random_config))  # BackboneSpec.rules: variant=random names one
     if not path.is_absolute() and not path.exists():
         path = ARCHITECTURES / path
     if not path.exists():
-        raise FileNotFoundError(f"model.backbone.random_config: {spec.random_config} not found (looked in {ARCHITECTURES})")
+        raise FileNotFoundError(
+            f"model.backbone.random_config: {spec.random_config} not found (looked in {ARCHITECTURES})"
+        )
     processor = cls.tiny_processor(spec.tiny, spec.image)
     config = cls.random_config(str(path), processor.tokenizer)
     if spec.attn_implementation:
         config._attn_implementation = spec.attn_implementation
     torch.manual_seed(spec.seed)
     with torch.device(device or "cpu"):
-        model = cls.model_class()._from_config(config, dtype=dtype if isinstance(dtype, torch.dtype) else None)
+        model = cls.model_class()._from_config(
+            config, dtype=dtype if isinstance(dtype, torch.dtype) else None
+        )
     return cls(model, processor, spec)

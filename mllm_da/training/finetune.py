@@ -2,14 +2,18 @@
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any, Literal
+from dataclasses import dataclass
+from typing import Any, Literal, get_args
 
 import torch
+from hydra.utils import instantiate
 
 from mllm_da.backbones.base import GROUPS, Backbone
+from mllm_da.backbones.spec import QuantizationBits
+from mllm_da.utils.typed_config import Rules, check_value, load, option, plain, raise_problems, validate
 
 log = logging.getLogger(__name__)
 
@@ -24,38 +28,56 @@ class GroupSetting:
     lr: float | None = None
 
 
+def _adapters(node: Any) -> bool:
+    """The LoRA keys matter only when adapters are trained."""
+    return node.get("method") in ("lora", "qlora")
+
+
 @dataclass
 class FinetuneConfig:
+    """The ``finetune=`` group (conf/finetune/*.yaml, whose ``_target_`` is this class) with the model preset's
+    per-group settings (``model.groups``, reference §4.2). Defaults are those of the YAML files."""
+
     method: Method = "full"
-    lora_r: int = 8
-    lora_alpha: int = 16
-    lora_dropout: float = 0.05
+    lora_r: int = option(8, ge=1, when=_adapters)
+    lora_alpha: float = option(16, gt=0.0, when=_adapters)
+    lora_dropout: float = option(0.05, ge=0.0, lt=1.0, when=_adapters)
     #: QLoRA weight bits (4 or 8); ignored for full and LoRA
     quantization_bits: int | None = None
     gradient_checkpointing: bool = False
-    groups: dict[str, GroupSetting] = field(default_factory=lambda: {g: GroupSetting() for g in GROUPS})
+    groups: dict[str, GroupSetting] = option(
+        default_factory=lambda: {g: GroupSetting() for g in GROUPS}, keys=GROUPS
+    )
+    #: the preset's name (conf/finetune/<name>.yaml), if it gives one
+    name: str | None = None
+
+    def __post_init__(self) -> None:
+        given = {
+            g: s if isinstance(s, GroupSetting) else GroupSetting(**s) for g, s in dict(self.groups).items()
+        }
+        self.groups = {g: GroupSetting() for g in GROUPS} | given
+        validate(self, "finetune")
+
+    def rules(self, path: str) -> list[str]:
+        if self.method == "qlora" and self.quantization_bits not in get_args(QuantizationBits):
+            return [f"finetune=qlora needs {path}.quantization_bits: 4 or 8, got {self.quantization_bits!r}"]
+        if not any(s.train for s in self.groups.values()):
+            return ["every module group is frozen (model.groups.*.train=false): nothing would train"]
+        if self.method in ("lora", "qlora") and not self.groups["llm"].train:
+            return [f"finetune={self.method} puts adapters on the LLM, but model.groups.llm.train=false"]
+        return []
 
     @classmethod
     def from_config(cls, finetune: Mapping[str, Any], groups: Mapping[str, Any] | None) -> FinetuneConfig:
-        """Combine the ``finetune=`` group with the model preset's per-group defaults (reference §4.2)."""
-        values = {k: v for k, v in finetune.items() if k not in ("_target_", "name")}
-        unknown = set(values) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise ValueError(f"finetune config: unknown field(s) {sorted(unknown)}")
-        settings = {g: GroupSetting() for g in GROUPS}
-        for group, value in (groups or {}).items():
-            if group not in settings:
-                raise ValueError(f"model.groups.{group}: unknown module group; use one of {list(GROUPS)}")
-            settings[group] = GroupSetting(**dict(value))
-        values["groups"] = settings
-        cfg = cls(**values)
-        if cfg.method not in ("full", "lora", "qlora"):
-            raise ValueError(f"finetune.method must be full, lora or qlora, got {cfg.method!r}")
-        if cfg.method == "qlora" and cfg.quantization_bits not in (4, 8):
-            raise ValueError("finetune=qlora needs finetune.quantization_bits: 4 or 8")
-        if not any(s.train for s in settings.values()):
-            raise ValueError("every module group is frozen (model.groups.*.train=false): nothing would train")
-        return cfg
+        """Instantiate the ``finetune=`` node through its ``_target_`` (this class by default) with the model
+        preset's ``model.groups``, after checking both."""
+        node = {**plain(finetune), "groups": plain(groups or {})}
+        found = check_value(node["groups"], dict[str, GroupSetting], "model.groups", Rules(keys=GROUPS))[1]
+        raise_problems(found)
+        # every problem at once, before Hydra would wrap the first in its own error; then the checked values
+        checked = dataclasses.asdict(load(node, cls, "finetune"))
+        target = node.get("_target_") or f"{cls.__module__}.{cls.__qualname__}"
+        return instantiate({"_target_": target, **checked}, _convert_="all")
 
     @property
     def load_bits(self) -> int | None:
@@ -76,8 +98,6 @@ def apply_finetune(backbone: Backbone, cfg: FinetuneConfig) -> torch.nn.Module:
     if cfg.method in ("lora", "qlora"):
         from peft import LoraConfig, get_peft_model
 
-        if not cfg.groups["llm"].train:
-            raise ValueError(f"finetune={cfg.method} puts adapters on the LLM, but model.groups.llm.train=false")
         lora = LoraConfig(
             r=cfg.lora_r,
             lora_alpha=cfg.lora_alpha,
@@ -122,8 +142,14 @@ def parameter_groups(
     for key, params in sorted(buckets.items()):
         group = key.split("/")[0]
         lr = cfg.groups[group].lr or base_lr
-        out.append({"params": params, "lr": lr, "weight_decay": 0.0 if key.endswith("no_decay") else weight_decay,
-                    "name": key})
+        out.append(
+            {
+                "params": params,
+                "lr": lr,
+                "weight_decay": 0.0 if key.endswith("no_decay") else weight_decay,
+                "name": key,
+            }
+        )
     if not out:
         raise ValueError("no trainable parameter: check finetune and model.groups settings")
     return out

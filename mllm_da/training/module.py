@@ -11,17 +11,21 @@ import torch
 
 from mllm_da.backbones.base import Backbone
 from mllm_da.training.finetune import FinetuneConfig, apply_finetune, parameter_groups
+from mllm_da.utils.typed_config import option
 
 
 @dataclass
 class OptimConfig:
-    lr: float = 1e-5
-    weight_decay: float = 0.0
-    betas: tuple[float, float] = (0.9, 0.999)
-    eps: float = 1e-8
-    warmup_ratio: float = 0.03
+    """The ``optim`` node of conf/train.yaml. The rate, decay and warm-up have no default here: the YAML takes them
+    from the model preset's recipe (``model.recipe``), the one place they are set."""
+
+    lr: float = option(gt=0.0)
+    weight_decay: float = option(ge=0.0)
+    warmup_ratio: float = option(ge=0.0, le=1.0)
     #: the cosine ends at ``min_lr_ratio * lr`` rather than 0
-    min_lr_ratio: float = 0.0
+    min_lr_ratio: float | None = option(0.0, ge=0.0, le=1.0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    eps: float = option(1e-8, gt=0.0)
     #: fused AdamW kernel on CUDA (ignored on CPU)
     fused: bool = True
 
@@ -83,7 +87,9 @@ class MLLMModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self(batch)
-        n = len(batch["sample_ids"]) if "sample_ids" in batch else batch["input_ids"].shape[0]  # packed: rows < samples
+        n = (
+            len(batch["sample_ids"]) if "sample_ids" in batch else batch["input_ids"].shape[0]
+        )  # packed: rows < samples
         self.log(f"{self.log_prefix}train/loss", out.loss, prog_bar=True, batch_size=n)
         self._tokens += batch_tokens(batch)
         self._samples += n
@@ -125,12 +131,16 @@ class MLLMModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self):
-        groups = parameter_groups(self.backbone, self.model, self.optim.lr, self.optim.weight_decay, self.finetune)
+        groups = parameter_groups(
+            self.backbone, self.model, self.optim.lr, self.optim.weight_decay, self.finetune
+        )
         fused = self.optim.fused and all(p.is_cuda for g in groups for p in g["params"])
-        optimizer = torch.optim.AdamW(groups, betas=tuple(self.optim.betas), eps=self.optim.eps, fused=fused or None)
+        optimizer = torch.optim.AdamW(
+            groups, betas=tuple(self.optim.betas), eps=self.optim.eps, fused=fused or None
+        )
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(round(self.optim.warmup_ratio * total))
-        min_ratio = self.optim.min_lr_ratio
+        min_ratio = self.optim.min_lr_ratio or 0.0
         scheduler = torch.optim.lr_scheduler.LambdaLR(
             optimizer, lambda step: cosine_with_warmup(step, total, warmup, min_ratio)
         )

@@ -247,10 +247,10 @@ _STAGE_LISTS: list[tuple[Any, str | None]] = [
     ([{"name": "", "captions": True, "tasks": True}], "stage_mode.stages[0].name"),
     ([{"name": "a", "captions": "yes", "tasks": True}], "stage_mode.stages[0].captions"),
     ([{"name": "a", "captions": False, "tasks": False}], "stage_mode.stages[0]"),
-    ([{"name": "a", "captions": True, "tasks": True, "steps_fraction": 0}], "stage_mode.stages.0.steps_fraction"),
-    ([{"name": "a", "captions": True, "tasks": True, "steps_fraction": 1.5}], "stage_mode.stages.0.steps_fraction"),
+    ([{"name": "a", "captions": True, "tasks": True, "steps_fraction": 0}], "stage_mode.stages[0].steps_fraction"),
+    ([{"name": "a", "captions": True, "tasks": True, "steps_fraction": 1.5}], "stage_mode.stages[0].steps_fraction"),
     ([{"name": "a", "captions": True, "tasks": True, "steps_fraction": "half"}],
-     "stage_mode.stages.0.steps_fraction"),
+     "stage_mode.stages[0].steps_fraction"),
     (["stage one"], "stage_mode.stages[0]"),
 ]
 
