@@ -25,7 +25,7 @@ from PIL import Image
 
 from mllm_da.backbones.chat_format import ChatFormat, MaskMode
 from mllm_da.backbones.spec import BackboneSpec, Dtype, QuantizationBits, Truncation, Variant  # noqa: F401 - their old home
-from mllm_da.data.records import Turn
+from mllm_da.utils.conversation import Turn
 from mllm_da.utils.typed_config import Rules, check_value, raise_problems
 
 log = logging.getLogger(__name__)

@@ -51,7 +51,6 @@ from PIL import Image
 
 #: which transformers image-processor family the pixels reproduce (module docstring)
 Backend = Literal["torchvision", "pil"]
-BACKENDS: tuple[str, ...] = ("torchvision", "pil")
 
 
 @lru_cache(maxsize=16)

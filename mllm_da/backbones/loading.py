@@ -15,8 +15,6 @@ from __future__ import annotations
 import json
 import logging
 import os
-import shutil
-import tempfile
 from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
@@ -29,7 +27,7 @@ from mllm_da.backbones.llava_next import LlavaNext
 from mllm_da.backbones.mllama import Mllama
 from mllm_da.backbones.qwen import Qwen2_5VL, Qwen2VL
 from mllm_da.backbones.spec import BackboneSpec, QuantizationBits
-from mllm_da.utils.io import default_permissions
+from mllm_da.utils.io import build_dir_once
 from mllm_da.utils.typed_config import check_value, raise_problems, validate
 
 log = logging.getLogger(__name__)
@@ -138,25 +136,16 @@ def tiny_checkpoint(spec: BackboneSpec) -> Path:
         }
     )
     folder = Path(spec.cache_dir) / "tiny" / f"{spec.family}-{key}"
-    if (folder / "config.json").exists():
-        return folder
-    processor = cls.tiny_processor(spec.tiny, spec.image)
-    config = cls.tiny_config(processor.tokenizer, spec.tiny)
-    torch.manual_seed(spec.seed)
-    model = cls.model_class()(config)
-    folder.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{folder.name}.", dir=folder.parent))
-    try:
-        model.save_pretrained(tmp, safe_serialization=True)
+
+    def build(tmp: Path) -> None:
+        processor = cls.tiny_processor(spec.tiny, spec.image)
+        config = cls.tiny_config(processor.tokenizer, spec.tiny)
+        torch.manual_seed(spec.seed)
+        cls.model_class()(config).save_pretrained(tmp, safe_serialization=True)
         cls.save_processor(processor, tmp)
-        default_permissions(tmp)  # mkdtemp makes 0700: a shared cache should read like any folder
-        os.replace(tmp, folder)
-    except OSError:
-        if not (folder / "config.json").exists():  # another process did not win the race either
-            raise
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    log.info("built tiny %s checkpoint at %s", spec.family, folder)
+
+    if build_dir_once(folder, build):
+        log.info("built tiny %s checkpoint at %s", spec.family, folder)
     return folder
 
 

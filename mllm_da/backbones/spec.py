@@ -7,7 +7,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from mllm_da.backbones.fast_image import BACKENDS
+from mllm_da.backbones.fast_image import Backend
 from mllm_da.utils.typed_config import load, option, validate
 
 Variant = Literal["pretrained", "tiny", "random"]
@@ -40,7 +40,7 @@ class BackboneSpec:
     #: which transformers image-processor family the pixels reproduce bit for bit (backbones/fast_image.py):
     #: "torchvision" (transformers' default where torchvision is installed, so what models are served with; torch's
     #: vectorised resize) or "pil" (the *ImageProcessorPil classes)
-    image_backend: str = option("torchvision", choices=BACKENDS)
+    image_backend: Backend = option("torchvision")
     #: changes to the family's chat format (for example LLaVA-NeXT's image token or a system prompt)
     chat_format: dict[str, Any] = field(default_factory=dict)
     seed: int = option(0, ge=0)

@@ -575,7 +575,7 @@ AUDITED = [
     ("mllm_da/backbones/base.py", "save_pretrained(folder", "Backbone.save: called into temporary folders only"),
     ("mllm_da/backbones/base.py", "processor.save_pretrained(folder)", "called into temporary folders only"),
     ("mllm_da/backbones/qwen.py", "save_pretrained(folder)", "save_processor: into temporary folders only"),
-    ("mllm_da/backbones/loading.py", "model.save_pretrained(tmp", "tiny checkpoint: mkdtemp, then os.replace"),
+    ("mllm_da/backbones/loading.py", ".save_pretrained(tmp, safe_serialization=True)", "tiny checkpoint: into build_dir_once's temporary folder"),
     ("mllm_da/synthesis/filter.py", "save_pretrained(tmp", "tiny judge: mkdtemp, then os.replace"),
     ("mllm_da/synthesis/seed_format.py", ".save(tmp, format=\"PNG\")", "temporary file, then os.replace"),
     ("mllm_da/toy/images.py", "image.save(buffer", "in memory, then atomic_write_bytes"),
