@@ -17,6 +17,8 @@ import torch  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from omegaconf import DictConfig, open_dict  # noqa: E402
 
+import mllm_da  # noqa: E402, F401  (registers `benchmark: all` and the domain-benchmarks resolver)
+
 ROOT = Path(__file__).resolve().parents[1]
 CONF = ROOT / "conf"
 FAMILIES = ("qwen2_vl", "qwen2_5_vl", "llava_next", "mllama")

@@ -370,7 +370,7 @@ def test_unknown_ingredient_is_a_bad_row(tmp_path: Path):
         name="n",
         metric="multi_label_recall",
         source=str(path),
-        label_space="nutrition5k",
+        label_space="mllm_da.evaluation.labels.nutrition5k_labels",
         label_file=str(LABELS_DIR / "nutrition5k_ingredients.json"),
     )
     with pytest.raises(BenchmarkRowError, match=r"row 1: field 'label'.*unobtainium"):

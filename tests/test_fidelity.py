@@ -93,5 +93,5 @@ def test_inverse_tasks_are_drawn_with_the_reference_shares_per_branch():
 
 def test_the_paper_presets_turn_inverse_tasks_on(compose_cfg):
     for comparison in ("data_source", "stage_mode", "base_vs_post"):
-        cfg = compose_cfg([f"experiment=biomed/qwen2_vl_2b/{comparison}"])
+        cfg = compose_cfg([f"experiment=paper/{comparison}", "domain=biomed", "model=qwen2_vl_2b"])
         assert "formatting.inverse_tasks=true" in cfg.data_mix.synthesis.overrides

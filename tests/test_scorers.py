@@ -15,27 +15,27 @@ from pathlib import Path
 
 import pytest
 
-from mllm_da.evaluation.scorers import (
-    CONTRACTIONS,
-    SCORERS,
+from mllm_da.evaluation.labels import (
     ChoiceLabels,
     MultiLabelSpace,
-    aggregate,
-    closed_hit,
     food101_labels,
     foodseg103_labels,
     label_names_to_ids,
+    nutrition5k_labels,
+)
+from mllm_da.evaluation.normalization import CONTRACTIONS, normalize, word_counts
+from mllm_da.evaluation.scorers import (
+    SCORERS,
+    aggregate,
+    closed_hit,
     multi_label_f1,
     multi_label_recall,
     multiple_choice_accuracy,
-    normalize,
-    nutrition5k_labels,
     open_recall,
     parse_multi_label,
     parse_multiple_choice,
     rouge_l_f,
     score_predictions,
-    word_counts,
 )
 
 LABELS_DIR = Path(os.environ.get("ADAMLLM_LABELS_DIR", "/work/shared/data/adamllm-labels"))

@@ -140,7 +140,12 @@ class HFGenerator:
     """
 
     def __init__(
-        self, backbone: Backbone, *, batch_size: int = 8, progress: Setting = "auto", synthesizer: bool = False
+        self,
+        backbone: Backbone,
+        *,
+        batch_size: int = 8,
+        progress: Setting = "auto",
+        synthesizer: bool = False,
     ) -> None:
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")

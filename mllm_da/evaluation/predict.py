@@ -34,6 +34,8 @@ from mllm_da.evaluation.generation import (
     make_generator,
     question_turns,
 )
+from mllm_da.evaluation.model_choice import backbone_config
+from mllm_da.utils.devices import resolve_device
 from mllm_da.utils.io import atomic_write_jsonl, atomic_write_text
 
 log = logging.getLogger(__name__)
@@ -65,8 +67,10 @@ def _image_size(path: Path, where: str) -> tuple[int, int]:
 
 def _question_text(value: Any, where: str) -> str:
     if not isinstance(value, str):
-        raise ValueError(f"{where}: the question must be a string, got {value!r} (on the command line, quote it: "
-                         f"'question=\"{value}\"')")
+        raise ValueError(
+            f"{where}: the question must be a string, got {value!r} (on the command line, quote it: "
+            f"'question=\"{value}\"')"
+        )
     if IMAGE_PLACEHOLDER in value:
         raise ValueError(
             f"{where}: the question contains {IMAGE_PLACEHOLDER!r}; the image is put before the question by itself"
@@ -112,8 +116,14 @@ def questions_from_file(path: str | Path) -> list[Question]:
         if not image.is_absolute():
             beside = path.parent / image
             image = beside if beside.is_file() or not image.is_file() else image
-        out.append(Question(image, _question_text(row["question"], where), str(row.get("id", len(out))),
-                            _image_size(image, where)))
+        out.append(
+            Question(
+                image,
+                _question_text(row["question"], where),
+                str(row.get("id", len(out))),
+                _image_size(image, where),
+            )
+        )
     if not out:
         raise ValueError(f"input={path}: no rows")
     return out
@@ -129,10 +139,14 @@ def questions_from_config(cfg: DictConfig) -> list[Question]:
     texts = _as_list(cfg.get("questions") if cfg.get("questions") is not None else cfg.get("question"))
     if cfg.get("input"):
         if images is not None or texts is not None:
-            raise ValueError("input= reads images and questions from its file; drop image(s)= and question(s)=")
+            raise ValueError(
+                "input= reads images and questions from its file; drop image(s)= and question(s)="
+            )
         return questions_from_file(cfg.input)
     if not images:
-        raise ValueError('nothing to ask: set image=<file> question="..." (or images=[...], or input=<jsonl>)')
+        raise ValueError(
+            'nothing to ask: set image=<file> question="..." (or images=[...], or input=<jsonl>)'
+        )
     if not texts:
         raise ValueError('no question: set question="..." (or questions=[...])')
     if len(images) != len(texts) and 1 not in (len(images), len(texts)):
@@ -187,7 +201,6 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
     from hydra.utils import instantiate
 
     from mllm_da.config_checks import check_predict_config
-    from mllm_da.evaluation.runner import backbone_config, resolve_device
     from mllm_da.utils.runinfo import run_folder
 
     with run_folder(cfg, "predict") as summary:
@@ -199,11 +212,15 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         node = backbone_config(cfg)
         backbone: Backbone = instantiate(node, device=resolve_device(cfg.get("device")), _convert_="all")
         engine_args = OmegaConf.to_container(cfg.vllm, resolve=True) if cfg.get("vllm") else {}
-        options = GeneratorOptions(backend=cfg.backend, batch_size=int(cfg.batch_size),
-                                   progress=cfg.progress, vllm=engine_args)  # type: ignore[arg-type]
+        options = GeneratorOptions(
+            backend=cfg.backend, batch_size=int(cfg.batch_size), progress=cfg.progress, vllm=engine_args
+        )  # type: ignore[arg-type]
         answers, stats = predict_backbone(
-            backbone, questions, max_new_tokens=int(cfg.max_new_tokens),
-            image_separator=str(cfg.image_separator), generation=options,
+            backbone,
+            questions,
+            max_new_tokens=int(cfg.max_new_tokens),
+            image_separator=str(cfg.image_separator),
+            generation=options,
         )
         rows = [
             {"index": i, "id": q.id, "image": str(q.image), "question": q.question, "prediction": answer}

@@ -6,8 +6,9 @@ prediction, label, per-row score, ``random_selected``, the row whose image was s
 not yet there; the file is finally rewritten in row order with each row exactly once and every row re-scored,
 so a resumed run reports exactly what an uninterrupted one would.
 
-``shuffle_images=True`` is the "blind" control: each question is shown another row's picture (a seeded
-derangement of the distinct images), which tells whether a model's score comes from the image at all.
+``shuffle_images=True`` is the "blind" control (:mod:`mllm_da.evaluation.pairing`); the predictions file is
+:mod:`mllm_da.evaluation.predictions`, the outcome and score table :mod:`mllm_da.evaluation.results`, the choice of
+model (preset or checkpoint) :mod:`mllm_da.evaluation.model_choice`.
 
 ``evaluate(cfg)`` is ``evaluate.py``'s body: it builds the model from the ``model=`` preset (or a
 ``checkpoint=`` folder), runs the domain's benchmarks and logs ``eval/<task>/<metric>`` to the configured
@@ -21,17 +22,15 @@ import functools
 import json
 import logging
 import math
-import random
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict
 from pathlib import Path
 from typing import Any
 
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, OmegaConf
 
 from mllm_da.backbones.base import Backbone
-from mllm_da.backbones.loading import check_checkpoint_folder
 from mllm_da.evaluation.benchmarks import (
     Benchmark,
     BenchmarkRow,
@@ -46,165 +45,32 @@ from mllm_da.evaluation.generation import (
     make_generator,
     question_turns,
 )
+from mllm_da.evaluation.model_choice import backbone_config, column_name, resolve_checkpoint
+from mllm_da.evaluation.pairing import derangement, image_pairing
+from mllm_da.evaluation.predictions import check_meta, prediction_record, previous_predictions
+from mllm_da.evaluation.results import TaskResult, format_score_table, group_name, group_scores, json_safe
 from mllm_da.evaluation.scorers import SCORERS, RowScore
-from mllm_da.utils.io import (
-    append_jsonl,
-    atomic_write_json,
-    atomic_write_jsonl,
-    atomic_write_text,
-    read_json,
-    read_jsonl_tolerant,
-)
+from mllm_da.utils.devices import resolve_device
+from mllm_da.utils.io import append_jsonl, atomic_write_json, atomic_write_jsonl, atomic_write_text
+
+#: what callers import from here (the blind control, the score table and the model choice live beside it)
+__all__ = [
+    "TaskResult",
+    "backbone_config",
+    "column_name",
+    "derangement",
+    "evaluate",
+    "evaluate_backbone",
+    "format_score_table",
+    "image_pairing",
+    "resolve_checkpoint",
+    "resolve_device",
+    "run_benchmark",
+]
 
 log = logging.getLogger(__name__)
 
 LoggerFn = Callable[[dict[str, float]], None]
-
-
-# ------------------------------------------------------------------------------------------- blind control
-
-
-def derangement(n: int, rng: random.Random) -> list[int]:
-    """A uniformly random cyclic permutation (Sattolo's algorithm): ``perm[i] != i`` for all i if n >= 2."""
-    perm = list(range(n))
-    for i in range(n - 1, 0, -1):
-        j = rng.randrange(i)  # j < i: never leaves an element in place
-        perm[i], perm[j] = perm[j], perm[i]
-    return perm
-
-
-def image_pairing(bench: Benchmark, seed: int) -> dict[int, int]:
-    """Row index -> the row index whose image it is shown instead of its own.
-
-    The derangement is over DISTINCT images (rows sharing a picture, as VQA-RAD's and the toy's do, share a
-    key), so no question is ever paired with its own picture through a sibling row. Seeded by ``seed`` and the
-    task name, so reruns (and resumes) pair identically.
-    """
-    keys = {row.index: bench.image_key(row.index) for row in bench.rows}
-    first_row: dict[str, int] = {}
-    for index, key in keys.items():
-        first_row.setdefault(key, index)
-    distinct = list(first_row)
-    if len(distinct) < 2:
-        raise ValueError(
-            f"{bench.name}: shuffle_images needs at least two distinct images, found {len(distinct)}"
-        )
-    perm = derangement(len(distinct), random.Random(f"mllm-da/shuffle-images/{seed}/{bench.name}"))
-    position = {key: i for i, key in enumerate(distinct)}
-    return {index: first_row[distinct[perm[position[key]]]] for index, key in keys.items()}
-
-
-# --------------------------------------------------------------------------------------------------- results
-
-
-@dataclass
-class TaskResult:
-    """One benchmark's outcome, as written to ``scores.json``."""
-
-    name: str
-    metric: str
-    scores: dict[str, float]
-    by_group: dict[str, dict[str, float]]
-    group_field: str | None
-    rows: int
-    read: int
-    skipped: dict[str, int]
-    generated: int
-    resumed: int
-    shuffle_images: bool
-    predictions: str
-    origin: str
-    generation: dict[str, float] = field(default_factory=dict)
-
-    def metrics(self) -> dict[str, float]:
-        """``eval/<task>/<metric>`` and, per group (question type), ``eval/<task>/<group>/<metric>``."""
-        out = {f"eval/{self.name}/{k}": v for k, v in self.scores.items()}
-        for group, scores in self.by_group.items():
-            out.update({f"eval/{self.name}/{group}/{k}": v for k, v in scores.items()})
-        return out
-
-
-def _json_safe(value: Any) -> Any:
-    """NaN (a task with no OPEN row: the reference divides by zero) is written as null; JSON has no NaN."""
-    if isinstance(value, float) and not math.isfinite(value):
-        return None
-    if isinstance(value, Mapping):
-        return {k: _json_safe(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_json_safe(v) for v in value]
-    return value
-
-
-def _group_name(value: str) -> str:
-    return value.replace("/", "_").strip() or "_"
-
-
-def _group_scores(metric: str, per_row: Sequence[RowScore]) -> dict[str, float]:
-    """A group's numbers, keeping only those that have rows: a question type with only OPEN rows reports no
-    CLOSED accuracy (the task-level 0.0-for-none is a reference convention, meaningless for a breakdown). The
-    random-fallback share stays a task-level diagnostic."""
-    scores = SCORERS[metric].aggregate(per_row)
-    if metric == "vqa_open_closed" and not any(r.get("closed") for r in per_row):
-        scores.pop("closed_accuracy", None)
-    scores.pop("random_selected_pct", None)
-    return {k: v for k, v in scores.items() if not (isinstance(v, float) and math.isnan(v))}
-
-
-# ------------------------------------------------------------------------------------------------ one task
-
-
-def _record(
-    row: BenchmarkRow, prediction: str, image_index: int, metric: str, bench: Benchmark
-) -> tuple[dict[str, Any], RowScore]:
-    score = SCORERS[metric].score_row(prediction, row.fields, row.index, bench.labels)
-    record = {
-        "index": row.index,
-        "id": row.id,
-        "prompt": row.prompt,
-        "prediction": prediction,
-        "label": row.label,
-        "score": float(score["score"]),
-        "random_selected": bool(score.get("random_selected", False)),
-        "image_index": image_index,
-        "group": row.group,
-    }
-    if row.fields.get("answer_type") is not None:  # open and closed rows are scored differently: kept apart
-        record["answer_type"] = str(row.fields["answer_type"])
-    return record, score
-
-
-def _previous_predictions(path: Path, bench: Benchmark) -> dict[int, dict[str, Any]]:
-    """Rows already generated, checked against the benchmark (same id and prompt at the same index)."""
-    by_index = {row.index: row for row in bench.rows}
-    done: dict[int, dict[str, Any]] = {}
-    for number, rec in enumerate(read_jsonl_tolerant(path), start=1):
-        index = rec.get("index")
-        if not isinstance(index, int) or "prediction" not in rec:
-            raise ValueError(f"{path}:{number}: not a predictions line (needs index and prediction)")
-        row = by_index.get(index)
-        if row is None or index in done:
-            continue  # outside the current limit, or a duplicate: the final rewrite drops it
-        if rec.get("prompt") != row.prompt or rec.get("id") != row.id:
-            raise ValueError(
-                f"{path}:{number}: row {index + 1} was generated for a different prompt or id than the "
-                "benchmark now has; "
-                "evaluate into a new folder or delete the predictions file"
-            )
-        done[index] = rec
-    return done
-
-
-def _check_meta(path: Path, meta: dict[str, Any], resuming: bool) -> None:
-    """Refuse to resume predictions made with other settings (another model, prompt or image pairing)."""
-    if resuming and path.exists():
-        old = read_json(path, "predictions settings file")
-        if old != _json_safe(meta):
-            diff = sorted(k for k in set(old) | set(meta) if old.get(k) != _json_safe(meta).get(k))
-            raise ValueError(
-                f"{path}: the predictions beside it were made with different settings ({', '.join(diff)}); "
-                "evaluate into a new output folder or delete them"
-            )
-    atomic_write_json(path, _json_safe(meta))
 
 
 def run_benchmark(
@@ -228,10 +94,10 @@ def run_benchmark(
         "image_separator": image_separator,
         "model": dict(model_id or {}),
     }
-    _check_meta(pred_dir / f"{spec.name}.meta.json", meta, resuming=pred_path.exists())
+    check_meta(pred_dir / f"{spec.name}.meta.json", meta, resuming=pred_path.exists())
     pairing = image_pairing(bench, seed) if shuffle_images else {row.index: row.index for row in bench.rows}
 
-    done = _previous_predictions(pred_path, bench)
+    done = previous_predictions(pred_path, bench)
     # rewrite what survived before appending: a torn last line would otherwise swallow the next record
     atomic_write_jsonl(pred_path, [done[i] for i in sorted(done)])
     resumed = len(done)
@@ -247,7 +113,9 @@ def run_benchmark(
         )
 
     def on_batch(pairs: list[tuple[int, str]]) -> None:
-        records = [_record(rows[key], text, pairing[key], spec.metric, bench)[0] for key, text in pairs]
+        records = [
+            prediction_record(rows[key], text, pairing[key], spec.metric, bench)[0] for key, text in pairs
+        ]
         append_jsonl(pred_path, records)
         done.update((r["index"], r) for r in records)
 
@@ -267,7 +135,9 @@ def run_benchmark(
 
     final, per_row = [], []
     for row in bench.rows:
-        record, score = _record(row, done[row.index]["prediction"], pairing[row.index], spec.metric, bench)
+        record, score = prediction_record(
+            row, done[row.index]["prediction"], pairing[row.index], spec.metric, bench
+        )
         final.append(record)
         per_row.append(score)
     atomic_write_jsonl(pred_path, final)
@@ -275,12 +145,12 @@ def run_benchmark(
     groups: dict[str, list[RowScore]] = {}
     for row, score in zip(bench.rows, per_row, strict=True):
         if row.group is not None:
-            groups.setdefault(_group_name(row.group), []).append(score)
+            groups.setdefault(group_name(row.group), []).append(score)
     return TaskResult(
         name=spec.name,
         metric=spec.metric,
         scores=SCORERS[spec.metric].aggregate(per_row),
-        by_group={g: _group_scores(spec.metric, groups[g]) for g in sorted(groups)},
+        by_group={g: group_scores(spec.metric, groups[g]) for g in sorted(groups)},
         group_field=spec.group_field if groups else None,
         rows=len(bench.rows),
         read=bench.read,
@@ -335,7 +205,9 @@ def evaluate_backbone(
         bench = (
             item
             if isinstance(item, Benchmark)
-            else load_benchmark(item, cache_dir=cache_dir, rejects_path=out_dir / "rejects" / f"{item.name}.jsonl")
+            else load_benchmark(
+                item, cache_dir=cache_dir, rejects_path=out_dir / "rejects" / f"{item.name}.jsonl"
+            )
         )
         result = run_benchmark(
             bench,
@@ -349,121 +221,14 @@ def evaluate_backbone(
         task_metrics = result.metrics()
         metrics.update(task_metrics)
         report[result.name] = asdict(result)
-        atomic_write_json(out_dir / "scores.json", _json_safe(report))
+        atomic_write_json(out_dir / "scores.json", json_safe(report))
         log.info("%s: %s", result.name, {k: round(v, 2) for k, v in result.scores.items()})
         if logger_fn is not None:
             logger_fn(task_metrics)
     return metrics
 
 
-# ---------------------------------------------------------------------------------------------------- table
-
-
-def format_score_table(
-    results: Mapping[str, Mapping[str, float]], *, keys: Sequence[str] | None = None, digits: int = 2
-) -> str:
-    """A Markdown table: one row per metric (``eval/`` prefix dropped), one column per named result.
-
-    ``results`` maps a column name (e.g. "trained", "trained + shuffled images", "untrained") to a metrics
-    dict as :func:`evaluate_backbone` returns. Rows follow ``keys`` or the order in which metrics first
-    appear; a metric a column lacks shows "–", a NaN (no row of that kind) shows "n/a".
-    """
-    if not results:
-        raise ValueError("format_score_table needs at least one named result")
-    order: list[str] = (
-        list(keys)
-        if keys is not None
-        else list(dict.fromkeys(k for metrics in results.values() for k in metrics))
-    )
-    names = list(results)
-
-    def cell(value: float | None) -> str:
-        if value is None:
-            return "–"
-        if isinstance(value, float) and math.isnan(value):
-            return "n/a"
-        return f"{value:.{digits}f}"
-
-    labels = [k.removeprefix("eval/") for k in order]
-    head = ["metric", *names]
-    body = [
-        [label, *(cell(results[n].get(k)) for n in names)] for k, label in zip(order, labels, strict=True)
-    ]
-    widths = [max(len(r[i]) for r in [head, *body]) for i in range(len(head))]
-
-    def line(cells: Sequence[str]) -> str:
-        parts = [
-            c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths, strict=True))
-        ]
-        return "| " + " | ".join(parts) + " |"
-
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if i else ("-" * (w + 2)) for i, w in enumerate(widths)) + "|"
-    return "\n".join([line(head), rule, *(line(r) for r in body)])
-
-
 # ------------------------------------------------------------------------------------------- evaluate.py body
-
-
-def resolve_checkpoint(checkpoint: str | Path) -> Path:
-    """A plain-transformers folder from ``checkpoint=``: the folder, or a train run folder's ``export/``. A Lightning
-    ``.ckpt`` is refused without being read (it is a pickle); :func:`backbone_config` then checks the folder
-    (:func:`~mllm_da.backbones.loading.check_checkpoint_folder`) before anything in it is loaded."""
-    path = Path(checkpoint).expanduser()
-    if path.is_file() and path.suffix == ".ckpt":
-        raise ValueError(
-            f"checkpoint={path} is a Lightning training checkpoint; evaluate the exported folder "
-            "(<run>/export) "
-            "or resume training from it with train.py ckpt_path=..."
-        )
-    for folder in (path, path / "export"):
-        if (folder / "config.json").is_file():
-            return folder
-    raise FileNotFoundError(
-        f"checkpoint={path}: no config.json there or in {path / 'export'} (a saved model folder)"
-    )
-
-
-def backbone_config(cfg: DictConfig) -> DictConfig:
-    """The ``model.backbone`` node, pointed at ``checkpoint`` (variant=pretrained, source=folder) when one is
-    set.
-
-    The preset still decides the family, image settings and chat format, so its family must match the
-    checkpoint's.
-    """
-    node = OmegaConf.create(OmegaConf.to_container(cfg.model.backbone, resolve=True))
-    checkpoint = cfg.get("checkpoint")
-    if not checkpoint:
-        return node
-    folder = resolve_checkpoint(checkpoint)
-    # before anything in it is read: no custom code (unless the preset trusts it), no pickle-only weights
-    check_checkpoint_folder(folder, bool(node.get("trust_remote_code", False)))
-    model_type = json.loads((folder / "config.json").read_text(encoding="utf-8")).get("model_type")
-    if model_type and model_type != node.family:
-        raise ValueError(
-            f"checkpoint {folder} is a {model_type} model but model.backbone.family is {node.family}; "
-            f"pick the model= preset of that family (e.g. model=tiny_{model_type} for a tiny one)"
-        )
-    with open_dict(node):
-        node.variant = "pretrained"
-        node.source = str(folder)
-    return node
-
-
-def resolve_device(device: str | None) -> str:
-    if device in (None, "auto"):
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    if str(device).startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device={device} but no CUDA GPU is visible; use device=cpu or device=auto")
-    return str(device)
-
-
-def column_name(cfg: DictConfig, backbone_node: DictConfig) -> str:
-    """The score table's column: ``label`` if set, else the checkpoint or the preset's source/variant."""
-    if cfg.get("label"):
-        return str(cfg.label)
-    name = str(cfg.checkpoint) if cfg.get("checkpoint") else str(backbone_node.get("source") or "")
-    name = name or f"{backbone_node.family} ({backbone_node.variant})"
-    return name + (" + shuffled images" if cfg.get("shuffle_images") else "")
 
 
 def evaluate(cfg: DictConfig) -> dict[str, float]:
@@ -528,12 +293,19 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         table = format_score_table({column_name(cfg, node): metrics})
         atomic_write_text(out / "scores.md", table + "\n")
         print(table, flush=True)
-        summary["metrics"] = _json_safe(metrics)
+        summary["metrics"] = json_safe(metrics)
         summary["benchmarks"] = [s.name for s in specs]
         # rows read, kept and refused by reason per benchmark, as train.py and synth.py count their records
         tasks = json.loads((out / "scores.json").read_text(encoding="utf-8"))
-        summary["data"] = {name: {"read": task["read"], "kept": task["rows"], "rejected": sum(task["skipped"].values()),
-                                  "reasons": task["skipped"]} for name, task in tasks.items()}
+        summary["data"] = {
+            name: {
+                "read": task["read"],
+                "kept": task["rows"],
+                "rejected": sum(task["skipped"].values()),
+                "reasons": task["skipped"],
+            }
+            for name, task in tasks.items()
+        }
         summary["artifacts"] = {
             "scores": str(out / "scores.json"),
             "table": str(out / "scores.md"),

@@ -6,9 +6,9 @@ the published numbers, so they are reproduced on purpose and each one is documen
 
 Per-row functions return values in [0, 1]; the task aggregates return the reference's numbers (percentages).
 
-Label vocabularies (Food101 / FoodSeg103 / Nutrition5K) are never bundled here: the caller loads the JSON files
-from a configurable path and passes the loaded objects to :func:`food101_labels`, :func:`foodseg103_labels` or
-:func:`nutrition5k_labels`.
+The VQA normaliser lives in :mod:`mllm_da.evaluation.normalization` and the food tasks' label spaces in
+:mod:`mllm_da.evaluation.labels` (label vocabularies are never bundled: the benchmark's label file is loaded from a
+configurable path); both are re-exported here.
 
 The evaluation runner can score any metric by name through :data:`SCORERS` (or :func:`score_predictions`)::
 
@@ -21,232 +21,43 @@ from __future__ import annotations
 
 import math
 import random
-import re
-from collections import Counter
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from rouge import Rouge
 
+from mllm_da.evaluation.labels import (
+    ChoiceLabels,
+    LabelSpace,
+    MultiLabelSpace,
+    label_names_to_ids,
+)
+from mllm_da.evaluation.normalization import (
+    normalize,
+    word_counts,
+)
+
 __all__ = [
-    "ARTICLES",
-    "CONTRACTIONS",
-    "NUMBER_MAP",
-    "PUNCTUATION",
     "SCORERS",
-    "ChoiceLabels",
-    "LabelSpace",
     "Metric",
-    "MultiLabelSpace",
     "RowScore",
     "aggregate",
     "aggregate_mean",
     "aggregate_vqa",
     "closed_hit",
-    "food101_labels",
-    "foodseg103_labels",
-    "label_names_to_ids",
     "multi_label_f1",
     "multi_label_recall",
     "multiple_choice_accuracy",
-    "normalize",
-    "nutrition5k_labels",
     "open_recall",
     "parse_multi_label",
     "parse_multiple_choice",
     "rouge_l_f",
     "score_predictions",
-    "word_counts",
 ]
 
 RowScore = dict[str, float | bool]
 """What a per-row scorer returns: always a ``"score"`` in [0, 1], plus metric-specific flags."""
-
-# ----------------------------------------------------------------------------------------------------------
-# VQA normaliser (LLaVA-Med v1.0.0 / VQA-eval)
-# ----------------------------------------------------------------------------------------------------------
-
-PUNCTUATION: tuple[str, ...] = (
-    ";", "/", "[", "]", '"', "{", "}", "(", ")", "=", "+", "\\", "_", "-", ">", "<", "@", "`", ",", "?", "!",
-)  # fmt: skip
-"""Punctuation marks handled by step 1 of :func:`normalize`, in the reference's order."""
-
-_DIGIT_COMMA_DIGIT = re.compile(r"(\d)(\,)(\d)")
-# The reference's look-behind is mistyped: ``(?!<=\d)`` is a negative LOOK-AHEAD for the literal text "<=" plus a
-# digit, so the pattern effectively means "a period not followed by a digit".
-_PERIOD = re.compile(r"(?!<=\d)(\.)(?!\d)")
-# The reference calls ``pattern.sub("", text, re.UNICODE)``: the flag lands in the ``count`` slot and equals 32.
-_PERIOD_COUNT: int = int(re.UNICODE)
-
-NUMBER_MAP: dict[str, str] = {
-    "none": "0",
-    "zero": "0",
-    "one": "1",
-    "two": "2",
-    "three": "3",
-    "four": "4",
-    "five": "5",
-    "six": "6",
-    "seven": "7",
-    "eight": "8",
-    "nine": "9",
-    "ten": "10",
-}
-ARTICLES: frozenset[str] = frozenset({"a", "an", "the"})
-
-# The standard VQA-evaluation contractions table, as used by LLaVA-Med.  Its odd entries are kept verbatim:
-# keys with capitals ("Im", "Ive", "Id've", "I'dve") can never match because words are lower-cased first, and
-# "somebody'd" maps to "somebodyd" (the reverse direction of every other entry).
-CONTRACTIONS: dict[str, str] = {
-    "aint": "ain't",
-    "arent": "aren't",
-    "cant": "can't",
-    "couldve": "could've",
-    "couldnt": "couldn't",
-    "couldn'tve": "couldn't've",
-    "couldnt've": "couldn't've",
-    "didnt": "didn't",
-    "doesnt": "doesn't",
-    "dont": "don't",
-    "hadnt": "hadn't",
-    "hadnt've": "hadn't've",
-    "hadn'tve": "hadn't've",
-    "hasnt": "hasn't",
-    "havent": "haven't",
-    "hed": "he'd",
-    "hed've": "he'd've",
-    "he'dve": "he'd've",
-    "hes": "he's",
-    "howd": "how'd",
-    "howll": "how'll",
-    "hows": "how's",
-    "Id've": "I'd've",
-    "I'dve": "I'd've",
-    "Im": "I'm",
-    "Ive": "I've",
-    "isnt": "isn't",
-    "itd": "it'd",
-    "itd've": "it'd've",
-    "it'dve": "it'd've",
-    "itll": "it'll",
-    "let's": "let's",
-    "maam": "ma'am",
-    "mightnt": "mightn't",
-    "mightnt've": "mightn't've",
-    "mightn'tve": "mightn't've",
-    "mightve": "might've",
-    "mustnt": "mustn't",
-    "mustve": "must've",
-    "neednt": "needn't",
-    "notve": "not've",
-    "oclock": "o'clock",
-    "oughtnt": "oughtn't",
-    "ow's'at": "'ow's'at",
-    "'ows'at": "'ow's'at",
-    "'ow'sat": "'ow's'at",
-    "shant": "shan't",
-    "shed've": "she'd've",
-    "she'dve": "she'd've",
-    "she's": "she's",
-    "shouldve": "should've",
-    "shouldnt": "shouldn't",
-    "shouldnt've": "shouldn't've",
-    "shouldn'tve": "shouldn't've",
-    "somebody'd": "somebodyd",
-    "somebodyd've": "somebody'd've",
-    "somebody'dve": "somebody'd've",
-    "somebodyll": "somebody'll",
-    "somebodys": "somebody's",
-    "someoned": "someone'd",
-    "someoned've": "someone'd've",
-    "someone'dve": "someone'd've",
-    "someonell": "someone'll",
-    "someones": "someone's",
-    "somethingd": "something'd",
-    "somethingd've": "something'd've",
-    "something'dve": "something'd've",
-    "somethingll": "something'll",
-    "thats": "that's",
-    "thered": "there'd",
-    "thered've": "there'd've",
-    "there'dve": "there'd've",
-    "therere": "there're",
-    "theres": "there's",
-    "theyd": "they'd",
-    "theyd've": "they'd've",
-    "they'dve": "they'd've",
-    "theyll": "they'll",
-    "theyre": "they're",
-    "theyve": "they've",
-    "twas": "'twas",
-    "wasnt": "wasn't",
-    "wed've": "we'd've",
-    "we'dve": "we'd've",
-    "weve": "we've",
-    "werent": "weren't",
-    "whatll": "what'll",
-    "whatre": "what're",
-    "whats": "what's",
-    "whatve": "what've",
-    "whens": "when's",
-    "whered": "where'd",
-    "wheres": "where's",
-    "whereve": "where've",
-    "whod": "who'd",
-    "whod've": "who'd've",
-    "who'dve": "who'd've",
-    "wholl": "who'll",
-    "whos": "who's",
-    "whove": "who've",
-    "whyll": "why'll",
-    "whyre": "why're",
-    "whys": "why's",
-    "wont": "won't",
-    "wouldve": "would've",
-    "wouldnt": "wouldn't",
-    "wouldnt've": "wouldn't've",
-    "wouldn'tve": "wouldn't've",
-    "yall": "y'all",
-    "yall'll": "y'all'll",
-    "y'allll": "y'all'll",
-    "yall'd've": "y'all'd've",
-    "y'alld've": "y'all'd've",
-    "y'all'dve": "y'all'd've",
-    "youd": "you'd",
-    "youd've": "you'd've",
-    "you'dve": "you'd've",
-    "youll": "you'll",
-    "youre": "you're",
-    "youve": "you've",
-}
-
-
-def normalize(text: str) -> str:
-    """The VQA-eval normaliser used by the reference (callers lower-case first, as the reference does).
-
-    1. Each mark of :data:`PUNCTUATION` is deleted if the ORIGINAL ``text`` (not the partly processed one)
-       contains ``p + " "`` or ``" " + p``, or contains any digit-comma-digit sequence; otherwise it is replaced
-       by a space.  So ``"a-b"`` -> ``"a b"`` but ``"a - b"`` -> ``"a  b"`` and, once the input holds e.g.
-       ``"1,000"``, every mark is deleted.
-    2. Periods not followed by a digit are deleted, but only the first 32 (``re.UNICODE`` passed as count).
-    3. Words (whitespace split, lower-cased) go through :data:`NUMBER_MAP`; articles are dropped.
-    4. Words go through :data:`CONTRACTIONS`; they are joined by single spaces and every ``,`` is deleted.
-    """
-    out = text
-    digit_comma = _DIGIT_COMMA_DIGIT.search(text) is not None
-    for p in PUNCTUATION:
-        delete = p + " " in text or " " + p in text or digit_comma  # tested on the ORIGINAL text
-        out = out.replace(p, "" if delete else " ")
-    out = _PERIOD.sub("", out, count=_PERIOD_COUNT)
-    words = [NUMBER_MAP.get(w, w) for w in out.lower().split()]
-    words = [CONTRACTIONS.get(w, w) for w in words if w not in ARTICLES]
-    return " ".join(words).replace(",", "")
-
-
-def word_counts(text: str) -> Counter[str]:
-    """Bag of words: lower-case, strip, split on whitespace, count each word."""
-    return Counter(text.lower().strip().split())
 
 
 def open_recall(prediction: str, label: str) -> float:
@@ -428,98 +239,6 @@ def rouge_l_f(prediction: str, label: str) -> float:
         return float(_ROUGE.get_scores(prediction, label)[0]["rouge-l"]["f"])
     except Exception:  # the reference catches everything and scores 0
         return 0.0
-
-
-# ----------------------------------------------------------------------------------------------------------
-# Label spaces for the food tasks (built from JSON objects the caller loaded)
-# ----------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ChoiceLabels:
-    """A fixed option set for multiple choice (Food101).
-
-    ``options``: choice -> option text, in choice order.  ``label_to_choice``: gold label text -> choice.
-    """
-
-    options: Mapping[str, str]
-    label_to_choice: Mapping[str, str]
-
-
-@dataclass(frozen=True)
-class MultiLabelSpace:
-    """A class vocabulary for multi-label parsing (FoodSeg103, Nutrition5K).
-
-    ``class_names``: id -> name, in parse order for equal lengths (id order).  ``name_to_id``: label-side
-    lookup, where a duplicated name maps to its LAST id.  Scores use ids ``first_id .. first_id+num_classes-1``.
-    """
-
-    class_names: Mapping[int, str]
-    name_to_id: Mapping[str, int]
-    first_id: int
-    num_classes: int
-
-
-LabelSpace = ChoiceLabels | MultiLabelSpace
-
-
-def food101_labels(name_to_label: Mapping[str, int]) -> ChoiceLabels:
-    """Food101's 101-way choice space from ``food101_name_to_label.json`` ({"apple_pie": 0, ...}).
-
-    Choices are "0".."100"; option texts and gold labels use the names with underscores replaced by spaces
-    (gold labels with underscores are accepted too).  Options are ordered by index, as the reference's choice
-    list is; the reference's content pass follows the JSON order, which is the same order for the released file.
-    """
-    by_index = sorted(name_to_label.items(), key=lambda item: int(item[1]))
-    if [int(v) for _, v in by_index] != list(range(len(by_index))):
-        raise ValueError("Food101 label indices must be exactly 0..N-1")
-    options = {str(int(v)): k.replace("_", " ") for k, v in by_index}
-    label_to_choice: dict[str, str] = {}
-    for name, index in by_index:
-        label_to_choice[name] = str(int(index))
-        label_to_choice[name.replace("_", " ")] = str(int(index))
-    return ChoiceLabels(options=options, label_to_choice=label_to_choice)
-
-
-_FOODSEG103_DROPPED_IDS = frozenset({0, 103})  # "background" and "other ingredients"
-
-
-def foodseg103_labels(id2label: Mapping[str | int, str]) -> MultiLabelSpace:
-    """FoodSeg103's classes 1..102 from ``foodseg103_id2label.json`` ({"0": "background", ...}).
-
-    Ids 0 ("background") and 103 ("other ingredients") are dropped; the JSON order is kept as the parse order
-    for equal name lengths.  Names are matched lower-cased when parsing ("French beans"), but gold labels are
-    looked up exactly as written in the file.
-    """
-    class_names = {int(k): v for k, v in id2label.items() if int(k) not in _FOODSEG103_DROPPED_IDS}
-    name_to_id = {name: class_id for class_id, name in class_names.items()}
-    return MultiLabelSpace(class_names=class_names, name_to_id=name_to_id, first_id=1, num_classes=102)
-
-
-def nutrition5k_labels(ingredients: Sequence[str]) -> MultiLabelSpace:
-    """Nutrition5K's ingredient space from ``nutrition5k_ingredients.json`` (a 555-entry list), ids 0..554.
-
-    Reference quirk kept: the list holds duplicates (e.g. "deprecated" four times).  Gold labels map a name to
-    its LAST index while :func:`parse_multi_label` records its FIRST index, so a duplicated ingredient can never
-    be a hit.
-    """
-    class_names = dict(enumerate(ingredients))
-    name_to_id = {name: i for i, name in enumerate(ingredients)}  # later duplicates overwrite: LAST index
-    return MultiLabelSpace(
-        class_names=class_names, name_to_id=name_to_id, first_id=0, num_classes=len(ingredients)
-    )
-
-
-def label_names_to_ids(names: Sequence[str], space: MultiLabelSpace) -> list[int]:
-    """Gold ingredient names -> ids via ``space.name_to_id``; an unknown name raises KeyError (as the reference)."""
-    if isinstance(names, str):
-        raise TypeError("multi-label gold labels must be a list of names, not a string")
-    ids = []
-    for name in names:
-        if name not in space.name_to_id:
-            raise KeyError(f"gold label {name!r} is not in the class vocabulary")
-        ids.append(space.name_to_id[name])
-    return ids
 
 
 # ----------------------------------------------------------------------------------------------------------
