@@ -22,6 +22,7 @@ import yaml
 
 from mllm_da.stats import Interval, mean_interval, paired_comparison
 from mllm_da.utils.io import atomic_open, atomic_write_text
+from mllm_da.utils.tables import markdown_table
 
 #: per-question-type metrics (eval/<task>/<type>/<metric>) are left to --all-metrics: the table stays readable
 TOP_LEVEL_EVAL = re.compile(r"^eval/[^/]+/[^/]+$")
@@ -119,18 +120,6 @@ def rows(jobs: Sequence[Job], metrics: Sequence[str]) -> tuple[list[str], list[l
     body = [[job.folder.name, *job.axes.values(), job.status, *(cell(job.metrics.get(m)) for m in metrics)]
             for job in jobs]
     return header, body
-
-
-def markdown_table(header: Sequence[str], body: Sequence[Sequence[str]]) -> str:
-    widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
-    numeric = [all(re.fullmatch(r"-?[\d.]+|–|n/a", r[i]) for r in body) and i >= 1 for i in range(len(header))]
-
-    def line(cells: Sequence[str]) -> str:
-        return "| " + " | ".join(str(c).rjust(w) if n else str(c).ljust(w)
-                                 for c, w, n in zip(cells, widths, numeric)) + " |"
-
-    rule = "|" + "|".join(("-" * (w + 1) + ":") if n else ("-" * (w + 2)) for w, n in zip(widths, numeric)) + "|"
-    return "\n".join([line(header), rule, *(line(r) for r in body)])
 
 
 def _all_zero(values: Sequence[float]) -> bool:

@@ -455,7 +455,7 @@ def test_checkpoint_key_points_the_preset_at_a_saved_folder(eval_cfg, backbone, 
 
 @pytest.fixture()
 def toy_vqa(eval_cfg) -> Benchmark:
-    from mllm_da.data.toy import build_toy_domain
+    from mllm_da.toy import build_toy_domain
 
     cfg = eval_cfg()
     build_toy_domain(cfg.domain.root, n_train=8, n_test=6, tasks_per_image=3, seed=0)

@@ -59,6 +59,8 @@ class ModelConfig:
     read by interpolations elsewhere (``${model.recipe.lr}``)."""
 
     backbone: BackboneNode
+    #: the preset's name, used in run and task names (``paper/*`` presets)
+    name: str | None = None
     groups: dict[str, GroupSetting] = option(
         default_factory=lambda: {g: GroupSetting() for g in GROUPS}, keys=GROUPS
     )

@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import hashlib
 import io
-import json
 import logging
 import os
 from collections import Counter
@@ -27,6 +26,7 @@ from typing import Any
 
 from PIL import Image
 
+from mllm_da.data.bad_records import write_rejects
 from mllm_da.data.records import BadImageError, load_image
 from mllm_da.evaluation.errors import BenchmarkError, BenchmarkRowError
 from mllm_da.evaluation.labels import LabelSpace, load_label_space
@@ -34,7 +34,6 @@ from mllm_da.evaluation.rows import ROW_REASONS, RowProblem, check_row, image_pr
 from mllm_da.evaluation.scorers import SCORERS
 from mllm_da.evaluation.sources import Source, open_source
 from mllm_da.evaluation.spec import DEFAULT_MAX_NEW_TOKENS, BadRows, BenchmarkSpec, benchmark_specs
-from mllm_da.utils.io import atomic_write_text
 
 __all__ = [
     "DEFAULT_MAX_NEW_TOKENS",
@@ -129,11 +128,6 @@ class Benchmark:
         return ref
 
 
-def _write_rejects(path: Path | None, rows: list[dict[str, Any]]) -> None:
-    if path is not None:  # ASCII-escaped JSON lines (a rejected row may hold a lone surrogate)
-        atomic_write_text(path, "".join(json.dumps(row, default=str) + "\n" for row in rows))
-
-
 @dataclass
 class _Reading:
     """What :func:`load_benchmark` needs while it walks the rows of one source."""
@@ -164,7 +158,7 @@ class _Reading:
                         "raw": raw,
                     }
                 )
-                _write_rejects(self.rejects_path, self.rejects)
+                write_rejects(self.rejects_path, self.rejects)
                 raise BenchmarkError(f"{place}: {message} [{reason}]")
             return unreadable[:3]
         problem = check_row(fields, self.spec, self.labels)
@@ -192,7 +186,7 @@ class _Reading:
             }
         )
         if self.spec.bad_rows == "fail":
-            _write_rejects(self.rejects_path, self.rejects)
+            write_rejects(self.rejects_path, self.rejects)
             raise BenchmarkRowError(self.source.origin, index, where, reason, message)
         self.skipped[reason] += 1
         log.warning(
@@ -253,7 +247,7 @@ def load_benchmark(
             reading.refuse(index, fields, problem)
         else:
             rows.append(reading.row(index, fields))
-    _write_rejects(reading.rejects_path, reading.rejects)
+    write_rejects(reading.rejects_path, reading.rejects)
     if reading.skipped:
         where = f"; rejects written to {rejects_path}" if rejects_path else ""
         log.warning(

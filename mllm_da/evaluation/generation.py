@@ -32,7 +32,8 @@ import torch
 from PIL import Image
 
 from mllm_da.backbones.base import Backbone
-from mllm_da.data.records import IMAGE_PLACEHOLDER, Turn
+from mllm_da.backbones.generate import cut_at_stop_token, greedy_config, to_model
+from mllm_da.utils.conversation import IMAGE_PLACEHOLDER, Turn
 from mllm_da.utils.progress import Setting, progress_bar
 
 log = logging.getLogger(__name__)
@@ -169,33 +170,14 @@ class HFGenerator:
         ids = self.backbone.tokenizer(text, add_special_tokens=False)["input_ids"]
         return len(ids) + sum(self.backbone.num_image_tokens(w, h) - 1 for w, h in request.image_sizes)
 
-    def _config(self, max_new_tokens: int):
-        from transformers import GenerationConfig
-
-        pad = self.backbone.tokenizer.pad_token_id
-        return GenerationConfig(
-            max_new_tokens=max_new_tokens,
-            do_sample=False,
-            num_beams=1,
-            eos_token_id=self.stop_ids,
-            pad_token_id=pad if pad is not None else self.stop_ids[0],
-        )
-
-    def _to_model(self, batch: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
-        param = next(self.backbone.model.parameters())
-        return {
-            k: v.to(param.device, dtype=param.dtype) if v.is_floating_point() else v.to(param.device)
-            for k, v in batch.items()
-        }
-
     def decode(self, new_tokens: torch.Tensor) -> tuple[list[str], int]:
         """Texts of the generated tokens, each cut at its first stop token, then at any stop string."""
         texts, count = [], 0
         stops = set(self.stop_ids)
         for row in new_tokens.tolist():
-            end = next((i for i, tok in enumerate(row) if tok in stops), len(row))
-            count += end
-            text = self.backbone.tokenizer.decode(row[:end], skip_special_tokens=True)
+            kept, _ = cut_at_stop_token(row, stops)
+            count += len(kept)
+            text = self.backbone.tokenizer.decode(kept, skip_special_tokens=True)
             texts.append(cut_at_stop(text, self.stop_strings))
         return texts, count
 
@@ -225,7 +207,7 @@ class HFGenerator:
         order = sorted(
             range(len(requests)), key=lambda i: -lengths[i]
         )  # longest first: memory errors show early
-        config = self._config(max_new_tokens)
+        config = greedy_config(self.backbone.tokenizer, self.stop_ids, max_new_tokens)
         results: dict[int, str] = {}
         start = time.perf_counter()
         bar = progress_bar(sum(r.key not in done for r in requests), desc, "sample", self.progress)
@@ -238,7 +220,7 @@ class HFGenerator:
                 width = batch["input_ids"].shape[1]
                 self.stats.prompt_tokens += int(batch["attention_mask"].sum())
                 self.stats.padded_tokens += int(batch["attention_mask"].numel())
-                output = model.generate(**self._to_model(batch), generation_config=config)
+                output = model.generate(**to_model(batch, model), generation_config=config)
                 texts, count = self.decode(output[:, width:])
                 pairs = [(r.key, t) for r, t in zip(chunk, texts, strict=True) if r.key not in done]
                 results.update(pairs)

@@ -26,7 +26,8 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from PIL import Image
 
 from mllm_da.backbones.base import Backbone
-from mllm_da.data.records import IMAGE_PLACEHOLDER, BadImageError, load_image
+from mllm_da.data.records import BadImageError, load_image
+from mllm_da.utils.conversation import IMAGE_PLACEHOLDER
 from mllm_da.evaluation.generation import (
     GenerationRequest,
     GenerationStats,
