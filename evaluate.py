@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from mllm_da.evaluation.runner import evaluate
+from mllm_da.orchestration.evaluate import evaluate
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="evaluate")

@@ -7,7 +7,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig
 
-from mllm_da.evaluation.predict import predict
+from mllm_da.orchestration.evaluate import predict
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="predict")

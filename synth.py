@@ -5,7 +5,7 @@ from __future__ import annotations
 import hydra
 from omegaconf import DictConfig
 
-from mllm_da.synthesis.pipeline import synthesize
+from mllm_da.orchestration.synth import synthesize
 
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="synth")

@@ -31,25 +31,27 @@ sys.path.insert(0, str(ROOT))
 
 from benchmarks.common import compose_config  # noqa: E402
 from mllm_da.backbones.loading import load_backbone  # noqa: E402
-from mllm_da.synthesis import pipeline  # noqa: E402
+from mllm_da.synthesis import generate, tuning  # noqa: E402
 from mllm_da.synthesis.cache import StageDir  # noqa: E402
+from mllm_da.synthesis.inputs import read_domain_inputs  # noqa: E402
 from mllm_da.synthesis.parse import extract_triplet, parse_output  # noqa: E402
 from mllm_da.synthesis.runner import SynthesizerGenerator, plan_batches, prompt_cost  # noqa: E402
+from mllm_da.synthesis.stage import VERSIONS, StageOutcome, resolve_device  # noqa: E402
 
 
 def tuned_stage(cfg, mode: str):
     """The tune stage to load the synthesizer from (None: untuned), following ``--tune``."""
-    if mode == "no" or not pipeline.needs_tuning(cfg):
+    if mode == "no" or not tuning.needs_tuning(cfg):
         return None
-    seed_outcome, seed_files = pipeline.seed_stage(cfg)
+    seed_outcome, seed_files = tuning.seed_stage(cfg)
     if mode == "yes":
-        return pipeline.tune_stage(cfg, seed_outcome, seed_files)
-    train_cfg = pipeline.tune_config(cfg, seed_files)
+        return tuning.tune_stage(cfg, seed_outcome, seed_files)
+    train_cfg = tuning.tune_config(cfg, seed_files)
     from mllm_da.utils.runinfo import config_hash
 
-    payload = {"version": pipeline.VERSIONS["tune"], "seed": seed_outcome.dir.key, "train": config_hash(train_cfg)}
+    payload = {"version": VERSIONS["tune"], "seed": seed_outcome.dir.key, "train": config_hash(train_cfg)}
     stage = StageDir.for_stage(cfg.paths.cache_dir, "tune", payload)
-    return pipeline.StageOutcome("tune", stage, stage.meta(), True) if stage.is_complete() else None
+    return StageOutcome("tune", stage, stage.meta(), True) if stage.is_complete() else None
 
 
 def main(argv: list[str] | None = None) -> dict:
@@ -66,18 +68,18 @@ def main(argv: list[str] | None = None) -> dict:
         tuned = tuned_stage(cfg, args.tune) if cfg.synthesizer.kind == "model" else None
     if cfg.synthesizer.kind != "model":
         raise SystemExit("the rule synthesizer has no generation to benchmark; pick a model synthesizer")
-    device = pipeline.resolve_device(cfg.synthesis.device)
-    kwargs, _ = pipeline.backbone_kwargs(cfg, tuned)
+    device = resolve_device(cfg.synthesis.device)
+    kwargs, _ = generate.backbone_kwargs(cfg, tuned)
     backbone = load_backbone(**kwargs)
     generator = SynthesizerGenerator(backbone, int(cfg.synthesis.max_new_tokens), device)
     batch_size = int(cfg.synthesis.batch_size)
     with open_dict(cfg):
         cfg.synthesis.limit = args.records + batch_size
-    data = pipeline.read_domain_inputs(cfg)
+    data = read_domain_inputs(cfg)
     inputs = data.inputs
     plan = plan_batches([prompt_cost(it) for it in inputs], [it.id for it in inputs], batch_size)
     generator([inputs[i] for i in plan[0]])  # warm-up
-    fmt = pipeline.parse_format(cfg)
+    fmt = generate.parse_format(cfg)
     rows, tokens_before = [], generator.new_tokens
     start = time.perf_counter()
     for batch in plan[1:]:

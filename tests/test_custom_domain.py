@@ -249,7 +249,7 @@ def _own_domain_overrides(root: Path, steps: int) -> list[str]:
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
 def test_train_on_each_format_runs_its_whole_step_budget_and_evaluates(compose_cfg, tmp_path: Path, fmt: str):
-    from mllm_da.training.run import train
+    from mllm_da.orchestration.train import train
 
     root = tmp_path / "mine"
     FORMATS[fmt](root)
@@ -288,13 +288,13 @@ def _run_entry(compose_cfg, entry: str, overrides: list[str], out: Path) -> dict
     """Run one entry point's plain function in this process, as its ``@hydra.main`` would, and read its summary."""
     cfg = compose_cfg(overrides, config_name=ENTRIES[entry], output_dir=out)
     if entry == "synth.py":
-        from mllm_da.synthesis.pipeline import synthesize as run
+        from mllm_da.orchestration.synth import synthesize as run
     elif entry == "train.py":
-        from mllm_da.training.run import train as run
+        from mllm_da.orchestration.train import train as run
     elif entry == "evaluate.py":
-        from mllm_da.evaluation.runner import evaluate as run
+        from mllm_da.orchestration.evaluate import evaluate as run
     else:
-        from mllm_da.evaluation.predict import predict as run
+        from mllm_da.orchestration.evaluate import predict as run
     run(cfg)
     return json.loads((out / "summary.json").read_text())
 

@@ -45,7 +45,7 @@ def test_parser_removes_a_missing_turn_end_only_where_present_unless_the_referen
 
 
 def test_reference_answer_cut_is_a_synthesis_setting_that_reaches_the_parser(compose_cfg):
-    from mllm_da.synthesis.pipeline import parse_format
+    from mllm_da.synthesis.generate import parse_format
 
     assert parse_format(compose_cfg([], config_name="synth")).reference_cut is False
     cfg = compose_cfg(["synthesis.reference_answer_cut=true"], config_name="synth")

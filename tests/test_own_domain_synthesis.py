@@ -38,7 +38,7 @@ def test_each_option_the_refusal_names_is_accepted_and_every_toy_tuned_preset_re
 
 
 def test_train_with_data_mix_synthetic_on_a_custom_domain_is_refused_before_training(compose_cfg, tmp_path):
-    from mllm_da.training.run import train
+    from mllm_da.orchestration.train import train
     from tests.test_custom_domain import _csv
 
     root = tmp_path / "mine"
@@ -52,7 +52,7 @@ def test_train_with_data_mix_synthetic_on_a_custom_domain_is_refused_before_trai
 def test_synth_summary_counts_input_records_read_kept_and_rejected_by_reason(compose_cfg, tmp_path):
     import json
 
-    from mllm_da.synthesis.pipeline import synthesize
+    from mllm_da.orchestration.synth import synthesize
     from tests.test_custom_domain import _csv
 
     root = tmp_path / "mine"
@@ -211,8 +211,8 @@ def test_rule_output_honours_questions_and_parses_into_the_expected_triplets(que
 def test_synth_py_with_the_rule_synthesizer_writes_questions_tasks_and_counts_the_shortfall(compose_cfg, tmp_path):
     import json
 
+    from mllm_da.orchestration.synth import synthesize
     from mllm_da.synthesis.parse import PRECISE_HINT, parse_output
-    from mllm_da.synthesis.pipeline import synthesize
     from tests.test_custom_domain import _png
 
     root = tmp_path / "mine"
@@ -272,10 +272,10 @@ class _RecordingBar:
 @pytest.fixture
 def recording_bars(monkeypatch) -> list[_RecordingBar]:
     from mllm_da.evaluation import generation
-    from mllm_da.synthesis import pipeline, runner
+    from mllm_da.synthesis import finishing, runner
 
     _RecordingBar.made = []
-    for module in (runner, pipeline, generation):
+    for module in (runner, finishing, generation):
         monkeypatch.setattr(module, "progress_bar", _RecordingBar)
     return _RecordingBar.made
 
@@ -330,14 +330,15 @@ def test_evaluation_reports_every_benchmark_sample_to_its_bar(recording_bars, co
 def test_the_llm_filter_reports_every_triplet_to_its_bar(recording_bars, monkeypatch, compose_cfg, tmp_path):
     from types import SimpleNamespace
 
-    from mllm_da.synthesis import pipeline
+    from mllm_da.synthesis import finishing
     from mllm_da.synthesis.parse import Triplet
+    from mllm_da.synthesis.stage import config_container
 
-    monkeypatch.setattr(pipeline.consistency, "load_judge",
+    monkeypatch.setattr(finishing.consistency, "load_judge",
                         lambda *args: SimpleNamespace(labels=lambda prompts: ["yes"] * len(prompts)))
     cfg = compose_cfg(["filter=llm", "filter.batch_size=2", "synthesis.progress=true"], config_name="synth")
     triplets = [Triplet(f"Q{i}?", f"informative {i}", f"precise {i}") for i in range(5)]
-    labels = pipeline._llm_labels(cfg, pipeline._container(cfg.filter), SimpleNamespace(path=tmp_path),
+    labels = finishing.llm_labels(cfg, config_container(cfg.filter), SimpleNamespace(path=tmp_path),
                                   [{"id": f"r{i}"} for i in range(5)], triplets)
     assert labels == ["yes"] * 5
     assert [(b.total, b.n, b.unit, b.setting) for b in recording_bars] == [(5, 5, "triplet", True)]
@@ -346,9 +347,10 @@ def test_the_llm_filter_reports_every_triplet_to_its_bar(recording_bars, monkeyp
 def test_synthesizer_tuning_uses_lightnings_bar_under_the_same_rule(monkeypatch, compose_cfg, tmp_path):
     import json
 
-    from mllm_da.synthesis import pipeline
+    from mllm_da.synthesis import tuning
+    from mllm_da.synthesis.cache import StageDir
     from mllm_da.synthesis.seed import SeedFiles
-    from mllm_da.training import run
+    from mllm_da.synthesis.stage import StageOutcome
 
     seen: list[object] = []
 
@@ -357,17 +359,17 @@ def test_synthesizer_tuning_uses_lightnings_bar_under_the_same_rule(monkeypatch,
         out = Path(train_cfg.paths.output_dir)
         out.mkdir(parents=True, exist_ok=True)
         (out / "summary.json").write_text(json.dumps({"artifacts": {"export": str(out / "export")}}))
-        return {}
+        return {"export": str(out / "export"), "metrics": {}}
 
-    monkeypatch.setattr(run, "train", fake_train)
+    monkeypatch.setattr(tuning, "train_synthesizer", fake_train)
     seed = SeedFiles(tmp_path / "train.json", tmp_path / "dev.json", tmp_path, tmp_path / "blank.png")
-    outcome = pipeline.StageOutcome("seed", pipeline.StageDir.for_stage(tmp_path, "seed", {"x": 1}), {}, False)
+    outcome = StageOutcome("seed", StageDir.for_stage(tmp_path, "seed", {"x": 1}), {}, False)
     reused = []
     for cache, setting in (("one", "false"), ("one", "auto"), ("two", "auto")):
         cfg = compose_cfg([f"paths.cache_dir={tmp_path / cache}", f"synthesis.progress={setting}"],
                           config_name="synth")
-        assert pipeline.tune_config(cfg, seed).trainer.enable_progress_bar == "auto"  # train.py's own rule
-        reused.append(pipeline.tune_stage(cfg, outcome, seed).reused)
-    # false: synth.py's switch turns Lightning's bar off too; auto: it follows show_progress (training/run.py)
+        assert tuning.tune_config(cfg, seed).trainer.enable_progress_bar == "auto"  # train.py's own rule
+        reused.append(tuning.tune_stage(cfg, outcome, seed).reused)
+    # false: synth.py's switch turns Lightning's bar off too; auto: it follows show_progress (training/fit.py)
     assert seen == [False, "auto"]
     assert reused == [False, True, False]  # the switch does not change which synthesizer is tuned (its key)

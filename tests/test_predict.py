@@ -23,7 +23,7 @@ from PIL import Image, ImageDraw
 
 from mllm_da.evaluation.predict import predict
 from mllm_da.evaluation.runner import evaluate
-from mllm_da.training.run import train
+from mllm_da.orchestration.train import train
 
 README = ROOT / "README.md"
 HEADING = "### Predicting with a trained model"

@@ -133,7 +133,7 @@ def test_a_yes_no_explanation_without_a_conclusion_is_undecided_not_wrong():
 def test_every_synthesis_reports_its_quality_in_the_summary(compose_cfg, tmp_path):
     import json
 
-    from mllm_da.synthesis.pipeline import synthesize
+    from mllm_da.orchestration.synth import synthesize
 
     cfg = compose_cfg(["synthesizer=rules", "domain.prepare.n_train=48", "domain.prepare.n_test=8",
                        "domain.root=${paths.data_dir}/toy_small", "quality.blind_sample=16",

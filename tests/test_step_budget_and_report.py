@@ -15,7 +15,8 @@ import pytest
 from PIL import Image
 
 from mllm_da.evaluation.benchmarks import BadImageError, BenchmarkSpec, benchmark_specs, load_benchmark
-from mllm_da.training.run import Stage, epoch_limit, shortfall_cause, stage_steps, stage_warnings, train
+from mllm_da.orchestration.train import train
+from mllm_da.training.stages import Stage, epoch_limit, shortfall_cause, stage_steps, stage_warnings
 from tests.conftest import TEST_TINY
 
 #: the issue's domain: 19 records, fewer than one default batch (32), so one epoch is one optimiser step
@@ -109,8 +110,8 @@ def test_the_epoch_limit_rule(compose_cfg, overrides: list[str], epochs: int):
 
 
 def test_synthesizer_tuning_trains_its_steps_whatever_the_seed_sets_size(compose_cfg, tmp_path: Path):
-    from mllm_da.synthesis.pipeline import tune_config
     from mllm_da.synthesis.seed import SeedFiles
+    from mllm_da.synthesis.tuning import tune_config
 
     seed = SeedFiles(train=tmp_path / "train.json", dev=tmp_path / "dev.json", image_root=tmp_path,
                      blank_image=tmp_path / "blank.png")

@@ -465,7 +465,7 @@ def test_every_synth_preset_composes(compose_cfg, group: str):
 
 
 def test_rule_synthesizer_pipeline_is_cached_and_rekeyed(compose_cfg, tmp_path: Path, work_root: Path):
-    from mllm_da.synthesis.pipeline import synthesize
+    from mllm_da.orchestration.synth import synthesize
 
     overrides = ["synthesizer=rules", "domain.prepare.n_train=48", "domain.prepare.n_test=8",
                  "domain.root=${paths.data_dir}/toy_small"]
@@ -488,7 +488,7 @@ def test_rule_synthesizer_pipeline_is_cached_and_rekeyed(compose_cfg, tmp_path: 
 
 
 def test_train_with_data_mix_synthetic_uses_the_cached_pipeline(compose_cfg, tmp_path: Path):
-    from mllm_da.training.run import train
+    from mllm_da.orchestration.train import train
 
     overrides = [*small_run_overrides("qwen2_vl", steps=1), "data_mix=synthetic",
                  "data_mix.synthesis.synthesizer=rules", "export=false", "eval.enabled=false"]
@@ -502,7 +502,7 @@ def test_train_with_data_mix_synthetic_uses_the_cached_pipeline(compose_cfg, tmp
 
 def test_toy_chain_tune_synthesize_filter_format(compose_cfg, tmp_path: Path):
     """A tiny synthesizer tuned a few steps by the real configs, then synthesis, filter and formatting."""
-    from mllm_da.synthesis.pipeline import synthesize
+    from mllm_da.orchestration.synth import synthesize
 
     tiny = ",".join(f"{k}:{v}" for k, v in TEST_TINY.items())
     overrides = [
@@ -560,7 +560,7 @@ def test_data_mix_synthetic_names_existing_presets(compose_cfg):
 def test_a_changed_caption_file_changes_the_input_key(compose_cfg, tmp_path: Path, work_root: Path):
     from omegaconf import open_dict
 
-    from mllm_da.synthesis.pipeline import read_domain_inputs
+    from mllm_da.synthesis.inputs import read_domain_inputs
 
     root = work_root / "data" / "toy_small"
     toy.build_toy_domain(root, n_train=48, n_test=8)

@@ -19,8 +19,8 @@ from transformers import AutoModelForImageTextToText
 
 from mllm_da.backbones.loading import load_backbone
 from mllm_da.data.records import Turn
+from mllm_da.orchestration.train import train
 from mllm_da.report import write_report
-from mllm_da.training.run import train
 
 
 def run(compose_cfg, out: Path, overrides: list[str]) -> dict:

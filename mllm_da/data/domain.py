@@ -3,11 +3,21 @@
 from __future__ import annotations
 
 from collections.abc import Mapping
+from dataclasses import dataclass
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
 
-from mllm_da.data.mixing import DomainFiles
+
+@dataclass(frozen=True)
+class DomainFiles:
+    """Where a domain's training inputs are (all paths absolute or relative to the working directory)."""
+
+    name: str
+    image_root: str
+    image_caption_pairs: str
+    rule_tasks: str | None = None
+    external_tasks: str | None = None
 
 
 def prepare_domain(domain: DictConfig) -> DomainFiles:

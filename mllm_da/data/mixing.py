@@ -5,9 +5,10 @@ the start or at the end with probability 1/2 (``random.Random(record id)``) and 
 side; ``<image>\\n`` is put before whichever user turn comes first. Unlike the reference writer, ``images`` is kept.
 
 Task sources: ``rule_based`` (the domain's rule_tasks file; on a domain without one, the rule-based synthesizer's
-tasks), ``external`` (a user's file) and ``synthetic`` (the
-synthesis pipeline's synthetic-only file, synthesized once and reused from its cache, see
-:func:`mllm_da.synthesis.pipeline.synthetic_task_file`).
+tasks), ``external`` (a user's file) and ``synthetic`` (the synthesis pipeline's synthetic-only file). A mix never
+runs synthesis itself: where its tasks are synthesized (:meth:`DataMix.synthesizes`), the orchestration
+(:mod:`mllm_da.orchestration.tasks`) synthesizes them, or reuses them from the cache, and hands the file over in
+:attr:`DataMix.synthesized` before :meth:`DataMix.build`.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Literal
 
+from mllm_da.data.domain import DomainFiles
 from mllm_da.data.records import IMAGE_PLACEHOLDER, Conversation, Turn, read_conversations
 
 log = logging.getLogger(__name__)
@@ -30,15 +32,15 @@ TaskSource = Literal["none", "rule_based", "external", "synthetic"]
 TaskKey = tuple[str, Any]
 
 
-@dataclass(frozen=True)
-class DomainFiles:
-    """Where a domain's training inputs are (all paths absolute or relative to the working directory)."""
+__all__ = ["DataMix", "DomainFiles", "SynthesizedTasks", "mix_single_stage", "question_answer_turns"]
 
-    name: str
-    image_root: str
-    image_caption_pairs: str
-    rule_tasks: str | None = None
-    external_tasks: str | None = None
+
+@dataclass(frozen=True)
+class SynthesizedTasks:
+    """A synthesized task file handed to a data mix, and the synthesis metrics its summary reports."""
+
+    path: str
+    metrics: dict[str, Any] = field(default_factory=dict)
 
 
 def strip_placeholders(text: str) -> str:
@@ -87,12 +89,19 @@ class DataMix:
     max_tasks_per_image: int | None = None
     #: for tasks=synthetic: synthesizer and filter presets, synth.py overrides, paths (conf/data_mix/synthetic.yaml)
     synthesis: dict[str, Any] | None = None
+    #: the synthesized task file, when :meth:`synthesizes`: provided by the orchestration before :meth:`build`
+    synthesized: SynthesizedTasks | None = None
     reports: dict[str, Any] = field(default_factory=dict)
+
+    def parts(self) -> list[DataMix]:
+        """The plain data mixes this mix is made of: itself (a weighted mix lists its components')."""
+        return [self]
 
     def restricted(self, captions: bool, tasks: bool) -> DataMix:
         """This mix cut to its caption task and/or its instruction tasks (the stages of a two-stage run)."""
-        return dataclasses.replace(self, captions=self.captions and captions,
-                                   tasks=self.tasks if tasks else "none", reports={})
+        return dataclasses.replace(
+            self, captions=self.captions and captions, tasks=self.tasks if tasks else "none", reports={}
+        )
 
     def synthesizes(self, domain: DomainFiles) -> bool:
         """Whether the tasks come from the synthesis pipeline: ``synthetic``, and ``rule_based`` on a domain
@@ -105,21 +114,17 @@ class DataMix:
         if self.tasks == "external":
             return self.external_file or domain.external_tasks
         if self.synthesizes(domain):
-            return self.synthetic_file(domain)
+            if self.synthesized is None:
+                raise ValueError(
+                    f"data_mix {self.name}: tasks={self.tasks} on domain {domain.name} reads synthesized tasks, and "
+                    "none were provided; train through mllm_da.orchestration.train, which synthesizes them"
+                )
+            return self.synthesized.path
         return None
 
-    def synthetic_file(self, domain: DomainFiles, policy: str = "skip") -> str:
-        """Run (or reuse) the synthesis pipeline for ``domain`` and return its synthetic-only file."""
-        from mllm_da.synthesis.pipeline import synthetic_task_file
-
-        if not self.synthesis:
-            raise ValueError(f"data_mix {self.name}: tasks={self.tasks} on domain {domain.name} needs a 'synthesis' "
-                             "node (see data_mix/synthetic.yaml)")
-        path, metrics = synthetic_task_file(domain, self.synthesis, policy=policy)
-        self.reports["synthesis"] = metrics
-        return str(path)
-
-    def build(self, domain: DomainFiles, policy: str = "skip", rejects_dir: str | Path | None = None) -> list[Conversation]:
+    def build(
+        self, domain: DomainFiles, policy: str = "skip", rejects_dir: str | Path | None = None
+    ) -> list[Conversation]:
         rejects = Path(rejects_dir) if rejects_dir else None
         caption_records, report = read_conversations(
             domain.image_caption_pairs,
@@ -134,7 +139,9 @@ class DataMix:
         caption_keys = {record.id: tuple(record.images) for record in caption_records}
         tasks_by_key: dict[TaskKey, list[Turn]] = defaultdict(list)
         task_counts: Counter[TaskKey] = Counter()
-        task_path = self.synthetic_file(domain, policy) if self.synthesizes(domain) else self.task_file(domain)
+        task_path = self.task_file(domain)
+        if self.synthesizes(domain) and self.synthesized is not None:
+            self.reports["synthesis"] = self.synthesized.metrics
         if self.tasks != "none":
             if not task_path:
                 raise ValueError(f"data_mix {self.name}: tasks={self.tasks} but no task file is configured")
@@ -150,7 +157,9 @@ class DataMix:
             self.reports[Path(task_path).name] = report_dict(task_report)
             for record in task_records:
                 images = tuple(record.images)
-                key: TaskKey = ("id", record.id) if caption_keys.get(record.id) == images else ("images", images)
+                key: TaskKey = (
+                    ("id", record.id) if caption_keys.get(record.id) == images else ("images", images)
+                )
                 tasks_by_key[key].extend(question_answer_turns(record))
                 task_counts[key] += 1
 
@@ -158,24 +167,40 @@ class DataMix:
         matched = 0
         caption_images = set(caption_keys.values())
         # a task record whose image has no (kept) caption record cannot be mixed: counted, never dropped silently
-        unmatched = sum(1 for kind, images in tasks_by_key if kind == "images" and images not in caption_images)
+        unmatched = sum(
+            1 for kind, images in tasks_by_key if kind == "images" and images not in caption_images
+        )
         unmatched_records = sum(
-            n for (kind, images), n in task_counts.items() if kind == "images" and images not in caption_images
+            n
+            for (kind, images), n in task_counts.items()
+            if kind == "images" and images not in caption_images
         )
         for record in caption_records:
             caption = question_answer_turns(record) if self.captions else []
-            tasks = [*tasks_by_key.get(("id", record.id), []), *tasks_by_key.get(("images", tuple(record.images)), [])]
+            tasks = [
+                *tasks_by_key.get(("id", record.id), []),
+                *tasks_by_key.get(("images", tuple(record.images)), []),
+            ]
             if self.max_tasks_per_image is not None:
                 tasks = tasks[: 2 * self.max_tasks_per_image]
             matched += bool(tasks)
             turns = mix_single_stage(record.id, caption, tasks, image_count=len(record.images))
             if turns:
-                mixed.append(Conversation(id=record.id, turns=turns, images=list(record.images), source=record.source))
-        self.reports["mixed"] = {"conversations": len(mixed), "with_tasks": matched,
-                                 "task_images_without_caption": unmatched,
-                                 "task_records_without_caption": unmatched_records}
+                mixed.append(
+                    Conversation(id=record.id, turns=turns, images=list(record.images), source=record.source)
+                )
+        self.reports["mixed"] = {
+            "conversations": len(mixed),
+            "with_tasks": matched,
+            "task_images_without_caption": unmatched,
+            "task_records_without_caption": unmatched_records,
+        }
         if unmatched_records:
-            log.warning("data_mix %s: %d task record(s) on %d image(s) have no kept caption record (missing from "
-                        "the image-caption pairs, or refused there) and are not used", self.name,
-                        unmatched_records, unmatched)
+            log.warning(
+                "data_mix %s: %d task record(s) on %d image(s) have no kept caption record (missing from "
+                "the image-caption pairs, or refused there) and are not used",
+                self.name,
+                unmatched_records,
+                unmatched,
+            )
         return mixed

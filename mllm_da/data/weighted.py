@@ -25,7 +25,9 @@ class Component:
     weight: float = 1.0
 
 
-def weighted_sample(items: list[Conversation], weight: float, rng: random.Random) -> list[tuple[int, Conversation]]:
+def weighted_sample(
+    items: list[Conversation], weight: float, rng: random.Random
+) -> list[tuple[int, Conversation]]:
     """(copy number, conversation) pairs: ``floor(weight)`` whole copies plus a seeded sample of the fraction."""
     if weight < 0 or not math.isfinite(weight):
         raise ValueError(f"a mixture weight must be a finite number >= 0, got {weight}")
@@ -48,18 +50,33 @@ class WeightedMix:
     reports: dict[str, Any] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
-        self.components = {name: c if isinstance(c, Component) else Component(**c)
-                           for name, c in self.components.items()}
+        self.components = {
+            name: c if isinstance(c, Component) else Component(**c) for name, c in self.components.items()
+        }
         if not self.components:
             raise ValueError(f"data_mix {self.name}: no components")
 
+    def parts(self) -> list[DataMix]:
+        """The components' data mixes (where a synthesized task file is handed over)."""
+        return [c.mix for c in self.components.values()]
+
     def restricted(self, captions: bool, tasks: bool) -> WeightedMix:
         """The same mixture with each component cut to captions and/or tasks (for two-stage runs)."""
-        parts = {name: Component(c.mix.restricted(captions, tasks), c.weight) for name, c in self.components.items()}
-        return dataclasses.replace(self, components=parts, captions=self.captions and captions,
-                                   tasks=self.tasks if tasks else "none", reports={})
+        parts = {
+            name: Component(c.mix.restricted(captions, tasks), c.weight)
+            for name, c in self.components.items()
+        }
+        return dataclasses.replace(
+            self,
+            components=parts,
+            captions=self.captions and captions,
+            tasks=self.tasks if tasks else "none",
+            reports={},
+        )
 
-    def build(self, domain: DomainFiles, policy: str = "skip", rejects_dir: str | Path | None = None) -> list[Conversation]:
+    def build(
+        self, domain: DomainFiles, policy: str = "skip", rejects_dir: str | Path | None = None
+    ) -> list[Conversation]:
         mixed: list[Conversation] = []
         for name, component in self.components.items():
             rejects = Path(rejects_dir) / name if rejects_dir else None
@@ -68,7 +85,14 @@ class WeightedMix:
             for copy, conv in chosen:
                 suffix = f"#{name}" + (f".{copy}" if copy else "")
                 mixed.append(dataclasses.replace(conv, id=f"{conv.id}{suffix}"))
-            self.reports[name] = component.mix.reports | {"weight": component.weight, "read": len(conversations),
-                                                          "used": len(chosen)}
+            self.reports[name] = component.mix.reports | {
+                "weight": component.weight,
+                "read": len(conversations),
+                "used": len(chosen),
+            }
         self.reports["mixed"] = {"conversations": len(mixed)}
         return mixed
+
+
+#: what a ``data_mix`` config instantiates to
+AnyMix = DataMix | WeightedMix

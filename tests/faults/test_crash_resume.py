@@ -29,6 +29,7 @@ from conftest import ROOT, TEST_TINY, small_run_overrides
 from faults.conftest import PROFILE
 from mllm_da.backbones.loading import load_backbone
 from mllm_da.evaluation.runner import evaluate
+from mllm_da.orchestration.train import train
 from mllm_da.synthesis.cache import StageDir
 from mllm_da.synthesis.runner import (
     BatchLog,
@@ -38,14 +39,8 @@ from mllm_da.synthesis.runner import (
     merge_batches,
     run_job,
 )
-from mllm_da.training.run import (
-    AtomicCheckpointIO,
-    checkpoint_problem,
-    checkpoint_step,
-    resume_point,
-    stages_of,
-    train,
-)
+from mllm_da.training.checkpoints import AtomicCheckpointIO, checkpoint_problem, checkpoint_step, resume_point
+from mllm_da.training.stages import stages_of
 from mllm_da.utils.io import read_json, read_jsonl_tolerant
 from mllm_da.utils.runinfo import finished_run
 
@@ -565,8 +560,9 @@ WRITE_PATTERN = re.compile(r"\.write_text\(|\.write_bytes\(|open\([^)]*['\"][wa]
 AUDITED = [
     ("mllm_da/utils/io.py", 'os.fdopen(fd, "wb")', "the atomic writer itself: temporary file, fsync, os.replace"),
     ("mllm_da/utils/io.py", 'open(path, "ab", buffering=0)', "append_jsonl: one write per call, torn tail ignored"),
-    ("mllm_da/training/run.py", "torch.save(checkpoint, handle)", "AtomicCheckpointIO, inside atomic_open"),
-    ("mllm_da/training/run.py", "lg.save()", "logger output (metrics.csv, wandb): a log, not read on resume"),
+    ("mllm_da/training/checkpoints.py", "torch.save(checkpoint, handle)", "AtomicCheckpointIO, inside atomic_open"),
+    ("mllm_da/orchestration/after_training.py", "lg.save()",
+     "logger output (metrics.csv, wandb): a log, not read on resume"),
     ("mllm_da/evaluation/runner.py", "lg.save()", "logger output: a log, not read on resume"),
     ("mllm_da/report.py", "fig.savefig(handle", "inside atomic_open"),
     ("mllm_da/training/export.py", "backbone.save(folder", "export: into atomic_dir's temporary folder"),

@@ -1,6 +1,6 @@
 """Bad input in a domain's image-caption pairs, as both consumers read them.
 
-* ``synth.py`` (:func:`mllm_da.synthesis.pipeline.read_domain_inputs`): every record must be one image with a
+* ``synth.py`` (:func:`mllm_da.synthesis.inputs.read_domain_inputs`): every record must be one image with a
   caption and a unique id; a refused record is counted in ``DomainInputs.skipped`` and written to
   ``<output_dir>/rejects/image_caption_pairs.jsonl`` (``bad_records=skip``) or raises :class:`BadRecordError`
   naming file, line and field (``fail``).
@@ -25,7 +25,7 @@ from omegaconf import DictConfig, open_dict
 
 from mllm_da.data.mixing import DataMix, DomainFiles
 from mllm_da.data.records import BadRecordError, load_image
-from mllm_da.synthesis.pipeline import read_domain_inputs
+from mllm_da.synthesis.inputs import read_domain_inputs
 
 from ._input_helpers import ImageCase, assert_names, make_image_pool, outcome, record_file_cases
 from .test_input_instructions import FAULTS as RECORD_FAULTS

@@ -30,7 +30,7 @@ from mllm_da.backbones.loading import (
     tiny_checkpoint,
 )
 from mllm_da.evaluation.runner import evaluate
-from mllm_da.training.run import train
+from mllm_da.orchestration.train import train
 from mllm_da.utils.io import read_json
 
 REFUSED = "refused, nothing executed"
@@ -234,7 +234,7 @@ def test_evaluate_refuses_a_lightning_checkpoint_file(compose_cfg, tmp_path: Pat
 
 def test_every_torch_load_in_the_project_is_weights_only():
     """Ours: each ``torch.load(`` call in mllm_da/ and the entry points passes ``weights_only=True``; the Lightning
-    resume passes it too (trainer.fit(..., weights_only=True) in training/run.py)."""
+    resume passes it too (trainer.fit(..., weights_only=True) in training/fit.py)."""
     sources = [*(ROOT / "mllm_da").rglob("*.py"), *(ROOT / n for n in ("train.py", "evaluate.py", "synth.py"))]
     calls = []
     for path in sources:
@@ -249,5 +249,5 @@ def test_every_torch_load_in_the_project_is_weights_only():
             calls.append((path, call))
             assert "weights_only=True" in call, f"{path}: {call}"
     assert calls, "expected at least the checkpoint-step reader"
-    run_py = (ROOT / "mllm_da" / "training" / "run.py").read_text()
-    assert re.search(r"trainer\.fit\([^)]*weights_only=True", run_py)
+    fit_py = (ROOT / "mllm_da" / "training" / "fit.py").read_text()
+    assert re.search(r"trainer\.fit\([^)]*weights_only=True", fit_py)
