@@ -78,7 +78,7 @@ def test_synth_summary_counts_input_records_read_kept_and_rejected_by_reason(com
 def test_evaluate_summary_counts_benchmark_rows_read_kept_and_refused(compose_cfg, tmp_path):
     import json
 
-    from mllm_da.evaluation.runner import evaluate
+    from mllm_da.orchestration.evaluate import evaluate
     from tests.test_custom_domain import BENCHMARK_ROWS, _benchmark, _csv
 
     root = tmp_path / "mine"
@@ -315,7 +315,7 @@ def test_synthesis_reports_every_record_to_its_bar(recording_bars, tmp_path, syn
 
 
 def test_evaluation_reports_every_benchmark_sample_to_its_bar(recording_bars, compose_cfg, tmp_path):
-    from mllm_da.evaluation.runner import evaluate
+    from mllm_da.orchestration.evaluate import evaluate
     from tests.test_custom_domain import BENCHMARK_ROWS, _benchmark, _csv
 
     root = tmp_path / "mine"

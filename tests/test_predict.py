@@ -21,8 +21,8 @@ import pytest
 from conftest import FAMILIES, ROOT, TEST_TINY, small_run_overrides
 from PIL import Image, ImageDraw
 
-from mllm_da.evaluation.predict import predict
-from mllm_da.evaluation.runner import evaluate
+from mllm_da.orchestration.evaluate import predict
+from mllm_da.orchestration.evaluate import evaluate
 from mllm_da.orchestration.train import train
 
 README = ROOT / "README.md"

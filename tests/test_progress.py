@@ -51,7 +51,7 @@ def test_synthesis_feeds_a_bar_with_its_records(monkeypatch, tmp_path, synth_inp
 
 def test_evaluation_draws_one_bar_per_benchmark_with_the_configured_setting(monkeypatch, compose_cfg, tmp_path):
     from mllm_da.evaluation import generation
-    from mllm_da.evaluation.runner import evaluate
+    from mllm_da.orchestration.evaluate import evaluate
     from tests.test_custom_domain import BENCHMARK_ROWS, _benchmark, _csv
 
     calls: list[tuple[int, str, object]] = []

@@ -59,7 +59,7 @@ from pathlib import Path
 
 import torch
 
-from mllm_da.backbones.llava_next import LLAVA_LLAMA3_SYSTEM
+from mllm_da.backbones.llava_next import LLAVA_LLAMA3_SYSTEM, LlavaNext
 from mllm_da.backbones.llava_source import (
     CLIP_L_DOWNLOAD,
     CLIP_MEAN,
@@ -78,6 +78,7 @@ from mllm_da.backbones.llava_source import (
     tower_folder_for,
     vision_config,
 )
+from mllm_da.utils.io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
 
@@ -105,9 +106,6 @@ def convert(
         LlavaNextProcessor,
         PreTrainedTokenizerFast,
     )
-
-    from mllm_da.backbones.llava_next import LlavaNext
-    from mllm_da.utils.io import atomic_dir, atomic_write_json
 
     target_dtype = {"bfloat16": torch.bfloat16, "float16": torch.float16, "float32": torch.float32}.get(dtype or "")
     if dtype and target_dtype is None:

@@ -15,19 +15,16 @@ from __future__ import annotations
 
 import json
 import logging
-import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import torch
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig
 from PIL import Image
 
 from mllm_da.backbones.base import Backbone
 from mllm_da.data.records import BadImageError, load_image
-from mllm_da.utils.conversation import IMAGE_PLACEHOLDER
 from mllm_da.evaluation.generation import (
     GenerationRequest,
     GenerationStats,
@@ -35,9 +32,7 @@ from mllm_da.evaluation.generation import (
     make_generator,
     question_turns,
 )
-from mllm_da.evaluation.model_choice import backbone_config
-from mllm_da.utils.devices import resolve_device
-from mllm_da.utils.io import atomic_write_jsonl, atomic_write_text
+from mllm_da.utils.conversation import IMAGE_PLACEHOLDER
 
 log = logging.getLogger(__name__)
 
@@ -195,43 +190,3 @@ def predict_backbone(
     answers = generator.generate(requests, max_new_tokens=max_new_tokens, desc="predict")
     return [answers[i] for i in range(len(questions))], generator.stats
 
-
-def predict(cfg: DictConfig) -> list[dict[str, Any]]:
-    """Answer the configured questions; writes ``predictions.jsonl`` and ``summary.json`` in the run folder and
-    returns the prediction rows (index, id, image, question, prediction)."""
-    from hydra.utils import instantiate
-
-    from mllm_da.config_checks import check_predict_config
-    from mllm_da.utils.runinfo import run_folder
-
-    with run_folder(cfg, "predict") as summary:
-        check_predict_config(cfg)
-        questions = questions_from_config(cfg)
-        out = Path(cfg.paths.output_dir)
-        atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        torch.manual_seed(int(cfg.seed))
-        node = backbone_config(cfg)
-        backbone: Backbone = instantiate(node, device=resolve_device(cfg.get("device")), _convert_="all")
-        engine_args = OmegaConf.to_container(cfg.vllm, resolve=True) if cfg.get("vllm") else {}
-        options = GeneratorOptions(
-            backend=cfg.backend, batch_size=int(cfg.batch_size), progress=cfg.progress, vllm=engine_args
-        )  # type: ignore[arg-type]
-        answers, stats = predict_backbone(
-            backbone,
-            questions,
-            max_new_tokens=int(cfg.max_new_tokens),
-            image_separator=str(cfg.image_separator),
-            generation=options,
-        )
-        rows = [
-            {"index": i, "id": q.id, "image": str(q.image), "question": q.question, "prediction": answer}
-            for i, (q, answer) in enumerate(zip(questions, answers, strict=True))
-        ]
-        path = atomic_write_jsonl(out / "predictions.jsonl", rows)
-        for row in rows:
-            print(f"{row['image']}: {row['question']}\n  {row['prediction']}", flush=True)
-        summary["model"] = {"family": node.family, "variant": node.variant, "source": node.get("source")}
-        summary["questions"] = len(rows)
-        summary["generation"] = {k: v for k, v in stats.as_dict().items() if math.isfinite(v)}
-        summary["artifacts"] = {"predictions": str(path)}
-        return rows

@@ -19,23 +19,17 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
-import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import asdict
 from pathlib import Path
 from typing import Any
-
-import torch
-from omegaconf import DictConfig, OmegaConf
 
 from mllm_da.backbones.base import Backbone
 from mllm_da.evaluation.benchmarks import (
     Benchmark,
     BenchmarkRow,
     BenchmarkSpec,
-    benchmark_specs,
     load_benchmark,
 )
 from mllm_da.evaluation.generation import (
@@ -51,7 +45,7 @@ from mllm_da.evaluation.predictions import check_meta, prediction_record, previo
 from mllm_da.evaluation.results import TaskResult, format_score_table, group_name, group_scores, json_safe
 from mllm_da.evaluation.scorers import SCORERS, RowScore
 from mllm_da.utils.devices import resolve_device
-from mllm_da.utils.io import append_jsonl, atomic_write_json, atomic_write_jsonl, atomic_write_text
+from mllm_da.utils.io import append_jsonl, atomic_write_json, atomic_write_jsonl
 
 #: what callers import from here (the blind control, the score table and the model choice live beside it)
 __all__ = [
@@ -59,7 +53,6 @@ __all__ = [
     "backbone_config",
     "column_name",
     "derangement",
-    "evaluate",
     "evaluate_backbone",
     "format_score_table",
     "image_pairing",
@@ -227,88 +220,3 @@ def evaluate_backbone(
             logger_fn(task_metrics)
     return metrics
 
-
-# ------------------------------------------------------------------------------------------- evaluate.py body
-
-
-def evaluate(cfg: DictConfig) -> dict[str, float]:
-    """Evaluate one model on the selected benchmarks; ``summary.json`` records the metrics and the files."""
-    from hydra.utils import instantiate
-
-    from mllm_da.config_checks import check_eval_config
-    from mllm_da.data.domain import prepare_domain
-    from mllm_da.utils.runinfo import instantiate_loggers, run_folder
-
-    with run_folder(cfg, "evaluate") as summary:
-        prepare_domain(cfg.domain)  # the toy domain builds its benchmark on first use, a custom one finds it
-        if cfg.domain.get("found"):
-            summary["domain"] = OmegaConf.to_container(cfg.domain.found)
-        check_eval_config(cfg)
-        out = Path(cfg.paths.output_dir)
-        atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
-        torch.manual_seed(int(cfg.seed))
-        definitions = OmegaConf.to_container(cfg.benchmark, resolve=True)
-        assert isinstance(definitions, dict)
-        names = [cfg.benchmarks] if isinstance(cfg.benchmarks, str) else list(cfg.benchmarks)
-        specs = benchmark_specs(
-            definitions,  # type: ignore[arg-type]
-            names,
-            limit=cfg.get("limit"),
-            max_new_tokens=cfg.get("max_new_tokens"),
-            bad_rows=cfg.get("bad_rows"),
-        )
-        node = backbone_config(cfg)
-        backbone: Backbone = instantiate(node, device=resolve_device(cfg.get("device")), _convert_="all")
-        loggers = instantiate_loggers(cfg)
-        for lg in loggers:
-            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
-
-        def log_metrics(metrics: dict[str, float]) -> None:
-            finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
-            for lg in loggers:
-                lg.log_metrics(finite, step=0)
-
-        engine_args = OmegaConf.to_container(cfg.vllm, resolve=True) if cfg.get("vllm") else {}
-        generation = GeneratorOptions(
-            backend=cfg.backend,
-            batch_size=int(cfg.batch_size),
-            progress=cfg.progress,
-            vllm=engine_args,
-        )
-        metrics = evaluate_backbone(
-            backbone,
-            specs,
-            out,
-            batch_size=int(cfg.batch_size),
-            shuffle_images=bool(cfg.shuffle_images),
-            seed=int(cfg.seed),
-            logger_fn=log_metrics,
-            image_separator=str(cfg.image_separator),
-            generation=generation,
-            cache_dir=Path(cfg.paths.cache_dir) / "datasets",
-        )
-        for lg in loggers:
-            lg.save()
-            lg.finalize("success")
-        table = format_score_table({column_name(cfg, node): metrics})
-        atomic_write_text(out / "scores.md", table + "\n")
-        print(table, flush=True)
-        summary["metrics"] = json_safe(metrics)
-        summary["benchmarks"] = [s.name for s in specs]
-        # rows read, kept and refused by reason per benchmark, as train.py and synth.py count their records
-        tasks = json.loads((out / "scores.json").read_text(encoding="utf-8"))
-        summary["data"] = {
-            name: {
-                "read": task["read"],
-                "kept": task["rows"],
-                "rejected": sum(task["skipped"].values()),
-                "reasons": task["skipped"],
-            }
-            for name, task in tasks.items()
-        }
-        summary["artifacts"] = {
-            "scores": str(out / "scores.json"),
-            "table": str(out / "scores.md"),
-            "predictions": str(out / "predictions"),
-        }
-        return metrics

@@ -33,6 +33,7 @@ from typing import Any
 import torch
 
 from mllm_da.backbones.generate import cut_at_stop_token, new_tokens
+from mllm_da.backbones.loading import load_backbone
 from mllm_da.data.images import BadImageError, load_image
 from mllm_da.synthesis.parse import CAPTION_HINT
 from mllm_da.synthesis.sampling import RecordSeededSampler, SamplingConfig, record_seed
@@ -274,8 +275,6 @@ def run_job(job: SynthesisJob, generator: SynthesizerGenerator | None = None) ->
     if job.threads:
         torch.set_num_threads(job.threads)
     if generator is None:
-        from mllm_da.backbones.loading import load_backbone
-
         generator = SynthesizerGenerator(
             load_backbone(**job.backbone), job.max_new_tokens, job.device, SamplingConfig(**job.sampling)
         )

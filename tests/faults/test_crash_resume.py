@@ -28,7 +28,7 @@ from conftest import ROOT, TEST_TINY, small_run_overrides
 
 from faults.conftest import PROFILE
 from mllm_da.backbones.loading import load_backbone
-from mllm_da.evaluation.runner import evaluate
+from mllm_da.orchestration.evaluate import evaluate
 from mllm_da.orchestration.train import train
 from mllm_da.synthesis.cache import StageDir
 from mllm_da.synthesis.runner import (

@@ -29,7 +29,7 @@ from mllm_da.backbones.loading import (
     load_backbone,
     tiny_checkpoint,
 )
-from mllm_da.evaluation.runner import evaluate
+from mllm_da.orchestration.evaluate import evaluate
 from mllm_da.orchestration.train import train
 from mllm_da.utils.io import read_json
 
