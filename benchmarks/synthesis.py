@@ -36,7 +36,8 @@ from mllm_da.synthesis.cache import StageDir  # noqa: E402
 from mllm_da.synthesis.inputs import read_domain_inputs  # noqa: E402
 from mllm_da.synthesis.parse import extract_triplet, parse_output  # noqa: E402
 from mllm_da.synthesis.runner import SynthesizerGenerator, plan_batches, prompt_cost  # noqa: E402
-from mllm_da.synthesis.stage import VERSIONS, StageOutcome, resolve_device  # noqa: E402
+from mllm_da.synthesis.stage import VERSIONS, StageOutcome  # noqa: E402
+from mllm_da.utils.devices import resolve_device  # noqa: E402
 
 
 def tuned_stage(cfg, mode: str):

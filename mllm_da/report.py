@@ -83,13 +83,13 @@ def metric_names(jobs: Sequence[Job], all_metrics: bool = False) -> list[str]:
     return names + extra
 
 
-#: the headline losses a two-stage job reports are its last stage's (training/run.py copies them up)
+#: the headline losses a two-stage job reports are its last stage's (training/fit.py copies them up)
 STAGE_LOSSES = ("train/loss_last", "val/loss")
 
 
 def last_stage(job: Job) -> str | None:
     """The name of a multi-stage job's last stage, else None: from its summary's stage list, or for a summary
-    without one, the last prefix of its per-stage loss keys (run.py writes them in stage order)."""
+    without one, the last prefix of its per-stage loss keys (training/fit.py writes them in stage order)."""
     if job.stages:
         return job.stages[-1]
     stages = [key.split("/", 1)[0] for key in job.metrics if key.endswith("/train/loss_last") and key.count("/") == 2]

@@ -43,12 +43,12 @@ from mllm_da.evaluation.generation import (
 from mllm_da.evaluation.runner import (
     backbone_config,
     derangement,
-    evaluate,
     evaluate_backbone,
     format_score_table,
     image_pairing,
     run_benchmark,
 )
+from mllm_da.orchestration.evaluate import evaluate
 
 datasets = pytest.importorskip("datasets")
 

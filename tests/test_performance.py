@@ -125,7 +125,7 @@ def test_packing_a_family_that_cannot_be_packed_says_why(work_root: Path):
     with pytest.raises(ValueError, match="data.packing"):
         mllama.collate_packed(samples(mllama, 2), capacity=4096)
     with pytest.raises(ValueError, match="cross-attend"):
-        ConversationDataModule(mllama, [], packing=True)
+        ConversationDataModule(mllama, [], cutoff_len=512, packing=True)
 
 
 @pytest.mark.parametrize("family", ["qwen2_vl", "qwen2_5_vl"])

@@ -21,8 +21,7 @@ import pytest
 from conftest import FAMILIES, ROOT, TEST_TINY, small_run_overrides
 from PIL import Image, ImageDraw
 
-from mllm_da.orchestration.evaluate import predict
-from mllm_da.orchestration.evaluate import evaluate
+from mllm_da.orchestration.evaluate import evaluate, predict
 from mllm_da.orchestration.train import train
 
 README = ROOT / "README.md"

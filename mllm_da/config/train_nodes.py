@@ -144,7 +144,7 @@ def _stage_name(value: Any) -> str | None:
 
 @dataclass
 class StageConfig:
-    """One stage of ``stage_mode.stages`` (mllm_da.training.run.Stage)."""
+    """One stage of ``stage_mode.stages`` (mllm_da.training.stages.Stage)."""
 
     name: str = option(check=_stage_name)
     captions: bool = True

@@ -46,7 +46,7 @@ class ConversationDataset(Dataset):
         conversations: Sequence[Conversation],
         *,
         mode: str = "assistant",
-        cutoff_len: int = 2048,
+        cutoff_len: int,
         truncation: str = "drop",
     ):
         self.backbone = backbone
@@ -210,7 +210,7 @@ class ConversationDataModule(pl.LightningDataModule):
         micro_batch_size: int = 1,
         eval_batch_size: int | None = None,
         mode: str = "assistant",
-        cutoff_len: int = 2048,
+        cutoff_len: int,
         truncation: str = "drop",
         group_by_length: bool = True,
         packing: bool = False,

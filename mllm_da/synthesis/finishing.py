@@ -18,7 +18,8 @@ from mllm_da.synthesis.formatting import FormattedTask, build_training_sets, for
 from mllm_da.synthesis.inputs import DomainInputs
 from mllm_da.synthesis.parse import Triplet
 from mllm_da.synthesis.runner import BatchLog, merge_batches, plan_batches, run_batches
-from mllm_da.synthesis.stage import VERSIONS, StageOutcome, config_container, resolve_device, run_stage
+from mllm_da.synthesis.stage import VERSIONS, StageOutcome, config_container, run_stage
+from mllm_da.utils.devices import resolve_device
 from mllm_da.utils.io import atomic_write_jsonl, read_jsonl_tolerant
 from mllm_da.utils.progress import progress_bar
 

@@ -29,7 +29,8 @@ from mllm_da.synthesis.runner import (
     run_job,
 )
 from mllm_da.synthesis.sampling import SamplingConfig
-from mllm_da.synthesis.stage import VERSIONS, StageOutcome, config_container, resolve_device, run_stage
+from mllm_da.synthesis.stage import VERSIONS, StageOutcome, config_container, run_stage
+from mllm_da.utils.devices import resolve_device
 from mllm_da.utils.io import atomic_write_jsonl, read_jsonl_tolerant
 
 log = logging.getLogger(__name__)

@@ -8,7 +8,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-import torch
 from omegaconf import OmegaConf
 
 from mllm_da.synthesis.cache import StageDir
@@ -50,9 +49,3 @@ def run_stage(
             return StageOutcome(name, stage, stage.meta(), True)
         log.info("%s: computing into %s", name, stage.path)
         return StageOutcome(name, stage, stage.complete(compute()), False)
-
-
-def resolve_device(device: str) -> str:
-    if device == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    return device

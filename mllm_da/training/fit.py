@@ -118,7 +118,9 @@ def fit_stage(
     """One Lightning fit with its own optimiser and schedule (configure_optimizers runs per fit)."""
     module.log_prefix = prefix
     history = LossHistory(f"{prefix}train/loss")
-    callbacks: list[pl.Callback] = [history, pl.callbacks.LearningRateMonitor(logging_interval="step")]
+    callbacks: list[pl.Callback] = [history]
+    if loggers:  # the learning-rate monitor refuses a trainer without a logger (debug=fdr has none)
+        callbacks.append(pl.callbacks.LearningRateMonitor(logging_interval="step"))
     ckpt_dir = out / "checkpoints" / (stage.name if prefix else "")
     if cfg.checkpoint.every_n_steps:
         callbacks.append(
