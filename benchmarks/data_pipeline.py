@@ -80,8 +80,15 @@ def measure_plan(backbone: Backbone, convs, cutoff: int) -> tuple[dict[str, Any]
     dataset = ConversationDataset(backbone, convs, cutoff_len=cutoff, truncation="drop")
     cpu, wall = cpu_seconds() - cpu, time.perf_counter() - wall
     n = len(convs)
-    return {"stage": "plan", "samples": n, "wall_s": wall, "cpu_s": cpu, "samples_per_s": n / wall,
-            "samples_per_s_per_core": n / cpu, "kept": dataset.report.kept}, dataset
+    return {
+        "stage": "plan",
+        "samples": n,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "samples_per_s": n / wall,
+        "samples_per_s_per_core": n / cpu,
+        "kept": dataset.report.kept,
+    }, dataset
 
 
 def measure_load(backbone: Backbone, convs, cutoff: int, batch: int, workers: int) -> dict[str, Any]:
@@ -104,9 +111,17 @@ def measure_load(backbone: Backbone, convs, cutoff: int, batch: int, workers: in
     cpu = cpu_seconds(pids) - cpu
     if workers:
         loader._iterator._shutdown_workers()
-    return {"stage": "load", "workers": workers, "samples": samples, "wall_s": wall, "cpu_s": cpu,
-            "samples_per_s": samples / wall, "samples_per_s_per_core": samples / cpu,
-            "tokens_per_sample": tokens / samples, "first_epoch_s": first_epoch}
+    return {
+        "stage": "load",
+        "workers": workers,
+        "samples": samples,
+        "wall_s": wall,
+        "cpu_s": cpu,
+        "samples_per_s": samples / wall,
+        "samples_per_s_per_core": samples / cpu,
+        "tokens_per_sample": tokens / samples,
+        "first_epoch_s": first_epoch,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -125,8 +140,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     spec = WorkloadSpec(n=args.n, min_side=args.min_side, max_side=args.max_side)
     convs = conversations(spec)
-    result: dict[str, Any] = {"benchmark": "data_pipeline", **environment(), "workload": spec.__dict__,
-                              "batch": args.batch, "repeats": args.repeats, "runs": []}
+    result: dict[str, Any] = {
+        "benchmark": "data_pipeline",
+        **environment(),
+        "workload": spec.__dict__,
+        "batch": args.batch,
+        "repeats": args.repeats,
+        "runs": [],
+    }
     rows = []
     for model in args.models:
         backbone, cfg = processor_backbone(model)
@@ -148,8 +169,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             "samples_per_s": median([r["samples_per_s"] for r in plans]),
         }
         lengths = dataset.lengths
-        plan |= {"model": model, "variant": "-", "mean_tokens": sum(lengths) / len(lengths),
-                 "max_tokens": max(lengths)}
+        plan |= {"model": model, "variant": "-", "mean_tokens": sum(lengths) / len(lengths), "max_tokens": max(lengths)}
         rows.append(plan)
         result["runs"].append(plan)
         for path, fast, backend, workers in variants:
@@ -158,11 +178,14 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             backbone.spec.image_backend = backend
             runs = [measure_load(backbone, convs, cutoff, args.batch, workers) for _ in range(args.repeats)]
             row = runs[0] | {
-                "model": model, "variant": f"{path} {backend}, workers={workers}", "pixels": path,
+                "model": model,
+                "variant": f"{path} {backend}, workers={workers}",
+                "pixels": path,
                 "image_backend": backend,
                 "samples_per_s": median([r["samples_per_s"] for r in runs]),
                 "samples_per_s_per_core": median([r["samples_per_s_per_core"] for r in runs]),
-                "wall_s": median([r["wall_s"] for r in runs]), "cpu_s": median([r["cpu_s"] for r in runs]),
+                "wall_s": median([r["wall_s"] for r in runs]),
+                "cpu_s": median([r["cpu_s"] for r in runs]),
                 "repeats": [{k: r[k] for k in ("wall_s", "cpu_s")} for r in runs],
             }
             rows.append(row)
@@ -171,10 +194,21 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if fast_path:
             backbone.fast_pixels = True
     table = print_table(
-        rows, ["model", "stage", "variant", "samples", "samples_per_s", "samples_per_s_per_core", "cpu_s",
-               "wall_s", "mean_tokens", "tokens_per_sample"],
+        rows,
+        [
+            "model",
+            "stage",
+            "variant",
+            "samples",
+            "samples_per_s",
+            "samples_per_s_per_core",
+            "cpu_s",
+            "wall_s",
+            "mean_tokens",
+            "tokens_per_sample",
+        ],
         title=f"data pipeline on {result['device']} ({os.cpu_count()} cores, load {result.get('load_average_1m')}), "
-              f"images {args.min_side}-{args.max_side} px, micro batch {args.batch}, median of {args.repeats}",
+        f"images {args.min_side}-{args.max_side} px, micro batch {args.batch}, median of {args.repeats}",
     )
     result["table"] = table
     write_result(f"data_pipeline-{result['device']}", result)

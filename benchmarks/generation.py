@@ -75,12 +75,18 @@ class StaticCacheGenerator(HFGenerator):
 
 
 def measure(
-    backbone: Backbone, requests, batch_size: int, max_new_tokens: int, synthesizer: bool, cache: str = "dynamic",
+    backbone: Backbone,
+    requests,
+    batch_size: int,
+    max_new_tokens: int,
+    synthesizer: bool,
+    cache: str = "dynamic",
     compile_step: bool = False,
 ) -> dict:
     if cache == "static":
-        generator: HFGenerator = StaticCacheGenerator(backbone, batch_size=batch_size, progress=False,
-                                                      synthesizer=synthesizer, compile_step=compile_step)
+        generator: HFGenerator = StaticCacheGenerator(
+            backbone, batch_size=batch_size, progress=False, synthesizer=synthesizer, compile_step=compile_step
+        )
     else:
         generator = HFGenerator(backbone, batch_size=batch_size, progress=False, synthesizer=synthesizer)
     generator.generate(requests[: min(len(requests), batch_size)], max_new_tokens=max_new_tokens)  # warm-up
@@ -94,24 +100,24 @@ def measure(
     stats["samples_per_cpu_s"] = stats["samples"] / cpu if cpu else float("nan")
     stats["batch_size"] = batch_size
     stats["cache"] = cache + (" + compile" if compile_step else "")
-    stats["padding_share"] = (
-        1 - stats["prompt_tokens"] / stats["padded_tokens"] if stats["padded_tokens"] else 0.0
-    )
+    stats["padding_share"] = 1 - stats["prompt_tokens"] / stats["padded_tokens"] if stats["padded_tokens"] else 0.0
     return stats
 
 
 def main(argv: list[str] | None = None) -> dict:
-    parser = argparse.ArgumentParser(
-        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
-    )
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, default=32, help="prompts per measurement")
     parser.add_argument("--batch", type=int, default=8, help="prompts per batch for the batched measurement")
     parser.add_argument("--max-new-tokens", type=int, default=32)
     parser.add_argument("--image-size", type=int, default=112)
     parser.add_argument("--kinds", nargs="+", default=["eval", "synthesis"], choices=["eval", "synthesis"])
     parser.add_argument("--no-static", action="store_true", help="skip the static-cache measurement")
-    parser.add_argument("--threads", type=int, default=None,
-                        help="torch CPU threads (1 on a shared CPU: a busy core stalls every multi-threaded op)")
+    parser.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (1 on a shared CPU: a busy core stalls every multi-threaded op)",
+    )
     parser.add_argument("--compile", action="store_true", help="compile the static-cache decoding step too")
     parser.add_argument("--out", type=Path, default=ROOT / "benchmarks" / "results")
     args, overrides = parser.parse_known_args(argv)
@@ -123,9 +129,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     model_name = next((o.split("=", 1)[1] for o in overrides if o.startswith("model=")), "tiny_qwen2_vl")
     device_name = (
-        torch.cuda.get_device_name(device)
-        if device.type == "cuda"
-        else f"cpu-{torch.get_num_threads()}threads"
+        torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu-{torch.get_num_threads()}threads"
     )
     result: dict = {
         "model": model_name,
@@ -174,13 +178,19 @@ def main(argv: list[str] | None = None) -> dict:
                 continue
             s = run[mode]
             print(
-                f"{kind:<10} {mode:<22} {s['batch_size']:>5} {s['samples_per_s']:>10.2f} {s['samples_per_cpu_s']:>13.2f} "
+                f"{kind:<10} {mode:<22} {s['batch_size']:>5} {s['samples_per_s']:>10.2f} "
+                f"{s['samples_per_cpu_s']:>13.2f} "
                 f"{s['new_tokens_per_s']:>10.1f} {s['new_tokens']:>8} {s['padding_share']:>6.1%}"
             )
-        print(f"{kind:<10} speedup batched / one at a time: {run['speedup']:.2f}x wall, {run['cpu_speedup']:.2f}x CPU time")
+        print(
+            f"{kind:<10} speedup batched / one at a time: {run['speedup']:.2f}x wall, "
+            f"{run['cpu_speedup']:.2f}x CPU time"
+        )
         if "static_vs_dynamic" in run:
-            print(f"{kind:<10} static / dynamic cache (batched): {run['static_vs_dynamic']:.2f}x wall, "
-                  f"{run['static_vs_dynamic_cpu']:.2f}x CPU time")
+            print(
+                f"{kind:<10} static / dynamic cache (batched): {run['static_vs_dynamic']:.2f}x wall, "
+                f"{run['static_vs_dynamic_cpu']:.2f}x CPU time"
+            )
     print(f"written: {path.relative_to(ROOT) if path.is_relative_to(ROOT) else path}")
     return result
 

@@ -39,8 +39,10 @@ def toy_lengths(model: str, n: int, seed: int = 0) -> tuple[list[int], int]:
     lengths = []
     for _ in range(n):
         scene = toy.sample_scene(rng, size)
-        turns = [Turn("user", IMAGE_PLACEHOLDER + toy.caption_instruction(rng)),
-                 Turn("assistant", toy.describe_scene(scene))]
+        turns = [
+            Turn("user", IMAGE_PLACEHOLDER + toy.caption_instruction(rng)),
+            Turn("assistant", toy.describe_scene(scene)),
+        ]
         for task in toy.rule_tasks(scene, rng, rng.randint(1, 6)):
             turns += [Turn("user", task.prompt), Turn("assistant", task.answer)]
         lengths.append(backbone.encode(turns, [(size, size)]).expanded_length)
@@ -82,20 +84,36 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         for batch in args.batches:
             random_batches = length_grouped_batches(lengths, batch, random.Random(0), False)
             grouped = length_grouped_batches(lengths, batch, random.Random(0), True)
-            rows.append({
-                "lengths": name, "samples": len(lengths), "mean_tokens": sum(lengths) / len(lengths),
-                "max_tokens": max(lengths), "micro_batch": batch, "cutoff_len": cutoff,
-                "random": padding_fraction(lengths, random_batches),
-                "length_grouped": padding_fraction(lengths, grouped),
-                "random_packed": packed_padding(lengths, random_batches, cutoff),
-                "grouped_packed": packed_padding(lengths, grouped, cutoff),
-            })
+            rows.append(
+                {
+                    "lengths": name,
+                    "samples": len(lengths),
+                    "mean_tokens": sum(lengths) / len(lengths),
+                    "max_tokens": max(lengths),
+                    "micro_batch": batch,
+                    "cutoff_len": cutoff,
+                    "random": padding_fraction(lengths, random_batches),
+                    "length_grouped": padding_fraction(lengths, grouped),
+                    "random_packed": packed_padding(lengths, random_batches, cutoff),
+                    "grouped_packed": packed_padding(lengths, grouped, cutoff),
+                }
+            )
     result = {"benchmark": "padding", **environment(), "n": args.n, "runs": rows}
     result["table"] = print_table(
-        rows, ["lengths", "samples", "mean_tokens", "max_tokens", "micro_batch", "random", "length_grouped",
-               "random_packed", "grouped_packed"],
+        rows,
+        [
+            "lengths",
+            "samples",
+            "mean_tokens",
+            "max_tokens",
+            "micro_batch",
+            "random",
+            "length_grouped",
+            "random_packed",
+            "grouped_packed",
+        ],
         title="padding share of the token slots (random = the naive loop; length_grouped = train.py's default; "
-              "packed = data.packing=true, rows of cutoff_len)",
+        "packed = data.packing=true, rows of cutoff_len)",
     )
     write_result("padding", result)
     return result

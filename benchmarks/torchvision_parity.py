@@ -11,7 +11,8 @@ For each preset (its real image settings) and :mod:`benchmarks.workload` JPEGs p
 * ``fast torchvision`` vs ``*ImageProcessorPil``: how far the two backends' pixels are apart.
 
 Prints one table (elements compared, elements that differ at all, elements that differ by half a pixel step or
-more, the largest difference in pixel steps: the difference of normalised values times std / rescale) and writes ``benchmarks/results/torchvision_parity-<device>.json``.
+more, the largest difference in pixel steps: the difference of normalised values times std / rescale) and writes
+``benchmarks/results/torchvision_parity-<device>.json``.
 Exits 1 when a pair that must be equal is not.
 """
 
@@ -62,16 +63,25 @@ def processed(model: str, images: list[Image.Image], ip: Any) -> torch.Tensor:
     return ip(images=nested, return_tensors="pt")["pixel_values"]
 
 
-def compare(name: str, model: str, images: str, a: torch.Tensor, b: torch.Tensor, pixel_unit: float,
-            exact: bool) -> dict:
+def compare(
+    name: str, model: str, images: str, a: torch.Tensor, b: torch.Tensor, pixel_unit: float, exact: bool
+) -> dict:
     row = {"model": model, "images": images, "pair": name, "elements": a.numel(), "must_be_equal": exact}
     if a.shape != b.shape:
-        return row | {"differ": a.numel(), "differ_by_a_step": a.numel(), "max_diff_steps": float("inf"),
-                      "ok": not exact}
+        return row | {
+            "differ": a.numel(),
+            "differ_by_a_step": a.numel(),
+            "max_diff_steps": float("inf"),
+            "ok": not exact,
+        }
     steps = (a - b).abs() / pixel_unit
     differ = int((a != b).sum())
-    return row | {"differ": differ, "differ_by_a_step": int((steps >= 0.5).sum()),
-                  "max_diff_steps": round(float(steps.max()), 3) if a.numel() else 0.0, "ok": differ == 0 or not exact}
+    return row | {
+        "differ": differ,
+        "differ_by_a_step": int((steps >= 0.5).sum()),
+        "max_diff_steps": round(float(steps.max()), 3) if a.numel() else 0.0,
+        "ok": differ == 0 or not exact,
+    }
 
 
 def main(argv: list[str] | None = None) -> dict[str, Any]:
@@ -100,17 +110,25 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             reference_pil, reference_tv = processed(model, images, pil_ip), processed(model, images, tv_ip)
             rows += [
                 compare("fast pil = PIL processor", model, group, fast_pil, reference_pil, pixel_unit, True),
-                compare("fast torchvision = torchvision processor", model, group, fast_tv, reference_tv, pixel_unit,
-                        True),
+                compare(
+                    "fast torchvision = torchvision processor", model, group, fast_tv, reference_tv, pixel_unit, True
+                ),
                 compare("fast torchvision vs PIL processor", model, group, fast_tv, reference_pil, pixel_unit, False),
             ]
-    result = {"benchmark": "torchvision_parity", **environment(), "images": {k: len(v) for k, v in groups.items()},
-              "torchvision": torchvision.__version__, "cpu_capability": torch.backends.cpu.get_cpu_capability(),
-              "runs": rows}
-    result["table"] = print_table(rows, ["model", "images", "pair", "elements", "differ", "differ_by_a_step",
-                                         "max_diff_steps", "ok"],
-                                  title=f"pixel parity: {args.n} workload JPEGs, {len(ODD_SIZES)} odd sizes; torch CPU "
-                                        f"capability {result['cpu_capability']}; steps of 1/255 of the pixel range")
+    result = {
+        "benchmark": "torchvision_parity",
+        **environment(),
+        "images": {k: len(v) for k, v in groups.items()},
+        "torchvision": torchvision.__version__,
+        "cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "runs": rows,
+    }
+    result["table"] = print_table(
+        rows,
+        ["model", "images", "pair", "elements", "differ", "differ_by_a_step", "max_diff_steps", "ok"],
+        title=f"pixel parity: {args.n} workload JPEGs, {len(ODD_SIZES)} odd sizes; torch CPU "
+        f"capability {result['cpu_capability']}; steps of 1/255 of the pixel range",
+    )
     write_result(f"torchvision_parity-{result['device']}", result)
     if not all(r["ok"] for r in rows):
         sys.exit(1)

@@ -25,7 +25,8 @@ per-core figure). Tokens are the samples' real (non-padding) tokens. Model FLOPs
 counted once per sample by ``torch.utils.flop_counter`` on the unpadded sample (forward + backward as this
 finetune method needs it, eager attention counted in full, no recomputation); MFU divides them by the epoch
 time and by the matmul peak measured in this script (bf16 on a GPU for the bf16 presets; on CPU the fp32 peak
-of the tiny presets' dtype). Prints one table, writes ``benchmarks/results/train_step-<model>-<finetune>-<device>.json``.
+of the tiny presets' dtype). Prints one table, writes
+``benchmarks/results/train_step-<model>-<finetune>-<device>.json``.
 """
 
 from __future__ import annotations
@@ -151,8 +152,11 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     parser.add_argument("--variants", nargs="*", default=None, help="names to run (default: all)")
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's)")
     parser.add_argument("--tag", default="", help="appended to the result file name")
-    parser.add_argument("--compile", action="store_true",
-                        help="also measure torch.compile on CPU (always on a GPU; minutes of compilation on CPU)")
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="also measure torch.compile on CPU (always on a GPU; minutes of compilation on CPU)",
+    )
     args, overrides = parser.parse_known_args(argv)
     cfg = compose_config("train", overrides, args.threads)
     dev = device()
@@ -184,11 +188,18 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         if key in batches:
             continue
         order = length_grouped_batches(lengths, batch_size, torch_rng(0), v.group)
-        collated = [backbone.collate_packed([samples[i] for i in b], cutoff) if v.pack
-                    else backbone.collate([samples[i] for i in b]) for b in order]
+        collated = [
+            backbone.collate_packed([samples[i] for i in b], cutoff)
+            if v.pack
+            else backbone.collate([samples[i] for i in b])
+            for b in order
+        ]
         slots = sum(int(b["input_ids"].numel()) for b in collated)
-        padding[key] = {"padding_fraction": 1 - real_tokens / slots, "sequence_slots": slots,
-                        "grouped_plan_padding": padding_fraction(lengths, order)}
+        padding[key] = {
+            "padding_fraction": 1 - real_tokens / slots,
+            "sequence_slots": slots,
+            "grouped_plan_padding": padding_fraction(lengths, order),
+        }
         batches[key] = collated
     pinned: dict[tuple[bool, bool], list[dict[str, Any]]] = {}
 
@@ -215,8 +226,10 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
             optimizer = torch.optim.AdamW(groups, fused=True) if v.fused else torch.optim.AdamW(groups)
             source = batches[(v.group, v.pack)]
             if v.pin:
-                source = pinned.setdefault((v.group, v.pack), [
-                    {k: t.pin_memory() if isinstance(t, torch.Tensor) else t for k, t in b.items()} for b in source])
+                source = pinned.setdefault(
+                    (v.group, v.pack),
+                    [{k: t.pin_memory() if isinstance(t, torch.Tensor) else t for k, t in b.items()} for b in source],
+                )
 
             def step(batch: dict[str, Any], *, _call=call, _opt=optimizer, _pin=v.pin) -> None:
                 _call(**to_device(batch, dev, dtype, _pin)).loss.backward()
@@ -253,11 +266,20 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     for v in plan:
         epoch, cpu = median(timings[v.name]), median(cpu_times[v.name])
         key = (v.group, v.pack)
-        row: dict[str, Any] = {"variant": v.name, **asdict(v), **padding[key], **extra[v.name],
-                               "epoch_s": epoch, "epochs_s": timings[v.name],
-                               "tokens_per_s": real_tokens / epoch, "samples_per_s": len(samples) / epoch,
-                               "model_tflops_per_s": model_flops / epoch / 1e12, "mfu": model_flops / epoch / peak,
-                               "cpu_s": cpu, "tokens_per_cpu_s": real_tokens / cpu if cpu else float("nan")}
+        row: dict[str, Any] = {
+            "variant": v.name,
+            **asdict(v),
+            **padding[key],
+            **extra[v.name],
+            "epoch_s": epoch,
+            "epochs_s": timings[v.name],
+            "tokens_per_s": real_tokens / epoch,
+            "samples_per_s": len(samples) / epoch,
+            "model_tflops_per_s": model_flops / epoch / 1e12,
+            "mfu": model_flops / epoch / peak,
+            "cpu_s": cpu,
+            "tokens_per_cpu_s": real_tokens / cpu if cpu else float("nan"),
+        }
         rows.append(row)
     base = next((r for r in rows if r["variant"] == "naive"), None)
     for row in rows:
@@ -268,26 +290,48 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
 
     model_name = model_choice(overrides, "tiny_qwen2_vl")
     result: dict[str, Any] = {
-        "benchmark": "train_step", **environment(), "model": model_name, "family": backbone.family,
-        "variant": backbone.spec.variant, "finetune": finetune.method, "dtype": str(dtype).removeprefix("torch."),
+        "benchmark": "train_step",
+        **environment(),
+        "model": model_name,
+        "family": backbone.family,
+        "variant": backbone.spec.variant,
+        "finetune": finetune.method,
+        "dtype": str(dtype).removeprefix("torch."),
         "parameters": sum(p.numel() for p in model.parameters()),
         "trainable_parameters": sum(p.numel() for p in model.parameters() if p.requires_grad),
-        "workload": args.workload, "samples": len(samples), "dropped_over_cutoff": len(convs) - len(samples),
-        "micro_batch": batch_size, "cutoff_len": cutoff, "real_tokens_per_epoch": real_tokens,
-        "mean_sample_tokens": real_tokens / len(samples), "max_sample_tokens": max(lengths),
-        "model_flops_per_epoch": model_flops, "matmul_peak_tflops": peak / 1e12,
-        "matmul_peak_dtype": str(dtype).removeprefix("torch."), "rounds": args.rounds, "overrides": overrides,
+        "workload": args.workload,
+        "samples": len(samples),
+        "dropped_over_cutoff": len(convs) - len(samples),
+        "micro_batch": batch_size,
+        "cutoff_len": cutoff,
+        "real_tokens_per_epoch": real_tokens,
+        "mean_sample_tokens": real_tokens / len(samples),
+        "max_sample_tokens": max(lengths),
+        "model_flops_per_epoch": model_flops,
+        "matmul_peak_tflops": peak / 1e12,
+        "matmul_peak_dtype": str(dtype).removeprefix("torch."),
+        "rounds": args.rounds,
+        "overrides": overrides,
         "runs": rows,
     }
-    columns = ["variant", "tokens_per_s", "samples_per_s", "speedup_vs_naive", "mfu", "padding_fraction",
-               "epoch_s", "first_step_s"]
+    columns = [
+        "variant",
+        "tokens_per_s",
+        "samples_per_s",
+        "speedup_vs_naive",
+        "mfu",
+        "padding_fraction",
+        "epoch_s",
+        "first_step_s",
+    ]
     columns += ["peak_memory_gib"] if dev.type == "cuda" else ["tokens_per_cpu_s", "cpu_speedup_vs_naive"]
     result["table"] = print_table(
-        rows, columns,
+        rows,
+        columns,
         title=f"{model_name} {finetune.method} ({backbone.spec.variant}, {result['dtype']}) on {device_name(dev)}: "
-              f"{len(samples)} {args.workload} samples, {real_tokens / len(samples):.0f} tokens each on average, "
-              f"micro batch {batch_size}; MFU against a measured {result['matmul_peak_dtype']} matmul peak of "
-              f"{peak / 1e12:.3g} TFLOP/s; median of {args.rounds} interleaved epochs",
+        f"{len(samples)} {args.workload} samples, {real_tokens / len(samples):.0f} tokens each on average, "
+        f"micro batch {batch_size}; MFU against a measured {result['matmul_peak_dtype']} matmul peak of "
+        f"{peak / 1e12:.3g} TFLOP/s; median of {args.rounds} interleaved epochs",
     )
     if any("error" in r for r in rows):
         for r in rows:

@@ -81,10 +81,14 @@ def draw(spec: WorkloadSpec = WorkloadSpec()) -> list[Drawn]:
     for i in range(spec.n):
         long_side = rng.randint(spec.min_side, spec.max_side)
         aspect = rng.choice(ASPECTS)
-        width, height = (long_side, round(long_side / aspect)) if aspect >= 1 else (round(long_side * aspect), long_side)
+        width, height = (
+            (long_side, round(long_side / aspect)) if aspect >= 1 else (round(long_side * aspect), long_side)
+        )
         image_seed = rng.randrange(2**32)
-        turns = [Turn("user", IMAGE_PLACEHOLDER + "Describe the image in detail."),
-                 Turn("assistant", " ".join(_sentence(rng, 8, 30) for _ in range(rng.randint(2, 6))))]
+        turns = [
+            Turn("user", IMAGE_PLACEHOLDER + "Describe the image in detail."),
+            Turn("assistant", " ".join(_sentence(rng, 8, 30) for _ in range(rng.randint(2, 6)))),
+        ]
         for _ in range(rng.randint(spec.min_tasks, spec.max_tasks)):
             turns.append(Turn("user", _sentence(rng, 5, 30) + " " + _sentence(rng, 1, 12)))
             turns.append(Turn("assistant", " ".join(_sentence(rng, 3, 25) for _ in range(rng.randint(1, 3)))))
@@ -121,8 +125,10 @@ def toy_conversations(n: int = 256, seed: int = 0, image_size: int = 112, max_ta
         path = folder / f"{i:05d}.png"
         if not path.exists():
             toy.render_scene(scene).save(path)
-        turns = [Turn("user", IMAGE_PLACEHOLDER + toy.caption_instruction(rng)),
-                 Turn("assistant", toy.describe_scene(scene))]
+        turns = [
+            Turn("user", IMAGE_PLACEHOLDER + toy.caption_instruction(rng)),
+            Turn("assistant", toy.describe_scene(scene)),
+        ]
         for task in toy.rule_tasks(scene, rng, rng.randint(1, max_tasks)):
             turns += [Turn("user", task.prompt), Turn("assistant", task.answer)]
         out.append(Conversation(f"toy{i:05d}", turns, (path,)))

@@ -123,12 +123,7 @@ def check_train_config(cfg: DictConfig) -> None:
                 accumulation_steps(cfg)
             except ConfigError as err:
                 check.add(str(err))
-    if (
-        finetune is not None
-        and finetune.method == "qlora"
-        and model is not None
-        and model.backbone.variant == "random"
-    ):
+    if finetune is not None and finetune.method == "qlora" and model is not None and model.backbone.variant == "random":
         check.add(
             "finetune=qlora needs a saved checkpoint; model variant 'random' has none (use tiny or a real preset)"
         )
@@ -138,9 +133,7 @@ def check_train_config(cfg: DictConfig) -> None:
             _check_stages_vs_mix(check, stage_mode, mix)
     evaluation = nodes["eval"]
     if evaluation is not None and evaluation.enabled:
-        _check_benchmarks(
-            check, "eval.benchmarks", evaluation.benchmarks, evaluation.limit, evaluation.max_new_tokens
-        )
+        _check_benchmarks(check, "eval.benchmarks", evaluation.benchmarks, evaluation.limit, evaluation.max_new_tokens)
     check.raise_any()
 
 
@@ -182,9 +175,7 @@ def _check_stages_vs_mix(check: _Problems, stage_mode: Any, mix: Any) -> None:
             )
 
 
-def _check_benchmarks(
-    check: _Problems, key: str, names: Any, limit: Any, tokens: Any, bad_rows: Any = None
-) -> None:
+def _check_benchmarks(check: _Problems, key: str, names: Any, limit: Any, tokens: Any, bad_rows: Any = None) -> None:
     """The selected benchmark names exist in the ``benchmark`` node and their definitions are valid (with the
     run's limit, token budget and bad-row policy, already checked: None where they are not valid)."""
     names = [names] if isinstance(names, str) else list(names or [])
@@ -214,12 +205,7 @@ def _check_toy_seed_domain(check: _Problems) -> None:
     cfg = check.cfg
     tuned_here = bool(cfg.tune.enabled) and not cfg.synthesizer.get("checkpoint")
     seed = cfg.seed_data
-    if (
-        not tuned_here
-        or seed.source != "toy"
-        or cfg.domain.name == "toy"
-        or seed.get("allow_on_other_domains")
-    ):
+    if not tuned_here or seed.source != "toy" or cfg.domain.name == "toy" or seed.get("allow_on_other_domains"):
         return
     check.add(
         f"synthesizer={cfg.synthesizer.name} would be tuned on the toy seed set (coloured shapes) and then asked "
@@ -240,9 +226,7 @@ def check_synth_config(cfg: DictConfig) -> None:
     synthesizer, seed = nodes["synthesizer"], nodes["seed_data"]
     if synthesizer is not None:
         if synthesizer.checkpoint and not Path(synthesizer.checkpoint).is_dir():
-            check.add(
-                f"synthesizer.checkpoint={synthesizer.checkpoint} is not a folder holding a tuned synthesizer"
-            )
+            check.add(f"synthesizer.checkpoint={synthesizer.checkpoint} is not a folder holding a tuned synthesizer")
         if synthesizer.kind == "rules" and cfg.stage == "tune_synthesizer":
             check.add("stage=tune_synthesizer needs a model synthesizer; synthesizer=rules is not tuned")
         elif synthesizer.kind == "model":
@@ -259,12 +243,7 @@ def check_synth_config(cfg: DictConfig) -> None:
     if device.startswith("cuda") and not torch.cuda.is_available():
         check.add(f"synthesis.device={device} needs a CUDA GPU and none is visible; use synthesis.device=cpu")
     prompt = cfg.filter.get("prompt_file")
-    if (
-        cfg.filter.get("backend") == "llm"
-        and isinstance(prompt, str)
-        and prompt
-        and not Path(prompt).is_file()
-    ):
+    if cfg.filter.get("backend") == "llm" and isinstance(prompt, str) and prompt and not Path(prompt).is_file():
         check.add(f"filter.prompt_file={prompt} does not exist")
     templates = cfg.formatting.get("templates_file")
     if isinstance(templates, str) and templates and not Path(templates).is_file():
@@ -294,9 +273,7 @@ def check_eval_config(cfg: DictConfig) -> None:
     else:
         values = {k: field_value(cfg, EvaluateRoot, k, "") for k in ("limit", "max_new_tokens", "bad_rows")}
         usable = {k: None if found else value for k, (value, found) in values.items()}
-        _check_benchmarks(
-            check, "benchmarks", names, usable["limit"], usable["max_new_tokens"], usable["bad_rows"]
-        )
+        _check_benchmarks(check, "benchmarks", names, usable["limit"], usable["max_new_tokens"], usable["bad_rows"])
     _check_generation(check, EvaluateRoot)
     check.raise_any()
 

@@ -61,11 +61,22 @@ def read_jobs(sweep: Path) -> list[Job]:
             summary = json.loads(path.read_text())
         except (OSError, ValueError) as err:
             raise ValueError(f"{path}: not a readable summary.json ({err})") from err
-        metrics = {k: float(v) for k, v in (summary.get("metrics") or {}).items()
-                   if isinstance(v, (int, float)) and not isinstance(v, bool)}
+        metrics = {
+            k: float(v)
+            for k, v in (summary.get("metrics") or {}).items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool)
+        }
         stages = [str(s.get("name")) for s in summary.get("stages") or [] if isinstance(s, dict)]
-        jobs.append(Job(path.parent, summary.get("status", "?"), read_overrides(path.parent), metrics,
-                        str(summary.get("error", ""))[:200], stages=stages if len(stages) > 1 else []))
+        jobs.append(
+            Job(
+                path.parent,
+                summary.get("status", "?"),
+                read_overrides(path.parent),
+                metrics,
+                str(summary.get("error", ""))[:200],
+                stages=stages if len(stages) > 1 else [],
+            )
+        )
     if not jobs:
         raise FileNotFoundError(f"{sweep}: no summary.json below it; is it a multirun folder of train.py?")
     keys = sorted({k for job in jobs for k in job.overrides})
@@ -117,8 +128,9 @@ def cell(value: float | None) -> str:
 def rows(jobs: Sequence[Job], metrics: Sequence[str]) -> tuple[list[str], list[list[str]]]:
     axes = list(jobs[0].axes)
     header = ["job", *axes, "status", *(column_name(m, jobs) for m in metrics)]
-    body = [[job.folder.name, *job.axes.values(), job.status, *(cell(job.metrics.get(m)) for m in metrics)]
-            for job in jobs]
+    body = [
+        [job.folder.name, *job.axes.values(), job.status, *(cell(job.metrics.get(m)) for m in metrics)] for job in jobs
+    ]
     return header, body
 
 
@@ -138,8 +150,9 @@ def axis_range(values: Sequence[float]) -> tuple[float, float]:
     return low - (0.05 * span if low < 0 else 0.0), high + 0.18 * span
 
 
-def chart(jobs: Sequence[Job], metrics: Sequence[str], path: Path,
-          intervals: dict[str, dict[str, Interval]] | None = None) -> Path:
+def chart(
+    jobs: Sequence[Job], metrics: Sequence[str], path: Path, intervals: dict[str, dict[str, Interval]] | None = None
+) -> Path:
     """One panel per metric: one bar per job (labelled by its axis values; failed jobs have no bar), or, when
     ``intervals`` (condition → metric → mean and interval over seeds) is given, one bar per condition with its
     95 % interval as an error bar."""
@@ -152,21 +165,29 @@ def chart(jobs: Sequence[Job], metrics: Sequence[str], path: Path,
     labels = list(intervals) if intervals else [job.label for job in jobs]
     cols = min(3, len(shown))
     nrows = math.ceil(len(shown) / cols)
-    fig, axes = plt.subplots(nrows, cols, figsize=(5.2 * cols, 0.9 + 0.45 * len(labels) * nrows + 0.8 * nrows),
-                             squeeze=False)
+    fig, axes = plt.subplots(
+        nrows, cols, figsize=(5.2 * cols, 0.9 + 0.45 * len(labels) * nrows + 0.8 * nrows), squeeze=False
+    )
     colours = plt.get_cmap("tab10")
     for ax, metric in zip(axes.flat, shown):
         if intervals:
             spans = [intervals[name][metric] for name in labels]
             values = [i.mean for i in spans]
-            errors = [[0.0 if math.isnan(i.low) else i.mean - i.low for i in spans],
-                      [0.0 if math.isnan(i.high) else i.high - i.mean for i in spans]]
+            errors = [
+                [0.0 if math.isnan(i.low) else i.mean - i.low for i in spans],
+                [0.0 if math.isnan(i.high) else i.high - i.mean for i in spans],
+            ]
             tops = [v if math.isnan(i.high) else i.high for v, i in zip(values, spans)]
         else:
             values = [job.metrics.get(metric, math.nan) for job in jobs]
             errors, tops = None, values
-        ax.barh(range(len(labels)), [0 if math.isnan(v) else v for v in values], xerr=errors, capsize=3,
-                color=[colours(i % 10) for i in range(len(labels))])
+        ax.barh(
+            range(len(labels)),
+            [0 if math.isnan(v) else v for v in values],
+            xerr=errors,
+            capsize=3,
+            color=[colours(i % 10) for i in range(len(labels))],
+        )
         for i, v in enumerate(values):
             ax.text(0 if math.isnan(v) else v, i, " n/a" if math.isnan(v) else f" {v:.1f}", va="bottom", fontsize=8)
         ax.set_yticks(range(len(labels)), labels, fontsize=8)
@@ -174,7 +195,7 @@ def chart(jobs: Sequence[Job], metrics: Sequence[str], path: Path,
         ax.set_xlim(*axis_range([*values, *tops]))
         title = column_name(metric, jobs).removeprefix("eval/")
         ax.set_title(title + (" (all 0)" if _all_zero(values) else ""), fontsize=10)
-    for ax in list(axes.flat)[len(shown):]:
+    for ax in list(axes.flat)[len(shown) :]:
         ax.axis("off")
     fig.tight_layout()
     with atomic_open(path) as handle:
@@ -218,8 +239,10 @@ def aggregate_table(jobs: Sequence[Job], metrics: Sequence[str]) -> tuple[str, d
 def row_scores(job: Job) -> dict[str, dict[str, float]]:
     """Per benchmark, each row's score (0-1) keyed by row id and, for open/closed rows, by answer type, from the
     job's newest predictions (a train run's eval/step_*/trained, or an evaluate run's predictions/)."""
-    steps = sorted(job.folder.glob("eval/step_*/trained/predictions"),
-                   key=lambda p: int(p.parent.parent.name.removeprefix("step_")))
+    steps = sorted(
+        job.folder.glob("eval/step_*/trained/predictions"),
+        key=lambda p: int(p.parent.parent.name.removeprefix("step_")),
+    )
     folder = steps[-1] if steps else job.folder / "predictions"
     out: dict[str, dict[str, float]] = {}
     for path in sorted(folder.glob("*.jsonl")) if folder.is_dir() else []:
@@ -261,18 +284,26 @@ def paired_table(jobs: Sequence[Job], baseline: str | None = None) -> str:
                 continue
             result = paired_comparison([a[r] for r in shared], [b[r] for r in shared])
             diff = result.difference  # scores are 0-1: shown in points like the metrics
-            body.append([name, task, str(len(shared)),
-                         Interval(100 * diff.mean, 100 * diff.low, 100 * diff.high, diff.n).format(),
-                         f"{result.p_permutation:.3g}",
-                         "–" if result.p_mcnemar is None else f"{result.p_mcnemar:.3g}"])
+            body.append(
+                [
+                    name,
+                    task,
+                    str(len(shared)),
+                    Interval(100 * diff.mean, 100 * diff.low, 100 * diff.high, diff.n).format(),
+                    f"{result.p_permutation:.3g}",
+                    "–" if result.p_mcnemar is None else f"{result.p_mcnemar:.3g}",
+                ]
+            )
     if not body:
         return ""
-    return markdown_table(["condition", "benchmark", "rows", f"difference vs {base} [95 % CI]",
-                           "p (permutation)", "p (McNemar)"], body)
+    return markdown_table(
+        ["condition", "benchmark", "rows", f"difference vs {base} [95 % CI]", "p (permutation)", "p (McNemar)"], body
+    )
 
 
-def write_report(sweep: str | Path, out: str | Path | None = None, all_metrics: bool = False,
-                 baseline: str | None = None) -> dict[str, Any]:
+def write_report(
+    sweep: str | Path, out: str | Path | None = None, all_metrics: bool = False, baseline: str | None = None
+) -> dict[str, Any]:
     """Write report.md / report.csv / report.png for a sweep folder; returns their paths and the table."""
     sweep = Path(sweep)
     out = Path(out) if out else sweep
@@ -281,8 +312,12 @@ def write_report(sweep: str | Path, out: str | Path | None = None, all_metrics: 
     header, body = rows(jobs, metrics)
     table = markdown_table(header, body)
     failed = [f"- job {j.folder.name} ({j.label}): {j.error}" for j in jobs if j.status != "ok"]
-    staged = [f"- job {j.folder.name} ({j.label}): {', '.join(m for m in STAGE_LOSSES if m in metrics)} of its last "
-              f"stage, {last_stage(j)}" for j in jobs if last_stage(j) and any(m in metrics for m in STAGE_LOSSES)]
+    staged = [
+        f"- job {j.folder.name} ({j.label}): {', '.join(m for m in STAGE_LOSSES if m in metrics)} of its last "
+        f"stage, {last_stage(j)}"
+        for j in jobs
+        if last_stage(j) and any(m in metrics for m in STAGE_LOSSES)
+    ]
     text = f"# Sweep {sweep.name}\n\n{table}\n" + ("\nFailed jobs:\n" + "\n".join(failed) + "\n" if failed else "")
     intervals: dict[str, dict[str, Interval]] = {}
     if any(len(members) > 1 for members in conditions(jobs).values()):
@@ -290,16 +325,21 @@ def write_report(sweep: str | Path, out: str | Path | None = None, all_metrics: 
         text += f"\n## Over seeds: mean [95 % bootstrap interval]\n\n{aggregated}\n"
     paired = paired_table(jobs, baseline)
     if paired:
-        text += ("\n## Paired on the same benchmark rows\n\nRow scores averaged over each condition's seeds; "
-                 "McNemar only for right/wrong rows of one seed each.\n\n" + paired + "\n")
+        text += (
+            "\n## Paired on the same benchmark rows\n\nRow scores averaged over each condition's seeds; "
+            "McNemar only for right/wrong rows of one seed each.\n\n" + paired + "\n"
+        )
     text += "\nLosses of multi-stage jobs:\n" + "\n".join(staged) + "\n" if staged else ""
     buffer = io.StringIO()
     writer = csv.writer(buffer)
     writer.writerow(header)
-    writer.writerows([[job.folder.name, *job.axes.values(), job.status,
-                       *(job.metrics.get(m, "") for m in metrics)] for job in jobs])
-    paths = {"markdown": atomic_write_text(out / "report.md", text),
-             "csv": atomic_write_text(out / "report.csv", buffer.getvalue())}
+    writer.writerows(
+        [[job.folder.name, *job.axes.values(), job.status, *(job.metrics.get(m, "") for m in metrics)] for job in jobs]
+    )
+    paths = {
+        "markdown": atomic_write_text(out / "report.md", text),
+        "csv": atomic_write_text(out / "report.csv", buffer.getvalue()),
+    }
     if metrics and any(job.metrics for job in jobs):
         paths["png"] = chart(jobs, metrics, out / "report.png", intervals)
     return {"table": table, "jobs": len(jobs), "failed": len(failed), **{k: str(v) for k, v in paths.items()}}
@@ -310,9 +350,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("sweep", type=Path, help="a multirun folder (logs/<task>/multiruns/<time>)")
     parser.add_argument("--out", type=Path, default=None, help="where to write (default: the sweep folder)")
     parser.add_argument("--all-metrics", action="store_true", help="also the per-question-type metrics")
-    parser.add_argument("--baseline", default=None,
-                        help="the condition the paired tests compare against (a substring of its label, e.g. "
-                             "data_mix=caption_only); default: the first")
+    parser.add_argument(
+        "--baseline",
+        default=None,
+        help="the condition the paired tests compare against (a substring of its label, e.g. "
+        "data_mix=caption_only); default: the first",
+    )
     args = parser.parse_args(argv)
     result = write_report(args.sweep, args.out, args.all_metrics, args.baseline)
     print(result["table"])

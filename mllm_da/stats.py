@@ -58,14 +58,21 @@ def mean_interval(values: Sequence[float], confidence: float = CONFIDENCE, seed:
         return Interval(mean, math.nan, math.nan, 1)
     if np.all(data == data[0]):  # no spread: the interval is the value itself
         return Interval(mean, mean, mean, int(data.size))
-    result = stats.bootstrap((data,), np.mean, confidence_level=confidence, n_resamples=RESAMPLES,
-                             method="percentile", random_state=np.random.default_rng(seed))
+    result = stats.bootstrap(
+        (data,),
+        np.mean,
+        confidence_level=confidence,
+        n_resamples=RESAMPLES,
+        method="percentile",
+        random_state=np.random.default_rng(seed),
+    )
     ci = result.confidence_interval
     return Interval(mean, float(ci.low), float(ci.high), int(data.size))
 
 
-def paired_comparison(a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE,
-                      seed: int = SEED) -> PairedComparison:
+def paired_comparison(
+    a: Sequence[float], b: Sequence[float], confidence: float = CONFIDENCE, seed: int = SEED
+) -> PairedComparison:
     """Compare two conditions on the same rows (``a[i]`` and ``b[i]`` score row ``i``)."""
     if len(a) != len(b):
         raise ValueError(f"paired scores need the same rows: {len(a)} against {len(b)}")
@@ -76,9 +83,14 @@ def paired_comparison(a: Sequence[float], b: Sequence[float], confidence: float 
     if x.size == 0 or np.all(x == y):
         p_perm = 1.0
     else:
-        test = stats.permutation_test((x, y), lambda u, v: np.mean(v - u), permutation_type="samples",
-                                      n_resamples=RESAMPLES, alternative="two-sided",
-                                      random_state=np.random.default_rng(seed))
+        test = stats.permutation_test(
+            (x, y),
+            lambda u, v: np.mean(v - u),
+            permutation_type="samples",
+            n_resamples=RESAMPLES,
+            alternative="two-sided",
+            random_state=np.random.default_rng(seed),
+        )
         p_perm = float(test.pvalue)
     binary = x.size > 0 and set(np.unique(np.concatenate([x, y]))) <= {0.0, 1.0}
     if not binary:

@@ -64,8 +64,13 @@ def synth_inputs(work_root: Path) -> list:
 @pytest.fixture(scope="session")
 def synth_backbone(work_root: Path) -> dict:
     """``load_backbone`` keywords of a small tiny LLaVA-NeXT synthesizer."""
-    return {"family": "llava_next", "variant": "tiny", "tiny": dict(TEST_TINY),
-            "image": {"image_mean": [0.96] * 3, "image_std": [0.5] * 3}, "cache_dir": str(work_root / ".cache")}
+    return {
+        "family": "llava_next",
+        "variant": "tiny",
+        "tiny": dict(TEST_TINY),
+        "image": {"image_mean": [0.96] * 3, "image_std": [0.5] * 3},
+        "cache_dir": str(work_root / ".cache"),
+    }
 
 
 def small_run_overrides(family: str = "qwen2_vl", steps: int = 2) -> list[str]:

@@ -76,16 +76,18 @@ def test_synthesizer_mode_masks_first_round_and_trains_the_rest_plus_end_of_text
 
 def test_python_rendering_equals_the_saved_chat_template(backbone: Backbone):
     text, _ = backbone.render(CONVERSATION)
-    messages = [{"role": t.role, "content": t.content.replace("<image>", backbone.chat_format.image_text)}
-                for t in CONVERSATION]
+    messages = [
+        {"role": t.role, "content": t.content.replace("<image>", backbone.chat_format.image_text)} for t in CONVERSATION
+    ]
     assert backbone.processor.apply_chat_template(messages, tokenize=False) == text
     prompt = backbone.processor.apply_chat_template(messages[:1], tokenize=False, add_generation_prompt=True)
     assert prompt == backbone.render(CONVERSATION[:1], add_generation_prompt=True)[0]
 
 
 def test_hf_assistant_mask_agrees_with_ours(backbone: Backbone):
-    messages = [{"role": t.role, "content": t.content.replace("<image>", backbone.chat_format.image_text)}
-                for t in CONVERSATION]
+    messages = [
+        {"role": t.role, "content": t.content.replace("<image>", backbone.chat_format.image_text)} for t in CONVERSATION
+    ]
     out = backbone.tokenizer.apply_chat_template(
         messages, tokenize=True, return_dict=True, return_assistant_tokens_mask=True
     )
@@ -134,8 +136,12 @@ def test_forward_backward_and_generation_on_a_mixed_size_batch(backbone: Backbon
 def test_synthesizer_prompt_ends_with_an_open_user_header(backbone: Backbone):
     batch = backbone.generation_batch([(CONVERSATION[:2], [image()])])
     text = backbone.tokenizer.decode(batch["input_ids"][0][batch["attention_mask"][0].bool()])
-    assert text.endswith("There are two shapes." + backbone.chat_format.turn_end + backbone.chat_format.turn_suffix
-                         + backbone.chat_format.user_prefix)
+    assert text.endswith(
+        "There are two shapes."
+        + backbone.chat_format.turn_end
+        + backbone.chat_format.turn_suffix
+        + backbone.chat_format.user_prefix
+    )
     assert backbone.stop_token_ids(synthesizer=True) == [
         backbone.tokenizer.convert_tokens_to_ids(backbone.chat_format.synthesizer_end)
     ]

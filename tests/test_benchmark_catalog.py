@@ -83,17 +83,13 @@ def test_the_label_space_is_a_builder_that_fits_the_metric():
     with pytest.raises(ValueError, match="goes with metric multiple_choice"):
         BenchmarkSpec(name="x", metric="rouge_l", source="a.jsonl", label_space=food, label_file="l.json")
     with pytest.raises(ValueError, match="MultiLabelSpace"):
-        BenchmarkSpec(
-            name="x", metric="multi_label_f1", source="a.jsonl", label_space=food, label_file="l.json"
-        )
+        BenchmarkSpec(name="x", metric="multi_label_f1", source="a.jsonl", label_space=food, label_file="l.json")
     for name, message in (
         ("foodseg103", "name one as package.module.function"),
         ("mllm_da.evaluation.labels.nope", "names no importable function"),
     ):
         with pytest.raises(ValueError, match=message):
-            BenchmarkSpec(
-                name="x", metric="multi_label_f1", source="a.jsonl", label_space=name, label_file="l"
-            )
+            BenchmarkSpec(name="x", metric="multi_label_f1", source="a.jsonl", label_space=name, label_file="l")
     with pytest.raises(ValueError, match="needs label_file"):
         BenchmarkSpec(
             name="x",

@@ -32,7 +32,9 @@ def entry_config(group: str) -> str:
 
 GROUPS = sorted(p.name for p in CONF.iterdir() if p.is_dir() and p.name not in ("hydra", "local", "experiment"))
 OPTIONS = [(g, f.stem) for g in GROUPS for f in sorted((CONF / g).glob("*.yaml"))]
-EXPERIMENTS = sorted(str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").rglob("*.yaml"))
+EXPERIMENTS = sorted(
+    str(p.relative_to(CONF / "experiment").with_suffix("")) for p in (CONF / "experiment").rglob("*.yaml")
+)
 #: options that need a value only the user can give
 REQUIRED = {("data_mix", "external"): ["data_mix.external_file=/x/tasks.json"]}
 
@@ -115,8 +117,7 @@ def test_launchers_compose_with_the_hydra_config(launcher: str):
     from hydra import compose, initialize_config_dir
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose("train", overrides=[f"hydra/launcher={launcher}", "trainer.devices=2"],
-                      return_hydra_config=True)
+        cfg = compose("train", overrides=[f"hydra/launcher={launcher}", "trainer.devices=2"], return_hydra_config=True)
     assert cfg.hydra.launcher._target_.startswith("hydra_plugins.hydra_submitit_launcher")
     assert cfg.hydra.launcher.tasks_per_node in (1, 2)
 

@@ -20,10 +20,26 @@ from safetensors.torch import save_file
 
 from mllm_da.backbones.convert_llava import LLAVA_LLAMA3_SYSTEM, ConversionError, convert, main
 
-TEXT = dict(hidden_size=32, intermediate_size=64, num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=2,
-            max_position_embeddings=512, rms_norm_eps=1e-5, rope_theta=500000.0, hidden_act="silu")
-VISION = dict(hidden_size=24, intermediate_size=48, num_hidden_layers=3, num_attention_heads=4, image_size=28,
-              patch_size=14, projection_dim=24)
+TEXT = dict(
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=2,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=512,
+    rms_norm_eps=1e-5,
+    rope_theta=500000.0,
+    hidden_act="silu",
+)
+VISION = dict(
+    hidden_size=24,
+    intermediate_size=48,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    image_size=28,
+    patch_size=14,
+    projection_dim=24,
+)
 PINPOINTS = [[28, 56], [56, 28], [56, 56], [84, 28], [28, 84]]  # LLaVA's 1x2, 2x1, 2x2, 3x1, 1x3 grids of 28 px
 SOURCE_TOWER = "model.vision_tower.vision_tower.vision_model."
 CHAT = {"image_text": "<image>", "default_system": LLAVA_LLAMA3_SYSTEM}
@@ -34,7 +50,9 @@ def _randomise(state: dict[str, torch.Tensor], generator: torch.Generator) -> di
     out = {}
     for name, t in state.items():
         noise = torch.randn(t.shape, generator=generator)
-        out[name] = (1 + 0.1 * noise) if ("norm" in name or "layrnorm" in name) and name.endswith("weight") else 0.2 * noise
+        out[name] = (
+            (1 + 0.1 * noise) if ("norm" in name or "layrnorm" in name) and name.endswith("weight") else 0.2 * noise
+        )
     return out
 
 
@@ -43,13 +61,20 @@ def _clip_prefix(model: torch.nn.Module) -> str:
 
 
 def _original_tokenizer():
-    """A Llama-3-style tokenizer without any image token and with LLaVA's added ``<pad>``, as Open-LLaVA-NeXT saves it."""
+    """A Llama-3-style tokenizer without any image token and with LLaVA's added ``<pad>``, as Open-LLaVA-NeXT
+    saves it."""
     from mllm_da.backbones.llava_next import LLAMA3_SPECIALS
     from mllm_da.backbones.tiny import tokenizer_corpus, train_bpe_tokenizer
 
     specials = [s for s in LLAMA3_SPECIALS if s not in ("<image>", "<|finetune_right_pad_id|>")] + ["<pad>"]
-    return train_bpe_tokenizer(tokenizer_corpus(n_scenes=200), specials, vocab_size=400,
-                               bos_token="<|begin_of_text|>", eos_token="<|eot_id|>", pad_token="<pad>")
+    return train_bpe_tokenizer(
+        tokenizer_corpus(n_scenes=200),
+        specials,
+        vocab_size=400,
+        bos_token="<|begin_of_text|>",
+        eos_token="<|eot_id|>",
+        pad_token="<pad>",
+    )
 
 
 def _write_original(folder: Path, tensors: dict[str, torch.Tensor], config: dict, tokenizer, shards: int = 2) -> Path:
@@ -64,7 +89,8 @@ def _write_original(folder: Path, tensors: dict[str, torch.Tensor], config: dict
         weight_map.update(dict.fromkeys(part, file))
     total = sum(t.numel() * t.element_size() for t in tensors.values())
     (folder / "model.safetensors.index.json").write_text(
-        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map}))
+        json.dumps({"metadata": {"total_size": total}, "weight_map": weight_map})
+    )
     (folder / "config.json").write_text(json.dumps(config))
     tokenizer.save_pretrained(folder)
     return folder
@@ -98,22 +124,54 @@ def original(tmp_path_factory) -> SimpleNamespace:
     clip_dir = root / "clip-vit-tiny"
     clip_dir.mkdir()
     vision_cfg.save_pretrained(clip_dir)
-    torch.save({**{f"vision_model.{k}": v for k, v in clip.items()}, "logit_scale": torch.tensor(2.6),
-                "text_projection.weight": torch.zeros(4, 8)}, clip_dir / "pytorch_model.bin")
+    torch.save(
+        {
+            **{f"vision_model.{k}": v for k, v in clip.items()},
+            "logit_scale": torch.tensor(2.6),
+            "text_projection.weight": torch.zeros(4, 8),
+        },
+        clip_dir / "pytorch_model.bin",
+    )
 
     config = dict(
-        text_cfg.to_dict(), architectures=["LlavaLlamaForCausalLM"], model_type="llava_llama", rope_scaling=None,
-        rope_theta=TEXT["rope_theta"], pad_token_id=tokenizer.pad_token_id, mm_vision_tower=str(clip_dir),
-        mm_hidden_size=24, mm_projector_type="mlp2x_gelu", image_aspect_ratio="anyres", image_grid_pinpoints=PINPOINTS,
-        mm_vision_select_layer=-2, mm_vision_select_feature="patch", mm_patch_merge_type="spatial_unpad",
-        mm_use_im_start_end=False, mm_use_im_patch_token=False, unfreeze_mm_vision_tower=True, torch_dtype="float32",
-        tokenizer_model_max_length=6144, tokenizer_padding_side="right", use_mm_proj=True,
+        text_cfg.to_dict(),
+        architectures=["LlavaLlamaForCausalLM"],
+        model_type="llava_llama",
+        rope_scaling=None,
+        rope_theta=TEXT["rope_theta"],
+        pad_token_id=tokenizer.pad_token_id,
+        mm_vision_tower=str(clip_dir),
+        mm_hidden_size=24,
+        mm_projector_type="mlp2x_gelu",
+        image_aspect_ratio="anyres",
+        image_grid_pinpoints=PINPOINTS,
+        mm_vision_select_layer=-2,
+        mm_vision_select_feature="patch",
+        mm_patch_merge_type="spatial_unpad",
+        mm_use_im_start_end=False,
+        mm_use_im_patch_token=False,
+        unfreeze_mm_vision_tower=True,
+        torch_dtype="float32",
+        tokenizer_model_max_length=6144,
+        tokenizer_padding_side="right",
+        use_mm_proj=True,
     )
     config.pop("rope_parameters", None)
     src = _write_original(root / "open-llava-next-tiny", tensors, config, tokenizer)
     dst = convert(src, root / "open-llava-next-tiny-hf")
-    return SimpleNamespace(root=root, src=src, dst=dst, tensors=tensors, config=config, tokenizer=tokenizer,
-                           vocab=vocab, text_cfg=text_cfg, vision_cfg=vision_cfg, clip_dir=clip_dir, clip=clip)
+    return SimpleNamespace(
+        root=root,
+        src=src,
+        dst=dst,
+        tensors=tensors,
+        config=config,
+        tokenizer=tokenizer,
+        vocab=vocab,
+        text_cfg=text_cfg,
+        vision_cfg=vision_cfg,
+        clip_dir=clip_dir,
+        clip=clip,
+    )
 
 
 @pytest.fixture(scope="module")
@@ -127,19 +185,22 @@ def converted(original):
 def _expected_state(model: torch.nn.Module, tensors: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     """The test's own statement of where each original tensor lands in transformers' model."""
     keys = set(model.state_dict())
-    tower = "model.vision_tower.vision_model." if any(k.startswith("model.vision_tower.vision_model.") for k in keys) \
+    tower = (
+        "model.vision_tower.vision_model."
+        if any(k.startswith("model.vision_tower.vision_model.") for k in keys)
         else "model.vision_tower."
+    )
     out = {}
     for name, t in tensors.items():
         if name.startswith(SOURCE_TOWER):
-            out[tower + name[len(SOURCE_TOWER):]] = t
+            out[tower + name[len(SOURCE_TOWER) :]] = t
         elif name.startswith("model.mm_projector."):
             layer = {"0": "linear_1", "2": "linear_2"}[name.split(".")[2]]
             out[f"model.multi_modal_projector.{layer}.{name.split('.')[-1]}"] = t
         elif name == "model.image_newline" or name.startswith("lm_head."):
             out[name] = t
         else:
-            out["model.language_model." + name[len("model."):]] = t
+            out["model.language_model." + name[len("model.") :]] = t
     return out
 
 
@@ -147,8 +208,13 @@ def _llama(original):
     from transformers import LlamaForCausalLM
 
     llama = LlamaForCausalLM(original.text_cfg).eval()
-    llama.load_state_dict({k: v for k, v in original.tensors.items() if k.startswith(("model.embed", "model.layers",
-                                                                                       "model.norm", "lm_head"))})
+    llama.load_state_dict(
+        {
+            k: v
+            for k, v in original.tensors.items()
+            if k.startswith(("model.embed", "model.layers", "model.norm", "lm_head"))
+        }
+    )
     return llama
 
 
@@ -200,8 +266,11 @@ def _reference_image_features(original, pixel_values: torch.Tensor, height: int,
     t = original.tensors
     with torch.no_grad():
         hidden = clip(pixel_values, output_hidden_states=True).hidden_states[-2][:, 1:]
-        feats = F.linear(F.gelu(F.linear(hidden, t["model.mm_projector.0.weight"], t["model.mm_projector.0.bias"])),
-                         t["model.mm_projector.2.weight"], t["model.mm_projector.2.bias"])
+        feats = F.linear(
+            F.gelu(F.linear(hidden, t["model.mm_projector.0.weight"], t["model.mm_projector.0.bias"])),
+            t["model.mm_projector.2.weight"],
+            t["model.mm_projector.2.bias"],
+        )
     side = 28 // 14
     rows_total, cols_total = grid[0] * side, grid[1] * side
     rows, cols = range(rows_total), range(cols_total)
@@ -224,8 +293,9 @@ def test_image_prompt_expands_and_logits_equal_a_hand_built_llava_forward(origin
     model, processor = converted
     image = Image.new("RGB", (56, 40), (230, 230, 230))
     image.paste((200, 30, 30), (5, 5, 30, 25))
-    text = processor.apply_chat_template([{"role": "user", "content": "<image>\nHow many shapes?"}],
-                                         add_generation_prompt=True)
+    text = processor.apply_chat_template(
+        [{"role": "user", "content": "<image>\nHow many shapes?"}], add_generation_prompt=True
+    )
     inputs = processor(images=[image], text=[text], return_tensors="pt")
     image_id = model.config.image_token_index
     ids = inputs["input_ids"][0]
@@ -251,20 +321,34 @@ def test_the_project_loader_reads_it_with_the_llava_llama_3_system_prompt(origin
     from mllm_da.data.records import Turn
 
     model, processor = converted
-    bb = load_backbone(family="llava_next", variant="pretrained", source=str(original.dst), dtype="float32",
-                       chat_format=CHAT, cache_dir=str(original.root / "cache"))
+    bb = load_backbone(
+        family="llava_next",
+        variant="pretrained",
+        source=str(original.dst),
+        dtype="float32",
+        chat_format=CHAT,
+        cache_dir=str(original.root / "cache"),
+    )
     ours = bb.model.state_dict()
     assert all(torch.equal(ours[k], v) for k, v in model.state_dict().items())
     assert bb.image_token_id == model.config.image_token_index
     turns = [Turn("user", "<image>\nHow many shapes?")]
     rendered, _ = bb.render(turns, add_generation_prompt=True)
-    assert rendered.startswith("<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n" + LLAVA_LLAMA3_SYSTEM
-                               + "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n<image>\nHow many shapes?")
-    template = processor.apply_chat_template([{"role": "user", "content": "<image>\nHow many shapes?"}],
-                                             add_generation_prompt=True)
+    assert rendered.startswith(
+        "<|begin_of_text|><|start_header_id|>system<|end_header_id|>\n\n"
+        + LLAVA_LLAMA3_SYSTEM
+        + "<|eot_id|><|start_header_id|>user<|end_header_id|>\n\n<image>\nHow many shapes?"
+    )
+    template = processor.apply_chat_template(
+        [{"role": "user", "content": "<image>\nHow many shapes?"}], add_generation_prompt=True
+    )
     assert template == rendered  # the saved template is the project's own format
     sample = bb.encode(turns, [(56, 40)])
-    assert sample.expanded_length == len(sample.input_ids) - 1 + 14 == len(sample.input_ids) + bb.num_image_tokens(56, 40) - 1
+    assert (
+        sample.expanded_length
+        == len(sample.input_ids) - 1 + 14
+        == len(sample.input_ids) + bb.num_image_tokens(56, 40) - 1
+    )
     # the preset that names this kind of folder prompts with the same system prompt and image token
     preset = yaml.safe_load((CONF / "model" / "llava_next_llama3_8b.yaml").read_text())
     assert preset["backbone"]["chat_format"] == CHAT
@@ -276,7 +360,9 @@ def test_a_checkpoint_without_its_tower_names_the_flag_and_reads_the_tower_folde
     no_tower = {k: v for k, v in original.tensors.items() if not k.startswith(SOURCE_TOWER)}
     config = dict(original.config, mm_vision_tower="openai/clip-vit-large-patch14-336", unfreeze_mm_vision_tower=False)
     src = _write_original(tmp_path / "frozen-tower", no_tower, config, original.tokenizer, shards=1)
-    with pytest.raises(ConversionError, match=r"no vision tower weights.*--vision-tower DIR.*openai/clip-vit-large-patch14-336"):
+    with pytest.raises(
+        ConversionError, match=r"no vision tower weights.*--vision-tower DIR.*openai/clip-vit-large-patch14-336"
+    ):
         convert(src, tmp_path / "out")
     assert not (tmp_path / "out").exists()
     # the tower from a CLIP folder (pickled .bin with CLIPModel extras), and an image token that is already a token
@@ -309,8 +395,15 @@ def test_an_unmapped_or_missing_key_is_refused_with_its_name(original, tmp_path,
         convert(src, tmp_path / "out")
 
 
-@pytest.mark.parametrize(("key", "value"), [("mm_projector_type", "linear"), ("mm_patch_merge_type", "flat"),
-                                            ("image_aspect_ratio", "pad"), ("mm_use_im_start_end", True)])
+@pytest.mark.parametrize(
+    ("key", "value"),
+    [
+        ("mm_projector_type", "linear"),
+        ("mm_patch_merge_type", "flat"),
+        ("image_aspect_ratio", "pad"),
+        ("mm_use_im_start_end", True),
+    ],
+)
 def test_settings_transformers_cannot_express_are_refused(original, tmp_path, key, value):
     src = tmp_path / "src"
     src.mkdir()
@@ -329,15 +422,34 @@ def test_an_open_llava_next_llama3_config_gives_the_llava_next_llama3_8b_archite
     from mllm_da.backbones.loading import ARCHITECTURES
 
     cfg = {
-        "architectures": ["LlavaLlamaForCausalLM"], "model_type": "llava_llama", "vocab_size": 128257,
-        "hidden_size": 4096, "intermediate_size": 14336, "num_hidden_layers": 32, "num_attention_heads": 32,
-        "num_key_value_heads": 8, "hidden_act": "silu", "max_position_embeddings": 8192, "rms_norm_eps": 1e-05,
-        "rope_theta": 500000.0, "rope_scaling": None, "attention_bias": False, "bos_token_id": 128000,
-        "eos_token_id": 128009, "tie_word_embeddings": False, "mm_vision_tower": "openai/clip-vit-large-patch14-336",
-        "mm_hidden_size": 1024, "mm_projector_type": "mlp2x_gelu", "image_aspect_ratio": "anyres",
+        "architectures": ["LlavaLlamaForCausalLM"],
+        "model_type": "llava_llama",
+        "vocab_size": 128257,
+        "hidden_size": 4096,
+        "intermediate_size": 14336,
+        "num_hidden_layers": 32,
+        "num_attention_heads": 32,
+        "num_key_value_heads": 8,
+        "hidden_act": "silu",
+        "max_position_embeddings": 8192,
+        "rms_norm_eps": 1e-05,
+        "rope_theta": 500000.0,
+        "rope_scaling": None,
+        "attention_bias": False,
+        "bos_token_id": 128000,
+        "eos_token_id": 128009,
+        "tie_word_embeddings": False,
+        "mm_vision_tower": "openai/clip-vit-large-patch14-336",
+        "mm_hidden_size": 1024,
+        "mm_projector_type": "mlp2x_gelu",
+        "image_aspect_ratio": "anyres",
         "image_grid_pinpoints": [[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
-        "mm_vision_select_layer": -2, "mm_vision_select_feature": "patch", "mm_patch_merge_type": "spatial_unpad",
-        "mm_use_im_start_end": False, "mm_use_im_patch_token": False, "unfreeze_mm_vision_tower": True,
+        "mm_vision_select_layer": -2,
+        "mm_vision_select_feature": "patch",
+        "mm_patch_merge_type": "spatial_unpad",
+        "mm_use_im_start_end": False,
+        "mm_use_im_patch_token": False,
+        "unfreeze_mm_vision_tower": True,
     }
     check_source_config(cfg, Path("."))
     config = target_config(cfg, vision_config(cfg, None), vocab=128258, image_token_id=128257, pad_token_id=128256)
@@ -349,8 +461,13 @@ def test_an_open_llava_next_llama3_config_gives_the_llava_next_llama3_8b_archite
     assert text.rope_parameters["rope_theta"] == 500000.0 and text.vocab_size == 128258
     for key, value in arch["vision_config"].items():
         assert getattr(vision, key) == value, key
-    for key in ("image_grid_pinpoints", "vision_feature_layer", "vision_feature_select_strategy", "image_seq_length",
-                "projector_hidden_act"):
+    for key in (
+        "image_grid_pinpoints",
+        "vision_feature_layer",
+        "vision_feature_select_strategy",
+        "image_seq_length",
+        "projector_hidden_act",
+    ):
         assert getattr(config, key) == arch[key], key
     with init_empty_weights():
         model = LlavaNextForConditionalGeneration(config)

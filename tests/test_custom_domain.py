@@ -45,8 +45,13 @@ def _write_images(folder: Path) -> list[str]:
 
 
 def _sharegpt(image: str, caption: str) -> dict:
-    return {"messages": [{"role": "user", "content": "<image>Describe this photo."},
-                         {"role": "assistant", "content": caption}], "images": [image]}
+    return {
+        "messages": [
+            {"role": "user", "content": "<image>Describe this photo."},
+            {"role": "assistant", "content": caption},
+        ],
+        "images": [image],
+    }
 
 
 def _sharegpt_json(root: Path) -> None:
@@ -63,9 +68,14 @@ def _sharegpt_jsonl_in_json(root: Path) -> None:
 
 def _llava_json(root: Path) -> None:
     names = _write_images(root)
-    rows = [{"id": f"r{i}", "image": n, "conversations": [{"from": "human", "value": "<image>\nWhat is shown?"},
-                                                        {"from": "gpt", "value": c}]}
-            for i, (n, c) in enumerate(zip(names, CAPTIONS))]
+    rows = [
+        {
+            "id": f"r{i}",
+            "image": n,
+            "conversations": [{"from": "human", "value": "<image>\nWhat is shown?"}, {"from": "gpt", "value": c}],
+        }
+        for i, (n, c) in enumerate(zip(names, CAPTIONS))
+    ]
     (root / "captions.json").write_text(json.dumps(rows))
 
 
@@ -96,7 +106,8 @@ def _parquet_paths(root: Path) -> None:
 
     names = _write_images(root / "images")
     datasets.Dataset.from_dict({"image": [f"images/{n}" for n in names], "caption": CAPTIONS}).to_parquet(
-        str(root / "image_caption_pairs.parquet"))
+        str(root / "image_caption_pairs.parquet")
+    )
 
 
 def _dataset_embedded(root: Path) -> None:
@@ -159,12 +170,20 @@ def test_each_format_is_found_and_read_into_captioned_records(tmp_path: Path, fm
 
 
 def test_format_is_told_by_content_not_by_suffix(tmp_path: Path):
-    cases = {"lines.json": '{"a": 1}\n{"a": 2}\n', "list.jsonl": '[{"a": 1}]', "table.json": "image,caption\nx,y\n",
-             "tabs.csv": "image\tcaption\nx\ty\n"}
+    cases = {
+        "lines.json": '{"a": 1}\n{"a": 2}\n',
+        "list.jsonl": '[{"a": 1}]',
+        "table.json": "image,caption\nx,y\n",
+        "tabs.csv": "image\tcaption\nx\ty\n",
+    }
     for name, text in cases.items():
         (tmp_path / name).write_text(text)
     assert {name: sniff_format(tmp_path / name) for name in cases} == {
-        "lines.json": "jsonl", "list.jsonl": "json", "table.json": "csv", "tabs.csv": "tsv"}
+        "lines.json": "jsonl",
+        "list.jsonl": "json",
+        "table.json": "csv",
+        "tabs.csv": "tsv",
+    }
 
 
 def test_benchmark_rows_are_split_by_kind_with_case_insensitive_answer_types(tmp_path: Path):
@@ -242,9 +261,15 @@ def test_an_unusable_folder_says_what_it_expected(tmp_path: Path):
 def _own_domain_overrides(root: Path, steps: int) -> list[str]:
     """The README section's train command on a small tiny model: domain.root and the step budget only."""
     tiny = ",".join(f"{k}:{v}" for k, v in TEST_TINY.items())
-    return ["domain=custom", f"domain.root={root}", f"model.backbone.tiny={{{tiny}}}",
-            f"trainer.max_steps={steps}", "trainer.enable_progress_bar=false", "data.micro_batch_size=2",
-            "data.global_batch_size=2"]
+    return [
+        "domain=custom",
+        f"domain.root={root}",
+        f"model.backbone.tiny={{{tiny}}}",
+        f"trainer.max_steps={steps}",
+        "trainer.enable_progress_bar=false",
+        "data.micro_batch_size=2",
+        "data.global_batch_size=2",
+    ]
 
 
 @pytest.mark.parametrize("fmt", sorted(FORMATS))
@@ -277,9 +302,9 @@ def readme_commands() -> list[list[str]]:
     import shlex
 
     text = README.read_text(encoding="utf-8")
-    section = text[text.index("## Adapt to your own domain"):]
-    section = section[section.index("**The four commands**"):]
-    block = section[section.index("```bash") + len("```bash"):]
+    section = text[text.index("## Adapt to your own domain") :]
+    section = section[section.index("**The four commands**") :]
+    block = section[section.index("```bash") + len("```bash") :]
     block = block[: block.index("```")]
     return [shlex.split(line) for line in block.splitlines() if line.startswith("python ")]
 
@@ -320,8 +345,12 @@ def _follow_the_readme(compose_cfg, tmp_path: Path, fmt: str) -> None:
                 arg = f"trainer.max_steps={steps}"  # the section's budget, cut for the test
             overrides.append(arg)
         if entry == "train.py":  # a smaller tiny model than the preset's, same code path
-            overrides += [f"model.backbone.tiny={{{tiny}}}", "trainer.enable_progress_bar=false",
-                          "data.micro_batch_size=2", "data.global_batch_size=2"]
+            overrides += [
+                f"model.backbone.tiny={{{tiny}}}",
+                "trainer.enable_progress_bar=false",
+                "data.micro_batch_size=2",
+                "data.global_batch_size=2",
+            ]
         out = train_run if entry == "train.py" else tmp_path / f"{number}_{ENTRIES[entry]}"
         summaries.append((entry, out, _run_entry(compose_cfg, entry, overrides, out)))
 

@@ -38,7 +38,10 @@ def toy(work_root: Path):
 @pytest.fixture(scope="module")
 def qwen(work_root: Path):
     return load_backbone(
-        family="qwen2_vl", variant="tiny", tiny=TEST_TINY, cache_dir=str(work_root / "cache"),
+        family="qwen2_vl",
+        variant="tiny",
+        tiny=TEST_TINY,
+        cache_dir=str(work_root / "cache"),
         image={"min_pixels": 112 * 112, "max_pixels": 112 * 112},
     )
 
@@ -85,8 +88,10 @@ def test_length_grouping_reduces_padding():
 
 
 def test_val_split_is_stable_and_disjoint():
-    convs = [Conversation(id=f"r{i}", turns=[Turn("user", "q"), Turn("assistant", "a")], images=[], source="t")
-             for i in range(500)]
+    convs = [
+        Conversation(id=f"r{i}", turns=[Turn("user", "q"), Turn("assistant", "a")], images=[], source="t")
+        for i in range(500)
+    ]
     train, val = split_train_val(convs, 0.1)
     assert 25 <= len(val) <= 80 and len(train) + len(val) == 500
     train2, val2 = split_train_val(list(reversed(convs)), 0.1)
@@ -131,16 +136,26 @@ def test_records_sharing_an_image_each_get_only_their_own_tasks(tmp_path: Path):
     Image.new("RGB", (32, 32), (200, 0, 0)).save(tmp_path / "shared.png")
 
     def record(record_id: str, question: str, answer: str) -> dict:
-        return {"id": record_id, "images": ["shared.png"],
-                "messages": [{"role": "user", "content": f"{IMAGE_PLACEHOLDER}{question}"},
-                             {"role": "assistant", "content": answer}]}
+        return {
+            "id": record_id,
+            "images": ["shared.png"],
+            "messages": [
+                {"role": "user", "content": f"{IMAGE_PLACEHOLDER}{question}"},
+                {"role": "assistant", "content": answer},
+            ],
+        }
 
-    (tmp_path / "captions.json").write_text(json.dumps([record("a", "Describe.", "Caption A."),
-                                                        record("b", "Describe.", "Caption B.")]))
+    (tmp_path / "captions.json").write_text(
+        json.dumps([record("a", "Describe.", "Caption A."), record("b", "Describe.", "Caption B.")])
+    )
     (tmp_path / "tasks.json").write_text(json.dumps([record("a", "Task of A?", "A."), record("b", "Task of B?", "B.")]))
     (tmp_path / "external.json").write_text(json.dumps([record("x", "Shared task?", "X.")]))
-    domain = DomainFiles(name="t", image_root=str(tmp_path), image_caption_pairs=str(tmp_path / "captions.json"),
-                         rule_tasks=str(tmp_path / "tasks.json"))
+    domain = DomainFiles(
+        name="t",
+        image_root=str(tmp_path),
+        image_caption_pairs=str(tmp_path / "captions.json"),
+        rule_tasks=str(tmp_path / "tasks.json"),
+    )
     mixed = {c.id: [t.content for t in c.turns] for c in DataMix("rule_based", tasks="rule_based").build(domain)}
     assert any("Task of A?" in t for t in mixed["a"]) and not any("Task of B?" in t for t in mixed["a"])
     assert any("Task of B?" in t for t in mixed["b"]) and not any("Task of A?" in t for t in mixed["b"])
@@ -199,10 +214,14 @@ def test_plan_drops_or_cuts_long_samples_but_never_through_image_tokens(qwen, tm
 def test_weighted_mixture_subsamples_repeats_and_keeps_copies_on_one_side_of_the_split(toy: DomainFiles):
     from mllm_da.data.weighted import WeightedMix, weighted_sample
 
-    mix = WeightedMix(name="w", seed=0, components={
-        "rules": {"mix": DataMix(name="rule_based", tasks="rule_based"), "weight": 1.5},
-        "captions": {"mix": DataMix(name="caption_only"), "weight": 0.25},
-    })
+    mix = WeightedMix(
+        name="w",
+        seed=0,
+        components={
+            "rules": {"mix": DataMix(name="rule_based", tasks="rule_based"), "weight": 1.5},
+            "captions": {"mix": DataMix(name="caption_only"), "weight": 0.25},
+        },
+    )
     convs = mix.build(toy)
     n = len(json.loads(Path(toy.image_caption_pairs).read_text()))
     assert mix.reports["rules"]["used"] == n + n // 2 and mix.reports["captions"]["used"] == round(n / 4)

@@ -94,10 +94,7 @@ def vqa_rows(seed: int) -> dict[str, list]:
 def pmc_rows() -> dict[str, list]:
     return {
         "image": [drawn(40 + i) for i in range(3)],
-        "input": [
-            f"Question {i}: which finding is shown?\nA. cyst\nB. tumour\nC. oedema\nD. normal"
-            for i in range(3)
-        ],
+        "input": [f"Question {i}: which finding is shown?\nA. cyst\nB. tumour\nC. oedema\nD. normal" for i in range(3)],
         "label": ["A", "B", "D"],
         "A": ["cyst"] * 3,
         "B": ["tumour"] * 3,
@@ -236,9 +233,7 @@ def read_predictions(path: Path) -> list[dict[str, Any]]:
 
 
 @pytest.mark.parametrize("name", ADAPTLLM)
-def test_adaptllm_benchmark_loads_from_its_config_and_scores_gold_answers(
-    eval_cfg, name: str, tmp_path: Path
-):
+def test_adaptllm_benchmark_loads_from_its_config_and_scores_gold_answers(eval_cfg, name: str, tmp_path: Path):
     if name in FOOD_LABELLED and not LABELS_DIR.is_dir():
         pytest.skip(f"label files not found at {LABELS_DIR} (set ADAMLLM_LABELS_DIR)")
     (spec,) = specs_from(eval_cfg(), [name])
@@ -286,9 +281,7 @@ def test_all_eight_generate_on_a_tiny_model(eval_cfg, backbone, tmp_path: Path):
     assert "eval/vqa_rad/open_recall" in metrics and "eval/pmc_vqa/accuracy" in metrics
     assert {k for m in logged for k in m} == set(metrics)
     # MC rows carry the random-fallback flag (a random tiny model rarely names a letter)
-    assert all(
-        "random_selected" in line for line in read_predictions(tmp_path / "predictions" / "pmc_vqa.jsonl")
-    )
+    assert all("random_selected" in line for line in read_predictions(tmp_path / "predictions" / "pmc_vqa.jsonl"))
 
 
 def test_hub_parquet_conversion_and_plain_files_load(bench_dir: Path, tmp_path: Path, work_root: Path):
@@ -296,9 +289,7 @@ def test_hub_parquet_conversion_and_plain_files_load(bench_dir: Path, tmp_path: 
     place = tmp_path / "hub" / "VQA_RAD" / "test"
     place.mkdir(parents=True)
     as_dataset(vqa_rows(0)).to_parquet(str(place / "0000.parquet"))
-    spec = BenchmarkSpec(
-        name="vqa_rad", metric="vqa_open_closed", source=str(tmp_path / "hub"), config="VQA_RAD"
-    )
+    spec = BenchmarkSpec(name="vqa_rad", metric="vqa_open_closed", source=str(tmp_path / "hub"), config="VQA_RAD")
     bench = load_benchmark(spec, cache_dir=work_root / "hf_datasets")
     assert [r.label for r in bench.rows] == ["yes", "the liver", "no", "right upper lobe"]
     assert bench.image_key(0) == bench.image_key(1) != bench.image_key(2)  # same picture, same key
@@ -335,9 +326,7 @@ def test_bad_rows_fail_naming_the_row_and_field_or_are_skipped_and_counted(tmp_p
     spec = BenchmarkSpec(name="b", metric="vqa_open_closed", source=str(path))
     with pytest.raises(BenchmarkRowError, match=r"b\.jsonl row 2: field 'answer_type'"):
         load_benchmark(spec)
-    bench = load_benchmark(
-        BenchmarkSpec(name="b", metric="vqa_open_closed", source=str(path), bad_rows="skip")
-    )
+    bench = load_benchmark(BenchmarkSpec(name="b", metric="vqa_open_closed", source=str(path), bad_rows="skip"))
     assert [r.index for r in bench.rows] == [0]
     assert bench.skipped == {
         "missing_field": 1,
@@ -349,23 +338,17 @@ def test_bad_rows_fail_naming_the_row_and_field_or_are_skipped_and_counted(tmp_p
     (tmp_path / "torn.jsonl").write_text(json.dumps(rows[0]) + '\n{"image": \n' + json.dumps(rows[0]) + "\n")
     with pytest.raises(BenchmarkError, match=r"torn\.jsonl:2: malformed JSON line"):
         load_benchmark(BenchmarkSpec(name="t", metric="vqa_open_closed", source=str(tmp_path / "torn.jsonl")))
-    mc = write_jsonl(
-        tmp_path / "mc.jsonl", [{"image": "ok.png", "input": "Q", "label": "E", "A": "x", "B": "y"}]
-    )
+    mc = write_jsonl(tmp_path / "mc.jsonl", [{"image": "ok.png", "input": "Q", "label": "E", "A": "x", "B": "y"}])
     with pytest.raises(BenchmarkRowError, match=r"row 1: field 'label'.*not one of the options \['A', 'B'\]"):
         load_benchmark(BenchmarkSpec(name="mc", metric="multiple_choice", source=str(mc)))
     with pytest.raises(BenchmarkError, match="has no field 'question'"):
-        load_benchmark(
-            BenchmarkSpec(name="b", metric="vqa_open_closed", source=str(path), prompt_field="question")
-        )
+        load_benchmark(BenchmarkSpec(name="b", metric="vqa_open_closed", source=str(path), prompt_field="question"))
 
 
 @pytest.mark.skipif(not LABELS_DIR.is_dir(), reason="label files not found (set ADAMLLM_LABELS_DIR)")
 def test_unknown_ingredient_is_a_bad_row(tmp_path: Path):
     drawn(0).save(tmp_path / "ok.png")
-    path = write_jsonl(
-        tmp_path / "n.jsonl", [{"image": "ok.png", "input": "Q", "label": ["bacon", "unobtainium"]}]
-    )
+    path = write_jsonl(tmp_path / "n.jsonl", [{"image": "ok.png", "input": "Q", "label": ["bacon", "unobtainium"]}])
     spec = BenchmarkSpec(
         name="n",
         metric="multi_label_recall",
@@ -390,9 +373,7 @@ def test_missing_local_copy_offline_says_how_to_get_it(tmp_path: Path, monkeypat
         load_benchmark(spec)
     dd = datasets.DatasetDict({"train": as_dataset(vqa_rows(0))})
     dd.save_to_disk(str(tmp_path / "dd"))
-    spec = BenchmarkSpec(
-        name="x", metric="vqa_open_closed", source=str(tmp_path / "dd"), disk_subset="vqa_rad"
-    )
+    spec = BenchmarkSpec(name="x", metric="vqa_open_closed", source=str(tmp_path / "dd"), disk_subset="vqa_rad")
     with pytest.raises(BenchmarkError, match=r"has splits \['train'\], none named \['vqa_rad', 'test'\]"):
         load_benchmark(spec)
 
@@ -463,9 +444,7 @@ def toy_vqa(eval_cfg) -> Benchmark:
     return load_benchmark(spec)
 
 
-def test_a_crashed_run_resumes_with_every_row_once_and_the_same_scores(
-    toy_vqa: Benchmark, backbone, tmp_path: Path
-):
+def test_a_crashed_run_resumes_with_every_row_once_and_the_same_scores(toy_vqa: Benchmark, backbone, tmp_path: Path):
     options = GeneratorOptions(progress=False)
     first = evaluate_backbone(backbone, [toy_vqa], tmp_path / "a", batch_size=1, generation=options)
     path = tmp_path / "a" / "predictions" / "toy_vqa.jsonl"
@@ -541,9 +520,7 @@ def test_shuffled_images_never_show_a_question_its_own_picture(toy_vqa: Benchmar
     assert pairing == image_pairing(toy_vqa, seed=0) != image_pairing(toy_vqa, seed=1)
     for row in toy_vqa.rows:
         assert toy_vqa.image_key(pairing[row.index]) != toy_vqa.image_key(row.index)
-    evaluate_backbone(
-        backbone, [toy_vqa], tmp_path, shuffle_images=True, generation=GeneratorOptions(progress=False)
-    )
+    evaluate_backbone(backbone, [toy_vqa], tmp_path, shuffle_images=True, generation=GeneratorOptions(progress=False))
     rows = read_predictions(tmp_path / "predictions" / "toy_vqa.jsonl")
     assert [r["image_index"] for r in rows] == [pairing[r["index"]] for r in rows]
     assert json.loads((tmp_path / "scores.json").read_text())["toy_vqa"]["shuffle_images"] is True
@@ -576,12 +553,8 @@ def test_score_table_puts_named_results_side_by_side():
 # ---------------------------------------------------------------------------------------------------- vLLM
 
 
-@pytest.mark.skipif(
-    not (vllm_available() and torch.cuda.is_available()), reason="needs the vllm package and a GPU"
-)
-def test_vllm_backend_gives_the_same_predictions_as_transformers(
-    toy_vqa: Benchmark, backbone, tmp_path: Path
-):
+@pytest.mark.skipif(not (vllm_available() and torch.cuda.is_available()), reason="needs the vllm package and a GPU")
+def test_vllm_backend_gives_the_same_predictions_as_transformers(toy_vqa: Benchmark, backbone, tmp_path: Path):
     backbone.model.to("cuda")
     hf = evaluate_backbone(backbone, [toy_vqa], tmp_path / "hf", generation=GeneratorOptions(progress=False))
     vllm_options = GeneratorOptions(

@@ -46,15 +46,20 @@ LLAVA_NEXT_PROCESSORS = {
     "random 336": lambda: LlavaNext.image_processor({"vision_image_size": 336}, {}),
     # llava-hf/llama3-llava-next-8b-hf's preprocessor_config.json
     "checkpoint": lambda: LlavaNextImageProcessorPil(
-        size={"shortest_edge": 336}, crop_size={"height": 336, "width": 336}, image_mean=CLIP_MEAN,
-        image_std=CLIP_STD, image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]]),
+        size={"shortest_edge": 336},
+        crop_size={"height": 336, "width": 336},
+        image_mean=CLIP_MEAN,
+        image_std=CLIP_STD,
+        image_grid_pinpoints=[[336, 672], [672, 336], [672, 672], [1008, 336], [336, 1008]],
+    ),
 }
 MLLAMA_PROCESSORS = {
     "tiny": lambda: Mllama.image_processor({"vision_image_size": 56, "max_tiles": 2}, TINY_IMAGE),
     "random 560": lambda: Mllama.image_processor({"vision_image_size": 560, "max_tiles": 4}, {}),
     # meta-llama/Llama-3.2-11B-Vision-Instruct's preprocessor_config.json
-    "checkpoint": lambda: MllamaImageProcessorPil(size={"height": 560, "width": 560}, max_image_tiles=4,
-                                                  resample=2, image_mean=CLIP_MEAN, image_std=CLIP_STD),
+    "checkpoint": lambda: MllamaImageProcessorPil(
+        size={"height": 560, "width": 560}, max_image_tiles=4, resample=2, image_mean=CLIP_MEAN, image_std=CLIP_STD
+    ),
 }
 #: (width, height): a pixel, strips, small odd sizes, real sizes, exact tile multiples
 SIZES = [(1, 1), (2000, 30), (30, 2000), (100, 37), (448, 448), (1280, 960), (812, 1216), (672, 336), (56, 112)]
@@ -170,11 +175,14 @@ def test_every_output_element_is_written_not_left_as_allocated(images, monkeypat
     padding that the fast path forgot to zero would show."""
     monkeypatch.setattr(fast_image, "_output", lambda shape, dtype: torch.full(shape, float("nan"), dtype=dtype))
     ip = LLAVA_NEXT_PROCESSORS["tiny"]()
-    assert torch.equal(llava_next_pixel_inputs(images, ip)["pixel_values"],
-                       ip(images=images, return_tensors="pt")["pixel_values"])
+    assert torch.equal(
+        llava_next_pixel_inputs(images, ip)["pixel_values"], ip(images=images, return_tensors="pt")["pixel_values"]
+    )
     ip = MLLAMA_PROCESSORS["tiny"]()
-    assert torch.equal(mllama_pixel_inputs(nested(images), ip)["pixel_values"],
-                       ip(images=nested(images), return_tensors="pt")["pixel_values"])
+    assert torch.equal(
+        mllama_pixel_inputs(nested(images), ip)["pixel_values"],
+        ip(images=nested(images), return_tensors="pt")["pixel_values"],
+    )
 
 
 def test_pixel_dtype_follows_the_model_dtype():
@@ -186,10 +194,12 @@ def test_pixel_dtype_follows_the_model_dtype():
 
 # ------------------------------------------------------------------------------------- torchvision backend
 QWEN_PROCESSORS = {
-    "tiny": lambda: Qwen2VL.tiny_processor({"vocab": 300}, {"min_pixels": 12544, "max_pixels": 12544,
-                                                            **TINY_IMAGE}).image_processor,
-    "random": lambda: Qwen2VL.tiny_processor({"vocab": 300}, {"min_pixels": 50176,
-                                                              "max_pixels": 1003520}).image_processor,
+    "tiny": lambda: (
+        Qwen2VL.tiny_processor({"vocab": 300}, {"min_pixels": 12544, "max_pixels": 12544, **TINY_IMAGE}).image_processor
+    ),
+    "random": lambda: (
+        Qwen2VL.tiny_processor({"vocab": 300}, {"min_pixels": 50176, "max_pixels": 1003520}).image_processor
+    ),
 }
 
 
@@ -202,14 +212,19 @@ def torchvision_resize(image: np.ndarray, size, resample, **_) -> np.ndarray:
         return image
     mode = {int(Image.BICUBIC): "bicubic", int(Image.BILINEAR): "bilinear"}[int(resample)]
     batch = torch.from_numpy(np.ascontiguousarray(image)).unsqueeze(0)
-    native = mode == "bicubic" or torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512") or (
-        platform.machine() in ("aarch64", "arm64"))
+    native = (
+        mode == "bicubic"
+        or torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512")
+        or (platform.machine() in ("aarch64", "arm64"))
+    )
     if native:
-        out = torch.nn.functional.interpolate(batch, size=[height, width], mode=mode, align_corners=False,
-                                              antialias=True)
+        out = torch.nn.functional.interpolate(
+            batch, size=[height, width], mode=mode, align_corners=False, antialias=True
+        )
     else:
-        out = torch.nn.functional.interpolate(batch.float(), size=[height, width], mode=mode, align_corners=False,
-                                              antialias=True)
+        out = torch.nn.functional.interpolate(
+            batch.float(), size=[height, width], mode=mode, align_corners=False, antialias=True
+        )
         out = (out.clamp_(0, 255) if mode == "bicubic" else out).round_().to(torch.uint8)
     return out[0].numpy()
 
@@ -233,14 +248,19 @@ def with_torchvision_primitives(ip, monkeypatch):
 TORCHVISION_CASES = {
     "qwen": (QWEN_PROCESSORS, qwen_pixel_inputs, list, ("image_grid_thw", "pixel_values")),
     "llava_next": (LLAVA_NEXT_PROCESSORS, llava_next_pixel_inputs, list, ("pixel_values", "image_sizes")),
-    "mllama": (MLLAMA_PROCESSORS, mllama_pixel_inputs, nested, ("pixel_values", "aspect_ratio_ids",
-                                                                "aspect_ratio_mask")),
+    "mllama": (
+        MLLAMA_PROCESSORS,
+        mllama_pixel_inputs,
+        nested,
+        ("pixel_values", "aspect_ratio_ids", "aspect_ratio_mask"),
+    ),
 }
 
 
 @pytest.mark.parametrize("family, preset", [(f, p) for f, case in TORCHVISION_CASES.items() for p in case[0]])
-def test_torchvision_backend_pixels_equal_the_processor_with_torchvision_primitives(family, preset, images,
-                                                                                   monkeypatch):
+def test_torchvision_backend_pixels_equal_the_processor_with_torchvision_primitives(
+    family, preset, images, monkeypatch
+):
     processors, pixel_inputs, batched, keys = TORCHVISION_CASES[family]
     ip = processors[preset]()
     batch = batched(subset(preset, images))
@@ -254,8 +274,10 @@ def test_the_two_backends_differ_by_a_pixel_step_or_two_on_real_size_photos():
     """Smooth real-size pictures (photo-like, unlike noise): the backends' pixels are apart by at most two 1/255
     steps, and by half a step or more on few values."""
     rng = np.random.default_rng(3)
-    photos = [Image.fromarray(rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8)).resize((w, h), 2)
-              for w, h in [(1280, 960), (812, 1216), (1000, 750), (640, 1137)]]
+    photos = [
+        Image.fromarray(rng.integers(0, 256, (h // 16, w // 16, 3), dtype=np.uint8)).resize((w, h), 2)
+        for w, h in [(1280, 960), (812, 1216), (1000, 750), (640, 1137)]
+    ]
     ip = QWEN_PROCESSORS["random"]()
     pil = qwen_pixel_inputs(photos, ip, torch.float32, "pil")["pixel_values"]
     torchvision = qwen_pixel_inputs(photos, ip, torch.float32, "torchvision")["pixel_values"]
@@ -272,8 +294,9 @@ def test_an_unknown_image_backend_is_refused():
 # -------------------------------------------------------------------------------- adapters: fast on vs off
 @pytest.fixture(scope="module", params=["llava_next", "mllama"])
 def backbone(request, work_root: Path) -> Backbone:
-    return load_backbone(family=request.param, variant="tiny", tiny=TEST_TINY, image=TINY_IMAGE,
-                         cache_dir=str(work_root / "cache"))
+    return load_backbone(
+        family=request.param, variant="tiny", tiny=TEST_TINY, image=TINY_IMAGE, cache_dir=str(work_root / "cache")
+    )
 
 
 def samples(bb: Backbone, images: list[Image.Image]):
@@ -325,7 +348,8 @@ def test_collate_falls_back_to_the_processor_for_what_the_fast_path_declines(bac
 
 
 def test_collate_with_the_torchvision_backend_is_the_processor_with_torchvision_primitives(
-        backbone: Backbone, images, monkeypatch):
+    backbone: Backbone, images, monkeypatch
+):
     assert backbone.spec.image_backend == "torchvision"  # the presets' default
     data = samples(backbone, images)
     fast = backbone.collate(data)

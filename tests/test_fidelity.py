@@ -33,8 +33,7 @@ def test_parser_removes_a_missing_turn_end_only_where_present_unless_the_referen
 
     fmt = LLAMA3
     # two rounds; the first answer lacks its turn end (the model wrote the next header straight after it)
-    text = (f"Q1?{fmt.qa_separator}The lesion is red.{fmt.user_header}"
-            f"Q2?{fmt.qa_separator}Red.{fmt.turn_close}")
+    text = f"Q1?{fmt.qa_separator}The lesion is red.{fmt.user_header}Q2?{fmt.qa_separator}Red.{fmt.turn_close}"
     ours = parse_output(text, fmt)
     assert [(p.question, p.answer) for p in ours] == [("Q1?", "The lesion is red."), ("Q2?", "Red.")]
     reference = parse_output(text, dataclasses.replace(fmt, reference_cut=True))

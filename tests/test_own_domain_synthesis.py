@@ -15,14 +15,22 @@ def test_a_toy_seed_synthesizer_is_refused_on_another_domain_naming_the_options(
     with pytest.raises(ConfigError) as caught:
         check_synth_config(cfg)
     message = str(caught.value)
-    for option in ("synthesizer=adamllm", "seed_data.source=visionflan", "synthesizer=rules",
-                   "seed_data.allow_on_other_domains=true"):
+    for option in (
+        "synthesizer=adamllm",
+        "seed_data.source=visionflan",
+        "synthesizer=rules",
+        "seed_data.allow_on_other_domains=true",
+    ):
         assert option in message
 
 
 def test_the_refusal_is_lifted_by_the_options_it_names(compose_cfg, tmp_path):
-    for overrides in (["synthesizer=rules"], ["seed_data.allow_on_other_domains=true"],
-                      [f"synthesizer.checkpoint={tmp_path}"], ["domain=toy"]):
+    for overrides in (
+        ["synthesizer=rules"],
+        ["seed_data.allow_on_other_domains=true"],
+        [f"synthesizer.checkpoint={tmp_path}"],
+        ["domain=toy"],
+    ):
         check_synth_config(compose_cfg(["domain=custom", *overrides], config_name="synth"))
 
 
@@ -63,8 +71,9 @@ def test_synth_summary_counts_input_records_read_kept_and_rejected_by_reason(com
     (root / "images" / "broken.png").write_bytes(b"not a png")
     with open(root / "captions.csv", "a", encoding="utf-8") as handle:
         handle.write("broken.png,A picture that does not decode.\n")
-    cfg = compose_cfg(["domain=custom", f"domain.root={root}", "synthesizer=rules"], config_name="synth",
-                      output_dir=tmp_path / "run")
+    cfg = compose_cfg(
+        ["domain=custom", f"domain.root={root}", "synthesizer=rules"], config_name="synth", output_dir=tmp_path / "run"
+    )
     synthesize(cfg)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["domain"]["captions"]["reasons"] == {"missing_image": 1}
@@ -87,8 +96,9 @@ def test_evaluate_summary_counts_benchmark_rows_read_kept_and_refused(compose_cf
     (root / "bench" / "c.png").write_bytes(b"not a png")
     with open(root / "benchmark.jsonl", "a", encoding="utf-8") as handle:
         handle.write(json.dumps({"image": "bench/c.png", "question": "Q?", "answer": "x"}) + "\n")
-    cfg = compose_cfg(["domain=custom", f"domain.root={root}", "bad_rows=skip"], config_name="evaluate",
-                      output_dir=tmp_path / "run")
+    cfg = compose_cfg(
+        ["domain=custom", f"domain.root={root}", "bad_rows=skip"], config_name="evaluate", output_dir=tmp_path / "run"
+    )
     evaluate(cfg)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["domain"]["benchmark"]["reasons"] == {"bad_answer_type": 1}  # refused while reading the file
@@ -223,12 +233,27 @@ def test_synth_py_with_the_rule_synthesizer_writes_questions_tasks_and_counts_th
         (root / "images" / f"p{i}.png").write_bytes(_png((40 * i, 90, 160)))
         rows.append(f'p{i}.png,"{caption}"')
     (root / "captions.csv").write_text("\n".join(rows) + "\n", encoding="utf-8")
-    cfg = compose_cfg(["domain=custom", f"domain.root={root}", "synthesizer=rules", "synthesizer.questions=3",
-                       f"paths.cache_dir={tmp_path / 'cache'}"], config_name="synth", output_dir=tmp_path / "run")
+    cfg = compose_cfg(
+        [
+            "domain=custom",
+            f"domain.root={root}",
+            "synthesizer=rules",
+            "synthesizer.questions=3",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+        ],
+        config_name="synth",
+        output_dir=tmp_path / "run",
+    )
     synthesize(cfg)
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
-    assert summary["metrics"]["rules"] == {"questions": 3, "records": 4, "tasks": 3 + 2 + 3 + 2,
-                                           "short_records": 2, "missing_tasks": 2, "records_without_task": 0}
+    assert summary["metrics"]["rules"] == {
+        "questions": 3,
+        "records": 4,
+        "tasks": 3 + 2 + 3 + 2,
+        "short_records": 2,
+        "missing_tasks": 2,
+        "records_without_task": 0,
+    }
     stage = Path(summary["stages"]["synthesize"]["dir"])
     by_caption = {}
     for row in (stage / "generations.jsonl").read_text().splitlines():
@@ -280,11 +305,21 @@ def recording_bars(monkeypatch) -> list[_RecordingBar]:
     return _RecordingBar.made
 
 
-@pytest.mark.parametrize(("setting", "tty", "ci", "shown"), [
-    ("auto", True, None, True), ("auto", True, "true", False), ("auto", True, "1", False),
-    ("auto", True, "false", True), ("auto", False, None, False), (None, True, None, True),
-    ("true", False, "true", True), (True, False, None, True), ("false", True, None, False), (False, True, None, False),
-])
+@pytest.mark.parametrize(
+    ("setting", "tty", "ci", "shown"),
+    [
+        ("auto", True, None, True),
+        ("auto", True, "true", False),
+        ("auto", True, "1", False),
+        ("auto", True, "false", True),
+        ("auto", False, None, False),
+        (None, True, None, True),
+        ("true", False, "true", True),
+        (True, False, None, True),
+        ("false", True, None, False),
+        (False, True, None, False),
+    ],
+)
 def test_one_rule_decides_whether_a_bar_is_drawn(monkeypatch, setting, tty: bool, ci: str | None, shown: bool):
     import io
 
@@ -308,8 +343,14 @@ def test_one_rule_decides_whether_a_bar_is_drawn(monkeypatch, setting, tty: bool
 def test_synthesis_reports_every_record_to_its_bar(recording_bars, tmp_path, synth_inputs, synth_backbone):
     from mllm_da.synthesis import runner
 
-    job = runner.SynthesisJob(backbone=synth_backbone, inputs=synth_inputs[:5], folder=str(tmp_path / "s"),
-                              batch_size=2, max_new_tokens=3, progress="false")
+    job = runner.SynthesisJob(
+        backbone=synth_backbone,
+        inputs=synth_inputs[:5],
+        folder=str(tmp_path / "s"),
+        batch_size=2,
+        max_new_tokens=3,
+        progress="false",
+    )
     runner.run_job(job)
     assert [(b.total, b.n, b.unit, b.setting) for b in recording_bars] == [(5, 5, "record", "false")]
 
@@ -321,10 +362,17 @@ def test_evaluation_reports_every_benchmark_sample_to_its_bar(recording_bars, co
     root = tmp_path / "mine"
     _csv(root)
     _benchmark(root, BENCHMARK_ROWS)
-    evaluate(compose_cfg(["domain=custom", f"domain.root={root}", "max_new_tokens=2"], config_name="evaluate",
-                         output_dir=tmp_path / "run"))
+    evaluate(
+        compose_cfg(
+            ["domain=custom", f"domain.root={root}", "max_new_tokens=2"],
+            config_name="evaluate",
+            output_dir=tmp_path / "run",
+        )
+    )
     assert sorted((b.desc, b.total, b.n, b.unit, b.setting) for b in recording_bars) == [
-        ("eval custom_mc", 2, 2, "sample", "auto"), ("eval custom_vqa", 4, 4, "sample", "auto")]
+        ("eval custom_mc", 2, 2, "sample", "auto"),
+        ("eval custom_vqa", 4, 4, "sample", "auto"),
+    ]
 
 
 def test_the_llm_filter_reports_every_triplet_to_its_bar(recording_bars, monkeypatch, compose_cfg, tmp_path):
@@ -334,12 +382,16 @@ def test_the_llm_filter_reports_every_triplet_to_its_bar(recording_bars, monkeyp
     from mllm_da.synthesis.parse import Triplet
     from mllm_da.synthesis.stage import config_container
 
-    monkeypatch.setattr(finishing.consistency, "load_judge",
-                        lambda *args: SimpleNamespace(labels=lambda prompts: ["yes"] * len(prompts)))
+    monkeypatch.setattr(
+        finishing.consistency,
+        "load_judge",
+        lambda *args: SimpleNamespace(labels=lambda prompts: ["yes"] * len(prompts)),
+    )
     cfg = compose_cfg(["filter=llm", "filter.batch_size=2", "synthesis.progress=true"], config_name="synth")
     triplets = [Triplet(f"Q{i}?", f"informative {i}", f"precise {i}") for i in range(5)]
-    labels = finishing.llm_labels(cfg, config_container(cfg.filter), SimpleNamespace(path=tmp_path),
-                                  [{"id": f"r{i}"} for i in range(5)], triplets)
+    labels = finishing.llm_labels(
+        cfg, config_container(cfg.filter), SimpleNamespace(path=tmp_path), [{"id": f"r{i}"} for i in range(5)], triplets
+    )
     assert labels == ["yes"] * 5
     assert [(b.total, b.n, b.unit, b.setting) for b in recording_bars] == [(5, 5, "triplet", True)]
 
@@ -366,8 +418,7 @@ def test_synthesizer_tuning_uses_lightnings_bar_under_the_same_rule(monkeypatch,
     outcome = StageOutcome("seed", StageDir.for_stage(tmp_path, "seed", {"x": 1}), {}, False)
     reused = []
     for cache, setting in (("one", "false"), ("one", "auto"), ("two", "auto")):
-        cfg = compose_cfg([f"paths.cache_dir={tmp_path / cache}", f"synthesis.progress={setting}"],
-                          config_name="synth")
+        cfg = compose_cfg([f"paths.cache_dir={tmp_path / cache}", f"synthesis.progress={setting}"], config_name="synth")
         assert tuning.tune_config(cfg, seed).trainer.enable_progress_bar == "auto"  # train.py's own rule
         reused.append(tuning.tune_stage(cfg, outcome, seed).reused)
     # false: synth.py's switch turns Lightning's bar off too; auto: it follows show_progress (training/fit.py)

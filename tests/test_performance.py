@@ -25,8 +25,12 @@ from mllm_da.data.datamodule import (
 from mllm_da.data.records import Turn
 
 PACKABLE = ("qwen2_vl", "qwen2_5_vl", "llava_next")
-IMAGE_SETTINGS = {"qwen2_vl": {"min_pixels": 56 * 56, "max_pixels": 112 * 112},
-                  "qwen2_5_vl": {"min_pixels": 56 * 56, "max_pixels": 112 * 112}, "llava_next": {}, "mllama": {}}
+IMAGE_SETTINGS = {
+    "qwen2_vl": {"min_pixels": 56 * 56, "max_pixels": 112 * 112},
+    "qwen2_5_vl": {"min_pixels": 56 * 56, "max_pixels": 112 * 112},
+    "llava_next": {},
+    "mllama": {},
+}
 
 
 def picture(width: int, height: int, seed: int) -> Image.Image:
@@ -34,13 +38,19 @@ def picture(width: int, height: int, seed: int) -> Image.Image:
     return Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8))
 
 
-@pytest.mark.parametrize("image", [{"min_pixels": 50176, "max_pixels": 1003520},
-                                   {"min_pixels": 12544, "max_pixels": 12544, "image_mean": [0.96] * 3,
-                                    "image_std": [0.5] * 3}])
+@pytest.mark.parametrize(
+    "image",
+    [
+        {"min_pixels": 50176, "max_pixels": 1003520},
+        {"min_pixels": 12544, "max_pixels": 12544, "image_mean": [0.96] * 3, "image_std": [0.5] * 3},
+    ],
+)
 def test_fast_qwen_pixels_equal_the_transformers_processor_bit_for_bit(image):
     ip = Qwen2VL.tiny_processor({"vocab": 300}, image).image_processor
-    images = [picture(w, h, i) for i, (w, h) in enumerate([(1280, 960), (448, 448), (100, 37), (2000, 300),
-                                                           (812, 1216), (224, 224)])]
+    images = [
+        picture(w, h, i)
+        for i, (w, h) in enumerate([(1280, 960), (448, 448), (100, 37), (2000, 300), (812, 1216), (224, 224)])
+    ]
     reference = ip(images=images, return_tensors="pt")
     fast = qwen_pixel_inputs(images, ip)
     assert fast is not None
@@ -75,8 +85,14 @@ def test_pack_bins_first_fit_decreasing_within_capacity():
 
 
 def tiny(family: str, work_root: Path) -> Backbone:
-    bb = load_backbone(family=family, variant="tiny", tiny=TEST_TINY, image=IMAGE_SETTINGS[family],
-                       cache_dir=str(work_root / "cache"), attn_implementation="eager")
+    bb = load_backbone(
+        family=family,
+        variant="tiny",
+        tiny=TEST_TINY,
+        image=IMAGE_SETTINGS[family],
+        cache_dir=str(work_root / "cache"),
+        attn_implementation="eager",
+    )
     bb.model.eval()
     return bb
 
@@ -134,8 +150,11 @@ def test_qwen_packed_positions_equal_get_rope_index(family: str, work_root: Path
     for sample in samples(backbone, 3):
         batch = backbone.collate([sample])
         reference, _ = backbone.model.model.get_rope_index(
-            batch["input_ids"], mm_token_type_ids=batch["mm_token_type_ids"], image_grid_thw=batch["image_grid_thw"],
-            attention_mask=batch["attention_mask"])
+            batch["input_ids"],
+            mm_token_type_ids=batch["mm_token_type_ids"],
+            image_grid_thw=batch["image_grid_thw"],
+            attention_mask=batch["attention_mask"],
+        )
         ids, _ = backbone.expand(sample)
         ours = backbone.sample_position_ids(ids, sample.images)
         assert torch.equal(ours[1:], reference[:, 0])

@@ -61,8 +61,19 @@ def trained(compose_cfg, tmp_path_factory) -> Trained:
     run = base / "train"
     keep = [o for o in small_run_overrides("qwen2_vl", steps=150) if not o.startswith(("domain.", "data."))]
     # captions only, at a high learning rate: in 150 steps the model learns to describe each picture differently
-    cfg = compose_cfg([*keep, *DOMAIN, "data_mix=caption_only", "optim.lr=5e-3", "data.micro_batch_size=8",
-                       "data.global_batch_size=8", "data.val_fraction=0.1", "eval.enabled=false"], output_dir=run)
+    cfg = compose_cfg(
+        [
+            *keep,
+            *DOMAIN,
+            "data_mix=caption_only",
+            "optim.lr=5e-3",
+            "data.micro_batch_size=8",
+            "data.global_batch_size=8",
+            "data.val_fraction=0.1",
+            "eval.enabled=false",
+        ],
+        output_dir=run,
+    )
     train(cfg)
     summary = json.loads((run / "summary.json").read_text())
     assert summary["status"] == "ok", summary.get("error")
@@ -72,19 +83,38 @@ def trained(compose_cfg, tmp_path_factory) -> Trained:
     toy = [json.loads(line) for line in (domain / "benchmark" / "toy_vqa.jsonl").read_text().splitlines()]
     images = list(dict.fromkeys(r["image"] for r in toy))
     rows = [{"image": i, "input": CAPTION} for i in images] + toy[:3]
-    bench = [{"id": str(n), "image": r["image"], "input": r["input"], "label": "x", "answer_type": "OPEN"}
-             for n, r in enumerate(rows)]
+    bench = [
+        {"id": str(n), "image": r["image"], "input": r["input"], "label": "x", "answer_type": "OPEN"}
+        for n, r in enumerate(rows)
+    ]
     source = base / "questions_benchmark.jsonl"
     source.write_text("".join(json.dumps(r) + "\n" for r in bench))
     ev = base / "evaluate"
-    evaluate(compose_cfg([*DOMAIN, f"checkpoint={run}", "benchmarks=[generic]", f"benchmark.generic.source={source}",
-                          f"benchmark.generic.image_root={domain}", "benchmark.generic.metric=vqa_open_closed",
-                          "max_new_tokens=32", "progress=false"], config_name="evaluate", output_dir=ev))
+    evaluate(
+        compose_cfg(
+            [
+                *DOMAIN,
+                f"checkpoint={run}",
+                "benchmarks=[generic]",
+                f"benchmark.generic.source={source}",
+                f"benchmark.generic.image_root={domain}",
+                "benchmark.generic.metric=vqa_open_closed",
+                "max_new_tokens=32",
+                "progress=false",
+            ],
+            config_name="evaluate",
+            output_dir=ev,
+        )
+    )
     predictions = [json.loads(line) for line in (ev / "predictions" / "generic.jsonl").read_text().splitlines()]
     assert [p["index"] for p in predictions] == list(range(len(bench)))
-    return Trained(run, run / "export", domain,
-                   [{"image": str(domain / r["image"]), "question": r["input"]} for r in bench],
-                   [p["prediction"] for p in predictions])
+    return Trained(
+        run,
+        run / "export",
+        domain,
+        [{"image": str(domain / r["image"]), "question": r["input"]} for r in bench],
+        [p["prediction"] for p in predictions],
+    )
 
 
 def predict_cfg(compose_cfg, out: Path, *overrides: str):
@@ -109,8 +139,10 @@ def test_predict_gives_evaluate_answers_from_a_jsonl_file(trained: Trained, comp
     # image paths relative to the file's folder
     source = tmp_path / "questions" / "rows.jsonl"
     source.parent.mkdir()
-    rows = [{"image": os.path.relpath(q["image"], source.parent), "question": q["question"], "id": f"q{i}"}
-            for i, q in enumerate(trained.questions)]
+    rows = [
+        {"image": os.path.relpath(q["image"], source.parent), "question": q["question"], "id": f"q{i}"}
+        for i, q in enumerate(trained.questions)
+    ]
     source.write_text("".join(json.dumps(r) + "\n" for r in rows))
     out = tmp_path / "run"
     got = predict(predict_cfg(compose_cfg, out, f"checkpoint={trained.export}", f"input={source}"))
@@ -128,16 +160,24 @@ def test_predict_command_on_a_train_run_folder(trained: Trained, tmp_path: Path)
     images = ",".join(trained.questions[i]["image"] for i in picked)
     questions = ",".join(json.dumps(trained.questions[i]["question"]) for i in picked)
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    cmd = [sys.executable, str(ROOT / "predict.py"), f"checkpoint={trained.run}", f"images=[{images}]",
-           f"questions=[{questions}]", f"hydra.run.dir={tmp_path / 'run'}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "predict.py"),
+        f"checkpoint={trained.run}",
+        f"images=[{images}]",
+        f"questions=[{questions}]",
+        f"hydra.run.dir={tmp_path / 'run'}",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = [json.loads(line) for line in (tmp_path / "run" / "predictions.jsonl").read_text().splitlines()]
     assert [r["prediction"] for r in rows] == [trained.answers[i] for i in picked]
     assert [r["question"] for r in rows] == [trained.questions[i]["question"] for i in picked]
     for i in picked:
-        assert f"{trained.questions[i]['image']}: {trained.questions[i]['question']}\n  {trained.answers[i]}\n" \
+        assert (
+            f"{trained.questions[i]['image']}: {trained.questions[i]['question']}\n  {trained.answers[i]}\n"
             in done.stdout
+        )
 
 
 @pytest.mark.parametrize("family", FAMILIES)
@@ -152,16 +192,40 @@ def test_a_tiny_preset_answers_without_a_checkpoint_as_evaluate_does(compose_cfg
     tiny = ",".join(f"{k}:{v}" for k, v in TEST_TINY.items())
     model = [f"model=tiny_{family}", f"model.backbone.tiny={{{tiny}}}", "max_new_tokens=6"]
     source = tmp_path / "bench.jsonl"
-    source.write_text("".join(json.dumps({"image": i, "input": "What colour is the shape?", "label": "red",
-                                          "answer_type": "OPEN"}) + "\n" for i in images))
-    evaluate(compose_cfg([*model, "benchmarks=[generic]", f"benchmark.generic.source={source}",
-                          f"benchmark.generic.image_root={tmp_path}", "benchmark.generic.metric=vqa_open_closed",
-                          "progress=false"], config_name="evaluate", output_dir=tmp_path / "evaluate"))
-    expected = [json.loads(line)["prediction"]
-                for line in (tmp_path / "evaluate" / "predictions" / "generic.jsonl").read_text().splitlines()]
+    source.write_text(
+        "".join(
+            json.dumps({"image": i, "input": "What colour is the shape?", "label": "red", "answer_type": "OPEN"}) + "\n"
+            for i in images
+        )
+    )
+    evaluate(
+        compose_cfg(
+            [
+                *model,
+                "benchmarks=[generic]",
+                f"benchmark.generic.source={source}",
+                f"benchmark.generic.image_root={tmp_path}",
+                "benchmark.generic.metric=vqa_open_closed",
+                "progress=false",
+            ],
+            config_name="evaluate",
+            output_dir=tmp_path / "evaluate",
+        )
+    )
+    expected = [
+        json.loads(line)["prediction"]
+        for line in (tmp_path / "evaluate" / "predictions" / "generic.jsonl").read_text().splitlines()
+    ]
     out = tmp_path / "predict"
-    got = predict(predict_cfg(compose_cfg, out, *model, f"images=[{tmp_path / images[0]},{tmp_path / images[1]}]",
-                              "question=What colour is the shape?"))
+    got = predict(
+        predict_cfg(
+            compose_cfg,
+            out,
+            *model,
+            f"images=[{tmp_path / images[0]},{tmp_path / images[1]}]",
+            "question=What colour is the shape?",
+        )
+    )
     assert [r["prediction"] for r in got] == expected
     summary = json.loads((out / "summary.json").read_text())
     assert summary["status"] == "ok" and summary["model"]["variant"] == "tiny"
@@ -190,8 +254,15 @@ def run_snippet(snippet: str, questions: list[dict], folder: Path) -> list[str]:
         "print(json.dumps(answers))\n"
     )
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_VERBOSITY": "error"}
-    done = subprocess.run([sys.executable, "-c", driver], input=json.dumps(programs), cwd=folder, env=env,
-                          capture_output=True, text=True, timeout=300)
+    done = subprocess.run(
+        [sys.executable, "-c", driver],
+        input=json.dumps(programs),
+        cwd=folder,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     printed = json.loads(done.stdout.strip().splitlines()[-1])
     assert all(p.endswith("\n") for p in printed)
@@ -211,22 +282,31 @@ def test_readme_snippet_gives_evaluate_answers_without_mllm_da(trained: Trained)
     assert run_snippet(without, trained.questions, trained.export) != trained.answers
 
 
-@pytest.mark.parametrize(("overrides", "match"), [
-    ([], "nothing to ask"),
-    (["image=A"], "no question"),
-    (["image=A", "images=[A]", "question=q"], "image= or images=, not both"),
-    (["images=[A,A,A]", "questions=[q,r]"], "3 images and 2 questions"),
-    (["image=missing.png", "question=q"], "no such image file"),
-    (["image=A", 'question="<image> What is it?"'], "contains '<image>'"),
-    (["image=A", "question=q", "batch_size=0"], "batch_size"),
-    (["image=A", "question=q", "model=tiny_llava_next", "checkpoint=EXPORT"], "is a qwen2_vl model"),
-])
-def test_bad_options_are_refused_before_a_model_loads(trained: Trained, compose_cfg, tmp_path: Path, overrides,
-                                                      match: str):
+@pytest.mark.parametrize(
+    ("overrides", "match"),
+    [
+        ([], "nothing to ask"),
+        (["image=A"], "no question"),
+        (["image=A", "images=[A]", "question=q"], "image= or images=, not both"),
+        (["images=[A,A,A]", "questions=[q,r]"], "3 images and 2 questions"),
+        (["image=missing.png", "question=q"], "no such image file"),
+        (["image=A", 'question="<image> What is it?"'], "contains '<image>'"),
+        (["image=A", "question=q", "batch_size=0"], "batch_size"),
+        (["image=A", "question=q", "model=tiny_llava_next", "checkpoint=EXPORT"], "is a qwen2_vl model"),
+    ],
+)
+def test_bad_options_are_refused_before_a_model_loads(
+    trained: Trained, compose_cfg, tmp_path: Path, overrides, match: str
+):
     image = trained.questions[0]["image"]
-    overrides = [o.replace("=A", f"={image}").replace("A]", f"{image}]").replace("A,", f"{image},")
-                 .replace("EXPORT", str(trained.export)).replace("missing.png", str(tmp_path / "missing.png"))
-                 for o in overrides]
+    overrides = [
+        o.replace("=A", f"={image}")
+        .replace("A]", f"{image}]")
+        .replace("A,", f"{image},")
+        .replace("EXPORT", str(trained.export))
+        .replace("missing.png", str(tmp_path / "missing.png"))
+        for o in overrides
+    ]
     out = tmp_path / "run"
     with pytest.raises(ValueError, match=re.escape(match)):
         predict(predict_cfg(compose_cfg, out, *overrides))

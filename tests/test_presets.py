@@ -107,9 +107,7 @@ def compose_with_hydra(overrides: list[str], work_root) -> OmegaConf:
     from hydra import compose
 
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
-        cfg = compose(
-            "train", overrides=[f"paths.root_dir={work_root}", *overrides], return_hydra_config=True
-        )
+        cfg = compose("train", overrides=[f"paths.root_dir={work_root}", *overrides], return_hydra_config=True)
     return cfg
 
 
@@ -120,9 +118,7 @@ def resolved(cfg, key: str):
 
 @pytest.mark.parametrize(("domain", "model", "comparison"), PAPER_RUNS, ids=["/".join(r) for r in PAPER_RUNS])
 def test_paper_comparison_gives_what_its_stub_gave(work_root, domain: str, model: str, comparison: str):
-    cfg = compose_with_hydra(
-        [f"experiment=paper/{comparison}", f"domain={domain}", f"model={model}"], work_root
-    )
+    cfg = compose_with_hydra([f"experiment=paper/{comparison}", f"domain={domain}", f"model={model}"], work_root)
     params = cfg.hydra.sweeper.get("params")
     expected = {
         "task_name": f"{domain}-{model}-{comparison}",
@@ -150,9 +146,7 @@ def test_the_paper_ran_every_comparison_of_these_pairs_only():
 
 def test_a_model_without_recipe_strategy_or_name_still_composes(work_root):
     """The tiny presets have no strategy: trainer=deepspeed's ZeRO-2 applies; a preset without a name still runs."""
-    cfg = compose_with_hydra(
-        ["experiment=paper/data_source", "model=tiny_qwen2_vl", "~model.name"], work_root
-    )
+    cfg = compose_with_hydra(["experiment=paper/data_source", "model=tiny_qwen2_vl", "~model.name"], work_root)
     assert "strategy" not in cfg.model.recipe
     assert cfg.trainer.strategy == "deepspeed_stage_2"
     assert cfg.task_name == "toy-model-data_source"
@@ -177,6 +171,5 @@ def test_the_recipe_resolves_in_every_job_of_a_multirun(work_root, model: str):
         ]
     strategy = "deepspeed_stage_3" if model == "mllama_11b" else "deepspeed_stage_2"
     assert [(job.data_mix.name, job.trainer.strategy, job.task_name) for job in jobs] == [
-        (mix, strategy, f"biomed-{model}-data_source")
-        for mix in ("caption_only", "synthetic_unfiltered", "synthetic")
+        (mix, strategy, f"biomed-{model}-data_source") for mix in ("caption_only", "synthetic_unfiltered", "synthetic")
     ]

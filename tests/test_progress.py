@@ -43,8 +43,14 @@ def test_synthesis_feeds_a_bar_with_its_records(monkeypatch, tmp_path, synth_inp
         return bar
 
     monkeypatch.setattr(runner, "progress_bar", recording_bar)
-    job = runner.SynthesisJob(backbone=synth_backbone, inputs=synth_inputs[:4], folder=str(tmp_path / "s"),
-                              batch_size=2, max_new_tokens=4, progress="true")
+    job = runner.SynthesisJob(
+        backbone=synth_backbone,
+        inputs=synth_inputs[:4],
+        folder=str(tmp_path / "s"),
+        batch_size=2,
+        max_new_tokens=4,
+        progress="true",
+    )
     runner.run_job(job)
     assert seen == [(4, "synthesis shards [0]", "record", "true")]
 
@@ -64,8 +70,11 @@ def test_evaluation_draws_one_bar_per_benchmark_with_the_configured_setting(monk
     root = tmp_path / "mine"
     _csv(root)
     _benchmark(root, BENCHMARK_ROWS)
-    cfg = compose_cfg(["domain=custom", f"domain.root={root}", "progress=true", "max_new_tokens=2"],
-                      config_name="evaluate", output_dir=tmp_path / "run")
+    cfg = compose_cfg(
+        ["domain=custom", f"domain.root={root}", "progress=true", "max_new_tokens=2"],
+        config_name="evaluate",
+        output_dir=tmp_path / "run",
+    )
     evaluate(cfg)
     assert calls == [(2, "eval custom_mc", True), (4, "eval custom_vqa", True)]
     assert compose_cfg([], config_name="evaluate").progress == "auto"

@@ -22,14 +22,20 @@ from mllm_da.synthesis.quality import (
 )
 
 # a two-object toy scene, captioned as the toy domain captions it
-SCENE = toy.ToyScene(toy.REFERENCE_SIZE, toy.BACKGROUND, (
-    toy.ToyObject("circle", "red", "small", "top left", (0, 0, 0, 0), toy.BASE_RGB["red"]),
-    toy.ToyObject("square", "blue", "large", "bottom right", (0, 0, 0, 0), toy.BASE_RGB["blue"]),
-))
+SCENE = toy.ToyScene(
+    toy.REFERENCE_SIZE,
+    toy.BACKGROUND,
+    (
+        toy.ToyObject("circle", "red", "small", "top left", (0, 0, 0, 0), toy.BASE_RGB["red"]),
+        toy.ToyObject("square", "blue", "large", "bottom right", (0, 0, 0, 0), toy.BASE_RGB["blue"]),
+    ),
+)
 CAPTION = toy.describe_scene(SCENE)
 
 
-def task(question: str, precise: str, informative: str = "", label: str | None = None, rid: str = "r") -> SynthesizedTask:
+def task(
+    question: str, precise: str, informative: str = "", label: str | None = None, rid: str = "r"
+) -> SynthesizedTask:
     return SynthesizedTask(rid, CAPTION, question, precise, informative or precise, label)
 
 
@@ -46,8 +52,12 @@ def test_toy_truth_answers_rule_questions_from_the_caption():
 @pytest.mark.parametrize(
     ("answer", "truth", "question", "right"),
     [
-        ("two", "two", "", True), ("2", "two", "", True), ("Two.", "two", "", True), ("three", "two", "", False),
-        ("Yes, there is.", "yes", "", True), ("No", "yes", "", False),
+        ("two", "two", "", True),
+        ("2", "two", "", True),
+        ("Two.", "two", "", True),
+        ("three", "two", "", False),
+        ("Yes, there is.", "yes", "", True),
+        ("No", "yes", "", False),
         ("B", "bottom right", "Where?\nA. top left\nB. bottom right", True),
         ("A", "bottom right", "Where?\nA. top left\nB. bottom right", False),
     ],
@@ -98,10 +108,16 @@ def test_grounding_is_zero_for_a_synthesizer_that_ignores_the_image():
 
 
 def test_question_forms_for_domains_without_a_truth():
-    cases = {"How many cells are visible?": "count", "Is the lesion malignant?": "yes_no",
-             "Where is the tumour?": "where", "Why is the tissue stained?": "why_how",
-             "Describe the image.": "describe", "What organ is shown?": "what_which_who",
-             "Which organ?\nA. liver\nB. lung": "choice", "Liver or lung": "other"}
+    cases = {
+        "How many cells are visible?": "count",
+        "Is the lesion malignant?": "yes_no",
+        "Where is the tumour?": "where",
+        "Why is the tissue stained?": "why_how",
+        "Describe the image.": "describe",
+        "What organ is shown?": "what_which_who",
+        "Which organ?\nA. liver\nB. lung": "choice",
+        "Liver or lung": "other",
+    }
     assert {q: question_form(q) for q in cases} == cases
     report = quality_report([SynthesizedTask("r", "A slide.", q, "x", "x") for q in cases])
     assert "toy_truth" not in report and report["diversity"]["type_entropy_bits"] == 3.0
@@ -135,10 +151,18 @@ def test_every_synthesis_reports_its_quality_in_the_summary(compose_cfg, tmp_pat
 
     from mllm_da.orchestration.synth import synthesize
 
-    cfg = compose_cfg(["synthesizer=rules", "domain.prepare.n_train=48", "domain.prepare.n_test=8",
-                       "domain.root=${paths.data_dir}/toy_small", "quality.blind_sample=16",
-                       f"paths.cache_dir={tmp_path / 'cache'}"],  # its own cache: other tests count cache hits
-                      config_name="synth", output_dir=tmp_path / "run")
+    cfg = compose_cfg(
+        [
+            "synthesizer=rules",
+            "domain.prepare.n_train=48",
+            "domain.prepare.n_test=8",
+            "domain.root=${paths.data_dir}/toy_small",
+            "quality.blind_sample=16",
+            f"paths.cache_dir={tmp_path / 'cache'}",
+        ],  # its own cache: other tests count cache hits
+        config_name="synth",
+        output_dir=tmp_path / "run",
+    )
     synthesize(cfg)
     quality = json.loads((tmp_path / "run" / "summary.json").read_text())["metrics"]["quality"]
     assert quality["all"]["diversity"]["tasks"] == 48

@@ -300,9 +300,7 @@ def test_bad_record_fail(bad_root: Path, case: str, record: Any, key: str, field
     assert err.reason in str(err)
 
 
-@pytest.mark.parametrize(
-    ("case", "record", "key", "field"), BAD_RECORDS[::5], ids=[c[0] for c in BAD_RECORDS[::5]]
-)
+@pytest.mark.parametrize(("case", "record", "key", "field"), BAD_RECORDS[::5], ids=[c[0] for c in BAD_RECORDS[::5]])
 def test_bad_record_in_json_list_names_record_index(
     bad_root: Path, case: str, record: Any, key: str, field: str
 ) -> None:
@@ -395,9 +393,7 @@ def test_file_level_errors_raise_regardless_of_policy(tmp_path: Path) -> None:
         read_conversations(tmp_path / "ok.jsonl", policy="ignore")  # type: ignore[arg-type]
 
 
-def test_to_sharegpt_refuses_images_outside_root(
-    root: Path, tmp_path_factory: pytest.TempPathFactory
-) -> None:
+def test_to_sharegpt_refuses_images_outside_root(root: Path, tmp_path_factory: pytest.TempPathFactory) -> None:
     conv = only_conversation(write_jsonl(root / "d.jsonl", [llava_record()]))
     with pytest.raises(ValueError, match="not inside image_root"):
         conv.to_sharegpt(tmp_path_factory.mktemp("elsewhere"))
@@ -491,9 +487,7 @@ _PATHS = [
 _json_scalars = st.none() | st.booleans() | st.integers() | st.floats(allow_nan=False) | st.text(max_size=8)
 _json_values = st.recursive(
     _json_scalars,
-    lambda children: (
-        st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4)
-    ),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=6), children, max_size=4),
     max_leaves=12,
 )
 _turn = st.fixed_dictionaries(
@@ -522,9 +516,7 @@ def _mutated_valid(draw: st.DrawFn) -> dict[str, Any]:
     """A valid record in either form, then at most one field replaced by an arbitrary JSON value."""
     images = draw(st.lists(st.sampled_from(["a.png", "sub/b.png", "a.png", *_PATHS]), max_size=2))
     roles = ["system"] * draw(st.booleans()) + ["user", "assistant"] * draw(st.integers(1, 2))
-    texts = [
-        IMAGE_PLACEHOLDER * len(images) + "q" if i == roles.index("user") else "t" for i in range(len(roles))
-    ]
+    texts = [IMAGE_PLACEHOLDER * len(images) + "q" if i == roles.index("user") else "t" for i in range(len(roles))]
     if draw(st.booleans()):
         record: dict[str, Any] = {
             "messages": [{"role": r, "content": t} for r, t in zip(roles, texts)],

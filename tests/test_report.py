@@ -21,10 +21,18 @@ def job(root: Path, n: int, overrides: list[str], metrics: dict, status: str = "
 @pytest.fixture
 def sweep(tmp_path: Path) -> Path:
     common = ["experiment=toy/ablation"]
-    job(tmp_path, 0, [*common, "stage_mode=single_stage", "data_mix=rule_based"],
-        {"eval/toy_vqa/open_recall": 44.75, "eval/toy_vqa/count/open_recall": 55.9, "train/loss_last": 0.38})
-    job(tmp_path, 1, [*common, "stage_mode=two_stage", "data_mix=rule_based"],
-        {"eval/toy_vqa/open_recall": 40.0, "train/loss_last": 0.41})
+    job(
+        tmp_path,
+        0,
+        [*common, "stage_mode=single_stage", "data_mix=rule_based"],
+        {"eval/toy_vqa/open_recall": 44.75, "eval/toy_vqa/count/open_recall": 55.9, "train/loss_last": 0.38},
+    )
+    job(
+        tmp_path,
+        1,
+        [*common, "stage_mode=two_stage", "data_mix=rule_based"],
+        {"eval/toy_vqa/open_recall": 40.0, "train/loss_last": 0.41},
+    )
     job(tmp_path, 10, [*common, "stage_mode=two_stage", "data_mix=caption_only"], {}, "failed", "ConfigError: x")
     return tmp_path
 
@@ -41,7 +49,9 @@ def test_report_files(sweep: Path, capsys):
     lines = text.splitlines()
     assert lines[2].startswith("| job ") and "eval/toy_vqa/open_recall" in lines[2]
     assert "eval/toy_vqa/count/open_recall" not in lines[2], "per-type metrics only with --all-metrics"
-    assert "44.75" in text and "–" in text and "job 10 (data_mix=caption_only, stage_mode=two_stage): ConfigError" in text
+    assert (
+        "44.75" in text and "–" in text and "job 10 (data_mix=caption_only, stage_mode=two_stage): ConfigError" in text
+    )
     rows = list(csv.reader((sweep / "report.csv").open()))
     assert rows[0] == ["job", "data_mix", "stage_mode", "status", "eval/toy_vqa/open_recall", "train/loss_last"]
     assert rows[1][4] == "44.75" and rows[3][3] == "failed"
@@ -58,9 +68,17 @@ def test_all_metrics_and_errors(sweep: Path, tmp_path_factory):
 
 def test_a_two_stage_jobs_headline_loss_is_labelled_as_its_last_stages(tmp_path: Path):
     job(tmp_path, 0, ["stage_mode=single_stage"], {"eval/toy_vqa/open_recall": 50.0, "train/loss_last": 0.4})
-    job(tmp_path, 1, ["stage_mode=two_stage"], {"eval/toy_vqa/open_recall": 30.0, "train/loss_last": 0.2,
-                                                 "stage1_captions/train/loss_last": 0.9,
-                                                 "stage2_tasks/train/loss_last": 0.2})
+    job(
+        tmp_path,
+        1,
+        ["stage_mode=two_stage"],
+        {
+            "eval/toy_vqa/open_recall": 30.0,
+            "train/loss_last": 0.2,
+            "stage1_captions/train/loss_last": 0.9,
+            "stage2_tasks/train/loss_last": 0.2,
+        },
+    )
     result = write_report(tmp_path)
     assert "train/loss_last (last stage)" in result["table"]
     text = (tmp_path / "report.md").read_text()
@@ -86,8 +104,14 @@ def test_chart_titles_mark_all_zero_panels(tmp_path: Path, monkeypatch):
     job(tmp_path, 1, ["data_mix=b"], {"eval/x/accuracy": 0.0, "eval/y/accuracy": 40.0})
     titles, limits = [], []
     original_title, original_xlim = matplotlib.axes.Axes.set_title, matplotlib.axes.Axes.set_xlim
-    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda ax, t, **k: (titles.append(t), original_title(ax, t, **k))[1])
-    monkeypatch.setattr(matplotlib.axes.Axes, "set_xlim", lambda ax, *a, **k: (len(a) == 2 and limits.append(a), original_xlim(ax, *a, **k))[1])
+    monkeypatch.setattr(
+        matplotlib.axes.Axes, "set_title", lambda ax, t, **k: (titles.append(t), original_title(ax, t, **k))[1]
+    )
+    monkeypatch.setattr(
+        matplotlib.axes.Axes,
+        "set_xlim",
+        lambda ax, *a, **k: (len(a) == 2 and limits.append(a), original_xlim(ax, *a, **k))[1],
+    )
     jobs = read_jobs(tmp_path)
     chart(jobs, ["eval/x/accuracy", "eval/y/accuracy"], tmp_path / "c.png")
     assert titles == ["x/accuracy (all 0)", "y/accuracy"]
@@ -100,8 +124,9 @@ def _seeded_job(root: Path, n: int, data_mix: str, seed: int, right: list[int], 
     folder = root / str(n) / "eval" / "step_10" / "trained" / "predictions"
     folder.mkdir(parents=True)
     hits = set(right)
-    (folder / "toy_mc.jsonl").write_text("".join(
-        json.dumps({"index": i, "id": f"r{i}", "score": float(i in hits)}) + "\n" for i in range(rows)))
+    (folder / "toy_mc.jsonl").write_text(
+        "".join(json.dumps({"index": i, "id": f"r{i}", "score": float(i in hits)}) + "\n" for i in range(rows))
+    )
 
 
 def test_seeds_are_aggregated_with_intervals_and_a_real_paired_difference_is_found(tmp_path: Path):
@@ -119,11 +144,12 @@ def test_seeds_are_aggregated_with_intervals_and_a_real_paired_difference_is_fou
         n += 3
     write_report(tmp_path, baseline="data_mix=caption_only")
     text = (tmp_path / "report.md").read_text()
-    over = text[text.index("## Over seeds"):text.index("## Paired")]
-    assert [line.split("|")[2].strip() for line in over.splitlines() if line.startswith("| ") and "seeds" not in line] \
-        == ["3", "3", "3"]
+    over = text[text.index("## Over seeds") : text.index("## Paired")]
+    assert [
+        line.split("|")[2].strip() for line in over.splitlines() if line.startswith("| ") and "seeds" not in line
+    ] == ["3", "3", "3"]
     assert "[" in over  # means with their intervals
-    paired = text[text.index("## Paired"):]
+    paired = text[text.index("## Paired") :]
     synthetic = next(line for line in paired.splitlines() if line.startswith("| data_mix=synthetic"))
     rule = next(line for line in paired.splitlines() if line.startswith("| data_mix=rule_based"))
     low = float(synthetic.split("[")[1].split(",")[0])

@@ -379,15 +379,11 @@ def test_vqa_aggregate():
 
 
 def test_vqa_aggregate_missing_types():
-    only_closed = [
-        SCORERS["vqa_open_closed"].score_row("yes", {"answer_type": "CLOSED", "label": "yes"}, 0, None)
-    ]
+    only_closed = [SCORERS["vqa_open_closed"].score_row("yes", {"answer_type": "CLOSED", "label": "yes"}, 0, None)]
     out = aggregate("vqa_open_closed", only_closed)
     assert math.isnan(out["open_recall"])  # no OPEN row: the reference divides by zero
     assert out["closed_accuracy"] == 100.0
-    only_open = [
-        SCORERS["vqa_open_closed"].score_row("lung", {"answer_type": "OPEN", "label": "lung"}, 0, None)
-    ]
+    only_open = [SCORERS["vqa_open_closed"].score_row("lung", {"answer_type": "OPEN", "label": "lung"}, 0, None)]
     out = aggregate("vqa_open_closed", only_open)
     assert out == {"open_recall": 100.0, "closed_accuracy": 0.0}  # no CLOSED row -> 0.0
 
@@ -428,9 +424,7 @@ def test_multi_label_and_rouge_aggregates():
     # recall: row 1 -> 1, row 2 -> 0/0 -> 1 -> 100
     _, rec = score_predictions("multi_label_recall", ["fried rice", "egg"], rows, space)
     assert rec == pytest.approx({"recall": 100.0})
-    _, rl = score_predictions(
-        "rouge_l", ["", "boil pasta"], [{"label": "boil pasta"}, {"label": "boil pasta"}]
-    )
+    _, rl = score_predictions("rouge_l", ["", "boil pasta"], [{"label": "boil pasta"}, {"label": "boil pasta"}])
     # 0 (empty) and 1.0 (identical: F = 2*1*1/(2+1e-8)) -> mean * 100
     assert rl["rouge_l_f"] == pytest.approx(50.0)
     assert math.isnan(aggregate("rouge_l", [])["rouge_l_f"])

@@ -22,8 +22,13 @@ from tests.conftest import TEST_TINY
 #: the issue's domain: 19 records, fewer than one default batch (32), so one epoch is one optimiser step
 RECORDS = 19
 BUDGET = 20
-COLOURS = {"red": (200, 30, 30), "green": (30, 160, 40), "blue": (30, 60, 200), "yellow": (230, 210, 20),
-           "black": (20, 20, 20)}
+COLOURS = {
+    "red": (200, 30, 30),
+    "green": (30, 160, 40),
+    "blue": (30, 60, 200),
+    "yellow": (230, 210, 20),
+    "black": (20, 20, 20),
+}
 THINGS = ["square", "circle", "boat", "flower"]
 
 
@@ -46,9 +51,17 @@ def _small_domain(root: Path, records: int = RECORDS) -> Path:
 def _run(compose_cfg, root: Path, out: Path, extra: list[str]) -> dict:
     """train.py on the small domain with a small tiny model and the preset's batch size; no eval, no export."""
     tiny = ",".join(f"{k}:{v}" for k, v in TEST_TINY.items())
-    overrides = ["domain=custom", f"domain.root={root}", f"model.backbone.tiny={{{tiny}}}",
-                 f"trainer.max_steps={BUDGET}", "trainer.enable_progress_bar=false", "checkpoint.every_n_steps=0",
-                 "eval.enabled=false", "export=false", *extra]
+    overrides = [
+        "domain=custom",
+        f"domain.root={root}",
+        f"model.backbone.tiny={{{tiny}}}",
+        f"trainer.max_steps={BUDGET}",
+        "trainer.enable_progress_bar=false",
+        "checkpoint.every_n_steps=0",
+        "eval.enabled=false",
+        "export=false",
+        *extra,
+    ]
     cfg = compose_cfg(overrides, output_dir=out)
     train(cfg)
     summary = json.loads((out / "summary.json").read_text())
@@ -79,8 +92,12 @@ def test_a_step_budget_on_19_records_trains_every_step_and_an_empty_val_split_is
 
 
 def test_two_stages_share_the_budget_and_each_trains_its_share(compose_cfg, small_domain: Path, tmp_path: Path):
-    summary = _run(compose_cfg, small_domain, tmp_path / "run",
-                   ["data_mix=rule_based", "stage_mode=two_stage", "data.val_fraction=0.3"])
+    summary = _run(
+        compose_cfg,
+        small_domain,
+        tmp_path / "run",
+        ["data_mix=rule_based", "stage_mode=two_stage", "data.val_fraction=0.3"],
+    )
     steps = [(s["name"], s["global_step"], s["step_budget"]) for s in summary["stages"]]
     assert steps == [("stage1_captions", BUDGET // 2, BUDGET // 2), ("stage2_tasks", BUDGET // 2, BUDGET // 2)]
     assert "warnings" not in summary  # both budgets met, both stages with a validation split
@@ -89,8 +106,12 @@ def test_two_stages_share_the_budget_and_each_trains_its_share(compose_cfg, smal
 def test_an_explicit_epoch_limit_still_applies_and_its_shortfall_is_named(
     compose_cfg, small_domain: Path, tmp_path: Path
 ):
-    summary = _run(compose_cfg, small_domain, tmp_path / "run",
-                   ["data_mix=caption_only", "trainer.max_epochs=1", "data.val_fraction=0"])
+    summary = _run(
+        compose_cfg,
+        small_domain,
+        tmp_path / "run",
+        ["data_mix=caption_only", "trainer.max_epochs=1", "data.val_fraction=0"],
+    )
     assert (summary["global_step"], summary["step_budget"]) == (1, BUDGET)
     assert summary["warnings"] == [
         f"single: trained 1 optimiser steps of the {BUDGET} budgeted (the epoch limit trainer.max_epochs=1 ended "
@@ -99,12 +120,15 @@ def test_an_explicit_epoch_limit_still_applies_and_its_shortfall_is_named(
     ]
 
 
-@pytest.mark.parametrize(("overrides", "epochs"), [
-    ([], 1),  # no budget: the paper's one epoch
-    (["trainer.max_steps=20"], -1),  # a budget: it alone decides
-    (["trainer.max_steps=20", "trainer.max_epochs=3"], 3),  # an explicit epoch limit is kept
-    (["trainer=gpu", "trainer.max_steps=20"], -1),  # every trainer preset inherits the rule
-])
+@pytest.mark.parametrize(
+    ("overrides", "epochs"),
+    [
+        ([], 1),  # no budget: the paper's one epoch
+        (["trainer.max_steps=20"], -1),  # a budget: it alone decides
+        (["trainer.max_steps=20", "trainer.max_epochs=3"], 3),  # an explicit epoch limit is kept
+        (["trainer=gpu", "trainer.max_steps=20"], -1),  # every trainer preset inherits the rule
+    ],
+)
 def test_the_epoch_limit_rule(compose_cfg, overrides: list[str], epochs: int):
     assert epoch_limit(compose_cfg(overrides)) == epochs
 
@@ -113,8 +137,12 @@ def test_synthesizer_tuning_trains_its_steps_whatever_the_seed_sets_size(compose
     from mllm_da.synthesis.seed import SeedFiles
     from mllm_da.synthesis.tuning import tune_config
 
-    seed = SeedFiles(train=tmp_path / "train.json", dev=tmp_path / "dev.json", image_root=tmp_path,
-                     blank_image=tmp_path / "blank.png")
+    seed = SeedFiles(
+        train=tmp_path / "train.json",
+        dev=tmp_path / "dev.json",
+        image_root=tmp_path,
+        blank_image=tmp_path / "blank.png",
+    )
     cfg = compose_cfg(["synthesizer=tiny_llava_next"], config_name="synth")
     tuned = tune_config(cfg, seed)
     assert epoch_limit(tuned) == -1 and stage_steps(tuned, Stage("single")) == int(cfg.tune.steps)
@@ -125,7 +153,8 @@ def test_the_cause_of_a_shortfall_is_what_the_trainer_shows(compose_cfg):
     stopped = SimpleNamespace(current_epoch=4, num_training_batches=1)  # no epoch limit: something stopped it
     assert "early stopping" in shortfall_cause(cfg, stopped)
     assert shortfall_cause(cfg, SimpleNamespace(current_epoch=0, num_training_batches=0)) == (
-        "there was no training batch")
+        "there was no training batch"
+    )
     limited = compose_cfg(["trainer.max_steps=20", "trainer.max_epochs=2"])
     assert "trainer.max_epochs=2" in shortfall_cause(limited, SimpleNamespace(current_epoch=2, num_training_batches=1))
     met = stage_warnings(Stage("single"), 20, 20, "unused", records=100, val_records=2, val_fraction=0.02)
@@ -146,8 +175,16 @@ def test_the_generic_benchmark_generates_short_answers_briefly(compose_cfg, metr
 
 def test_the_paper_benchmarks_keep_the_references_generation_budgets(compose_cfg):
     # reference §5.2: 1024 by default, 256 for Food101, FoodSeg103 and Nutrition5K
-    reference = {"vqa_rad": 1024, "slake": 1024, "pathvqa": 1024, "pmc_vqa": 1024, "recipe1m": 1024,
-                 "food101": 256, "foodseg103": 256, "nutrition5k": 256}
+    reference = {
+        "vqa_rad": 1024,
+        "slake": 1024,
+        "pathvqa": 1024,
+        "pmc_vqa": 1024,
+        "recipe1m": 1024,
+        "food101": 256,
+        "foodseg103": 256,
+        "nutrition5k": 256,
+    }
     cfg = compose_cfg([], config_name="evaluate")
     assert {s.name: s.max_new_tokens for s in benchmark_specs(cfg.benchmark, list(reference))} == reference
 
@@ -155,9 +192,11 @@ def test_the_paper_benchmarks_keep_the_references_generation_budgets(compose_cfg
 def test_benchmark_messages_count_rows_from_one(tmp_path: Path, caplog):
     Image.new("RGB", (8, 8)).save(tmp_path / "ok.png")
     (tmp_path / "broken.png").write_bytes(b"not a picture")
-    rows = [{"image": "ok.png", "input": "Q?", "label": "yes", "answer_type": "CLOSED"},
-            {"image": "broken.png", "input": "Q?", "label": "yes", "answer_type": "CLOSED"},
-            {"image": "ok.png", "input": "Q?", "answer_type": "OPEN"}]  # the third row has no label
+    rows = [
+        {"image": "ok.png", "input": "Q?", "label": "yes", "answer_type": "CLOSED"},
+        {"image": "broken.png", "input": "Q?", "label": "yes", "answer_type": "CLOSED"},
+        {"image": "ok.png", "input": "Q?", "answer_type": "OPEN"},
+    ]  # the third row has no label
     path = tmp_path / "rows.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     spec = BenchmarkSpec(name="b", metric="vqa_open_closed", source=str(path), bad_rows="skip", check_images=False)
@@ -226,10 +265,20 @@ def test_two_stage_losses_are_labelled_with_their_last_stage(tmp_path: Path, mon
 
     # stages named so that sorting by name would pick the wrong one: the summary's order decides
     for seed in (0, 1):
-        _job(tmp_path, seed, [f"seed={seed}", "stage_mode=two_stage"],
-             {"train/loss_last": 0.2 + seed, "val/loss": 0.3, "warmup/train/loss_last": 0.9,
-              "warmup/val/loss": 0.8, "adapt/train/loss_last": 0.2 + seed, "adapt/val/loss": 0.3},
-             stages=["warmup", "adapt"])
+        _job(
+            tmp_path,
+            seed,
+            [f"seed={seed}", "stage_mode=two_stage"],
+            {
+                "train/loss_last": 0.2 + seed,
+                "val/loss": 0.3,
+                "warmup/train/loss_last": 0.9,
+                "warmup/val/loss": 0.8,
+                "adapt/train/loss_last": 0.2 + seed,
+                "adapt/val/loss": 0.3,
+            },
+            stages=["warmup", "adapt"],
+        )
     drawn = _capture_panels(monkeypatch)
     table = write_report(tmp_path)["table"]
     header = [cell.strip() for cell in table.splitlines()[0].strip("|").split("|")]

@@ -132,8 +132,9 @@ def test_filter_prompt_golden_structure():
     assert prompt.endswith(
         "\n\n## Question: Is it red?\n## Informative Answer: It is red, so yes.\n## Precise Answer: yes\n## Consistent:"
     )
-    demos = re.findall(r"^## Question: .*\n## Informative Answer: .*\n## Precise Answer: .*\n## Consistent:(.*)$",
-                       prompt, flags=re.M)
+    demos = re.findall(
+        r"^## Question: .*\n## Informative Answer: .*\n## Precise Answer: .*\n## Consistent:(.*)$", prompt, flags=re.M
+    )
     assert demos == [" No", " Open", " Yes", " Yes", " No", " Open", ""]
     # the reference's quirk: literal backslash sequences, not real newlines, inside the demonstrations
     for escape in ("\\n", '\\"', "\\u2014"):
@@ -155,10 +156,17 @@ def test_filter_prompt_file_is_checked(tmp_path: Path):
     assert consistency.load_prompt(None) == consistency.DEFAULT_PROMPT
 
 
-@pytest.mark.parametrize(("text", "label", "kept"), [
-    (" Yes", "yes", True), ("yes\n", "yes", True), ("Yes.", "yes.", False), (" No", "no", False),
-    (" Open", "open", False), ("", "", False),
-])
+@pytest.mark.parametrize(
+    ("text", "label", "kept"),
+    [
+        (" Yes", "yes", True),
+        ("yes\n", "yes", True),
+        ("Yes.", "yes.", False),
+        (" No", "no", False),
+        (" Open", "open", False),
+        ("", "", False),
+    ],
+)
 def test_filter_label_parsing_keeps_only_exact_yes(text: str, label: str, kept: bool):
     assert consistency.parse_label(text) == label
     assert consistency.is_kept(label) is kept
@@ -176,9 +184,14 @@ def test_heuristic_backend_checks_what_its_docstring_says():
 
 def test_llm_judge_generates_two_tokens_at_most(work_root: Path):
     judge = consistency.load_judge(
-        {"model": {"variant": "tiny", "tiny": TEST_TINY, "dtype": "float32"}, "max_new_tokens": 2,
-         "max_length": 2000, "stop_token": "<|end_of_text|>"},
-        str(work_root / ".cache"), "cpu",
+        {
+            "model": {"variant": "tiny", "tiny": TEST_TINY, "dtype": "float32"},
+            "max_new_tokens": 2,
+            "max_length": 2000,
+            "stop_token": "<|end_of_text|>",
+        },
+        str(work_root / ".cache"),
+        "cpu",
     )
     triplets = [Triplet("Is it red?", "yes", "It is red."), Triplet("How many?", "2", "There are two.")]
     prompts = [consistency.build_prompt(consistency.DEFAULT_PROMPT, t) for t in triplets]
@@ -217,8 +230,10 @@ def test_branch_chain_of_thought_when_neither_concludes():
     task = format_triplet(t, "rec-3")
     chosen = [x for x in COT_TEMPLATES if not x.inverse][task.template]
     fields = {"question": "What colour?", "cot": t.informative, "answer": "red"}
-    assert (task.instruction, task.response) == (chosen.inputs.format(**fields).strip(),
-                                                  chosen.targets.format(**fields).strip())
+    assert (task.instruction, task.response) == (
+        chosen.inputs.format(**fields).strip(),
+        chosen.targets.format(**fields).strip(),
+    )
     # indicators are substrings with their trailing space: "therefore," does not count
     assert choose_branch(Triplet("q", "x", "It is red, therefore, x")) == "chain_of_thought"
 
@@ -235,8 +250,14 @@ def test_template_choice_is_seeded_by_the_record_id_and_inverse_is_off_by_defaul
 
 def test_user_template_file(tmp_path: Path):
     path = tmp_path / "t.json"
-    path.write_text(json.dumps({"qa": [{"inputs": "Q: {question}", "targets": "{answer}"}],
-                                "cot": [{"inputs": "{question}", "targets": "{cot} => {answer}"}]}))
+    path.write_text(
+        json.dumps(
+            {
+                "qa": [{"inputs": "Q: {question}", "targets": "{answer}"}],
+                "cot": [{"inputs": "{question}", "targets": "{cot} => {answer}"}],
+            }
+        )
+    )
     task = format_triplet(Triplet("q?", "a", "because"), "x", load_templates(str(path)))
     assert (task.instruction, task.response) == ("q?", "because => a")
     path.write_text(json.dumps({"qa": [{"inputs": "{question}", "targets": "{cot}"}], "cot": []}))
@@ -290,19 +311,39 @@ def test_blank_images_and_split_follow_the_task_groups():
 
 
 def test_toy_seed_set_is_written_and_reads_back(tmp_path: Path):
-    files, report = build_seed(tmp_path, {"source": "toy", "n_images": 30, "questions_per_image": 2,
-                                          "blank_fraction": 0.5, "dev_fraction": 0.1, "seed": 0})
+    files, report = build_seed(
+        tmp_path,
+        {
+            "source": "toy",
+            "n_images": 30,
+            "questions_per_image": 2,
+            "blank_fraction": 0.5,
+            "dev_fraction": 0.1,
+            "seed": 0,
+        },
+    )
     train, rep = read_conversations(files.train, image_root=files.image_root, policy="fail")
     assert rep.kept == report.train and report.train + report.dev == 30 and report.blank_train > 0
     assert sum(c.images[0].name == "blank.png" for c in train) == report.blank_train
     for conv in train:
         hints = [t.content.split("\n")[0] for t in conv.turns[2::2]]
         assert sorted(hints) == sorted([PRECISE_HINT, INFORMATIVE_HINT] * 2)
-        assert extract_triplet(parse_output(render_output(
-            [(t.content.split("\n", 1)[0], t.content.split("\n", 1)[1], a.content)
-             for t, a in zip(conv.turns[2::2], conv.turns[3::2])]))) is not None
-    assert [e.caption for e in toy_seed_examples(tmp_path / "again", 5)] == \
-        [e.caption for e in toy_seed_examples(tmp_path / "again2", 5)]
+        assert (
+            extract_triplet(
+                parse_output(
+                    render_output(
+                        [
+                            (t.content.split("\n", 1)[0], t.content.split("\n", 1)[1], a.content)
+                            for t, a in zip(conv.turns[2::2], conv.turns[3::2])
+                        ]
+                    )
+                )
+            )
+            is not None
+        )
+    assert [e.caption for e in toy_seed_examples(tmp_path / "again", 5)] == [
+        e.caption for e in toy_seed_examples(tmp_path / "again2", 5)
+    ]
 
 
 def test_toy_seed_set_narrowed_to_count_questions(tmp_path: Path):
@@ -310,15 +351,20 @@ def test_toy_seed_set_narrowed_to_count_questions(tmp_path: Path):
     examples = toy_seed_examples(tmp_path, 12, questions_per_image=3, question_types=["count"], answer_types=["OPEN"])
     for example in examples:
         assert [(qa.hint, qa.question) for qa in example.qa] == [
-            (PRECISE_HINT, "How many shapes are there?"), (INFORMATIVE_HINT, "How many shapes are there?")]
+            (PRECISE_HINT, "How many shapes are there?"),
+            (INFORMATIVE_HINT, "How many shapes are there?"),
+        ]
         precise = example.qa[0].answer
         assert example.caption.startswith("There is one shape" if precise == "one" else f"There are {precise} shapes")
         assert precise in example.qa[1].answer
 
 
 def _vf_record(image: str, question: str, answer: str, **extra) -> dict:
-    return {"image": image, "conversations": [{"from": "human", "value": question},
-                                              {"from": "gpt", "value": answer}], **extra}
+    return {
+        "image": image,
+        "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}],
+        **extra,
+    }
 
 
 def test_visionflan_merge_rules(tmp_path: Path):
@@ -327,30 +373,44 @@ def test_visionflan_merge_rules(tmp_path: Path):
     for name in ("a.jpg", "b.jpg", "c.jpg"):
         (images / name).write_bytes(b"x")
     caption = tmp_path / "cap.json"
-    caption.write_text(json.dumps([
-        _vf_record("allava/a.jpg", "<image>\nDescribe.", "First caption of a."),
-        _vf_record("allava/a.jpg", "<image>\nDescribe.", "Second caption of a."),
-        _vf_record("allava/b.jpg", "<image>\nDescribe.", "Caption of b."),
-        _vf_record("allava/c.jpg", "<image>\nDescribe.", "Caption of c."),
-    ]))
+    caption.write_text(
+        json.dumps(
+            [
+                _vf_record("allava/a.jpg", "<image>\nDescribe.", "First caption of a."),
+                _vf_record("allava/a.jpg", "<image>\nDescribe.", "Second caption of a."),
+                _vf_record("allava/b.jpg", "<image>\nDescribe.", "Caption of b."),
+                _vf_record("allava/c.jpg", "<image>\nDescribe.", "Caption of c."),
+            ]
+        )
+    )
     precise = tmp_path / "meta.json"
-    precise.write_text(json.dumps([
-        _vf_record("vf/a.jpg", "<image>\nWhat is it?", "cat", task_name="t1"),
-        _vf_record("vf/a.jpg", "Which colour?\n<image>", "black", task_name="t2"),
-        _vf_record("vf/b.jpg", "Count?", "3", task_name="t1"),
-    ]))
+    precise.write_text(
+        json.dumps(
+            [
+                _vf_record("vf/a.jpg", "<image>\nWhat is it?", "cat", task_name="t1"),
+                _vf_record("vf/a.jpg", "Which colour?\n<image>", "black", task_name="t2"),
+                _vf_record("vf/b.jpg", "Count?", "3", task_name="t1"),
+            ]
+        )
+    )
     informative = tmp_path / "inf.json"
-    informative.write_text(json.dumps([
-        _vf_record("x/a.jpg", "<image>\nWhat is it?", "It is a cat."),
-        _vf_record("x/c.jpg", "<image>\nWhat?", "Something."),
-    ]))
+    informative.write_text(
+        json.dumps(
+            [
+                _vf_record("x/a.jpg", "<image>\nWhat is it?", "It is a cat."),
+                _vf_record("x/c.jpg", "<image>\nWhat?", "Something."),
+            ]
+        )
+    )
     examples, report = visionflan_examples(caption, precise, informative, tmp_path / "images")
     assert [e.id for e in examples] == ["a"]  # b lacks informative, c lacks precise
     (a,) = examples
     assert a.caption == "First caption of a." and a.task_name == "t2" and a.image == (images / "a.jpg").resolve()
     assert [(q.hint, q.question, q.answer) for q in a.qa] == [
-        (PRECISE_HINT, "What is it?", "cat"), (PRECISE_HINT, "Which colour?", "black"),
-        (INFORMATIVE_HINT, "What is it?", "It is a cat.")]
+        (PRECISE_HINT, "What is it?", "cat"),
+        (PRECISE_HINT, "Which colour?", "black"),
+        (INFORMATIVE_HINT, "What is it?", "It is a cat."),
+    ]
     assert report.dropped == {"no_precise_or_informative_qa": 2}
     assert strip_image_marker("a <image> b") is None
     precise.write_text(json.dumps([_vf_record("vf/a.jpg", "What <image> is it?", "cat")]))
@@ -367,8 +427,9 @@ def test_rule_synthesizer_reads_toy_captions_and_always_yields_a_triplet():
         scene = toy.sample_scene(rng)
         caption = toy.describe_scene(scene)
         parsed = scene_from_caption(caption)
-        assert parsed is not None and [(o.shape, o.colour, o.size, o.quadrant) for o in parsed.objects] == \
-            [(o.shape, o.colour, o.size, o.quadrant) for o in scene.objects]
+        assert parsed is not None and [(o.shape, o.colour, o.size, o.quadrant) for o in parsed.objects] == [
+            (o.shape, o.colour, o.size, o.quadrant) for o in scene.objects
+        ]
         text = rule_output(f"id{i}", caption)
         assert text == rule_output(f"id{i}", caption)
         pairs = parse_output(text)
@@ -376,8 +437,10 @@ def test_rule_synthesizer_reads_toy_captions_and_always_yields_a_triplet():
     generic = parse_output(rule_output("g", "A bowl of ramen with egg and scallions, on a wooden table. Tasty."))
     assert extract_triplet(generic) is not None
     subject = [p for p in generic if p.question.endswith("What does the image show?")]
-    assert {p.answer for p in subject} == {"A bowl of ramen",
-                                           "A bowl of ramen with egg and scallions, on a wooden table."}
+    assert {p.answer for p in subject} == {
+        "A bowl of ramen",
+        "A bowl of ramen with egg and scallions, on a wooden table.",
+    }
 
 
 def test_stage_keys_follow_their_payload(tmp_path: Path):
@@ -421,19 +484,33 @@ def test_two_shards_merged_equal_one_shard(tmp_path: Path, synth_inputs, synth_b
     assert one == two and [r["id"] for r in one] == sorted(i.id for i in synth_inputs)
     assert all(r["text"] is not None and r["new_tokens"] <= 12 for r in one)
     assert {p.name for p in (tmp_path / "two").glob("generations-shard*.jsonl")} == {
-        "generations-shard0.jsonl", "generations-shard1.jsonl"}
+        "generations-shard0.jsonl",
+        "generations-shard1.jsonl",
+    }
 
 
 def test_sigkilled_synthesis_resumes_to_the_uninterrupted_result(tmp_path: Path, synth_inputs, synth_backbone):
     """A worker process is SIGKILLed right after its first batch is on disk; the rerun completes it."""
-    job = SynthesisJob(backbone=synth_backbone, inputs=synth_inputs, folder=str(tmp_path / "killed"),
-                       batch_size=1, max_new_tokens=32, threads=2, progress=False)
+    job = SynthesisJob(
+        backbone=synth_backbone,
+        inputs=synth_inputs,
+        folder=str(tmp_path / "killed"),
+        batch_size=1,
+        max_new_tokens=32,
+        threads=2,
+        progress=False,
+    )
     n_batches = len(synth_inputs)
     spec = tmp_path / "job.json"
     spec.write_text(json.dumps(job.to_json()))
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    proc = subprocess.Popen([sys.executable, "-m", "mllm_da.synthesis.runner", str(spec)], cwd=ROOT, env=env,
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "mllm_da.synthesis.runner", str(spec)],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     shard = tmp_path / "killed" / "generations-shard0.jsonl"
     deadline = time.time() + 300
     while time.time() < deadline and proc.poll() is None and not (shard.exists() and shard.stat().st_size):
@@ -467,21 +544,27 @@ def test_every_synth_preset_composes(compose_cfg, group: str):
 def test_rule_synthesizer_pipeline_is_cached_and_rekeyed(compose_cfg, tmp_path: Path, work_root: Path):
     from mllm_da.orchestration.synth import synthesize
 
-    overrides = ["synthesizer=rules", "domain.prepare.n_train=48", "domain.prepare.n_test=8",
-                 "domain.root=${paths.data_dir}/toy_small"]
+    overrides = [
+        "synthesizer=rules",
+        "domain.prepare.n_train=48",
+        "domain.prepare.n_test=8",
+        "domain.root=${paths.data_dir}/toy_small",
+    ]
     metrics = synthesize(compose_cfg(overrides, config_name="synth", output_dir=tmp_path / "a"))
     summary = json.loads((tmp_path / "a" / "summary.json").read_text())
     assert summary["status"] == "ok" and metrics["records"] == 48
     assert metrics["parse_rate"] == metrics["triplet_rate"] == 1.0 and metrics["filter_yield"] > 0.5
     assert not any(s["reused"] for s in summary["stages"].values())
-    single, report = read_conversations(summary["artifacts"]["single_stage"], image_root=work_root / "data" / "toy_small",
-                                        policy="fail")
+    single, report = read_conversations(
+        summary["artifacts"]["single_stage"], image_root=work_root / "data" / "toy_small", policy="fail"
+    )
     assert report.kept == 48 and sum(len(c.turns) == 4 for c in single) == metrics["kept"]
     synthesize(compose_cfg(overrides, config_name="synth", output_dir=tmp_path / "b"))
     again = json.loads((tmp_path / "b" / "summary.json").read_text())
     assert all(s["reused"] for s in again["stages"].values()) and again["metrics"] == summary["metrics"]
-    synthesize(compose_cfg([*overrides, "formatting.inverse_tasks=true"], config_name="synth",
-                           output_dir=tmp_path / "c"))
+    synthesize(
+        compose_cfg([*overrides, "formatting.inverse_tasks=true"], config_name="synth", output_dir=tmp_path / "c")
+    )
     third = json.loads((tmp_path / "c" / "summary.json").read_text())
     assert third["stages"]["synthesize"]["reused"] and not third["stages"]["format"]["reused"]
     assert third["stages"]["format"]["key"] != summary["stages"]["format"]["key"]
@@ -490,8 +573,13 @@ def test_rule_synthesizer_pipeline_is_cached_and_rekeyed(compose_cfg, tmp_path: 
 def test_train_with_data_mix_synthetic_uses_the_cached_pipeline(compose_cfg, tmp_path: Path):
     from mllm_da.orchestration.train import train
 
-    overrides = [*small_run_overrides("qwen2_vl", steps=1), "data_mix=synthetic",
-                 "data_mix.synthesis.synthesizer=rules", "export=false", "eval.enabled=false"]
+    overrides = [
+        *small_run_overrides("qwen2_vl", steps=1),
+        "data_mix=synthetic",
+        "data_mix.synthesis.synthesizer=rules",
+        "export=false",
+        "eval.enabled=false",
+    ]
     train(compose_cfg(overrides, output_dir=tmp_path))
     summary = json.loads((tmp_path / "summary.json").read_text())
     assert summary["status"] == "ok", summary.get("error")
@@ -506,12 +594,22 @@ def test_toy_chain_tune_synthesize_filter_format(compose_cfg, tmp_path: Path):
 
     tiny = ",".join(f"{k}:{v}" for k, v in TEST_TINY.items())
     overrides = [
-        "synthesizer=tiny_llava_next", f"model.backbone.tiny={{{tiny}}}",
-        "domain.prepare.n_train=48", "domain.prepare.n_test=8", "domain.root=${paths.data_dir}/toy_small",
-        "seed_data.n_images=24", "tune.steps=2", "tune.micro_batch_size=4", "tune.global_batch_size=4",
+        "synthesizer=tiny_llava_next",
+        f"model.backbone.tiny={{{tiny}}}",
+        "domain.prepare.n_train=48",
+        "domain.prepare.n_test=8",
+        "domain.root=${paths.data_dir}/toy_small",
+        "seed_data.n_images=24",
+        "tune.steps=2",
+        "tune.micro_batch_size=4",
+        "tune.global_batch_size=4",
         'tune.overrides=["trainer.enable_progress_bar=false","checkpoint.every_n_steps=0","data.val_fraction=0.1"]',
-        "synthesis.limit=6", "synthesis.max_new_tokens=16", "synthesis.batch_size=3", "filter=llm",
-        "filter.model.variant=tiny", "filter.model.dtype=float32",
+        "synthesis.limit=6",
+        "synthesis.max_new_tokens=16",
+        "synthesis.batch_size=3",
+        "filter=llm",
+        "filter.model.variant=tiny",
+        "filter.model.dtype=float32",
     ]
     metrics = synthesize(compose_cfg(overrides, config_name="synth", output_dir=tmp_path))
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -527,17 +625,20 @@ def test_toy_chain_tune_synthesize_filter_format(compose_cfg, tmp_path: Path):
     assert root.exists() and Path(summary["artifacts"]["synthesizer"], "config.json").exists()
 
 
-@pytest.mark.parametrize(("overrides", "message"), [
-    (["stage=everything"], "stage must be one of"),
-    (["synthesis.num_shards=2", "synthesis.shard_index=2"], "shard_index"),
-    (["synthesis.processes=3"], "at least as many shards"),
-    (["synthesis.batch_size=0"], "batch_size"),
-    (["synthesis.device=cuda"], "CUDA"),
-    (["filter.backend=magic"], "filter.backend"),
-    (["seed_data.source=web"], "seed_data.source"),
-    (["synthesizer.checkpoint=/no/such/folder"], "synthesizer.checkpoint"),
-    (["formatting.templates_file=/no/such.json"], "templates_file"),
-])
+@pytest.mark.parametrize(
+    ("overrides", "message"),
+    [
+        (["stage=everything"], "stage must be one of"),
+        (["synthesis.num_shards=2", "synthesis.shard_index=2"], "shard_index"),
+        (["synthesis.processes=3"], "at least as many shards"),
+        (["synthesis.batch_size=0"], "batch_size"),
+        (["synthesis.device=cuda"], "CUDA"),
+        (["filter.backend=magic"], "filter.backend"),
+        (["seed_data.source=web"], "seed_data.source"),
+        (["synthesizer.checkpoint=/no/such/folder"], "synthesizer.checkpoint"),
+        (["formatting.templates_file=/no/such.json"], "templates_file"),
+    ],
+)
 def test_invalid_synth_options_are_refused(compose_cfg, overrides: list[str], message: str):
     import torch
 
@@ -565,9 +666,11 @@ def test_a_changed_caption_file_changes_the_input_key(compose_cfg, tmp_path: Pat
     root = work_root / "data" / "toy_small"
     toy.build_toy_domain(root, n_train=48, n_test=8)
     pairs = tmp_path / "pairs.json"
-    record = {"id": "x1", "messages": [{"role": "user", "content": "<image>Describe."},
-                                       {"role": "assistant", "content": "A caption."}],
-              "images": ["images/train_000000.png"]}
+    record = {
+        "id": "x1",
+        "messages": [{"role": "user", "content": "<image>Describe."}, {"role": "assistant", "content": "A caption."}],
+        "images": ["images/train_000000.png"],
+    }
     pairs.write_text(json.dumps([record]))
     cfg = compose_cfg(["domain.prepare=null"], config_name="synth")
     with open_dict(cfg):

@@ -168,13 +168,9 @@ def test_captions_name_count_and_every_object_in_order() -> None:
         caption = describe_scene(scene)
         words = re.findall(r"[a-z]+", caption.lower())
         assert [w for w in words if w in WORD_TO_COUNT] == [COUNT_WORDS[scene.count]]
-        lead = (
-            "There is one shape: " if scene.count == 1 else f"There are {COUNT_WORDS[scene.count]} shapes: "
-        )
+        lead = "There is one shape: " if scene.count == 1 else f"There are {COUNT_WORDS[scene.count]} shapes: "
         assert caption.startswith(lead) and caption.endswith(".")
-        positions = [
-            caption.index(f"a {o.size} {o.colour} {o.shape} at the {o.quadrant}") for o in scene.objects
-        ]
+        positions = [caption.index(f"a {o.size} {o.colour} {o.shape} at the {o.quadrant}") for o in scene.objects]
         assert positions == sorted(positions)
 
 
@@ -195,9 +191,7 @@ def test_caption_example_format() -> None:
 def _obj(shape: str, colour: str, size: str, quadrant: str) -> ToyObject:
     left, top, _, _ = quadrant_box(quadrant, 112)
     d = 16 if size == "small" else 36
-    return ToyObject(
-        shape, colour, size, quadrant, (left + 4, top + 4, left + 4 + d, top + 4 + d), BASE_RGB[colour]
-    )
+    return ToyObject(shape, colour, size, quadrant, (left + 4, top + 4, left + 4 + d, top + 4 + d), BASE_RGB[colour])
 
 
 def test_caption_instructions_vary_with_rng() -> None:
@@ -319,12 +313,8 @@ def _load(files: ToyDomainFiles) -> dict[str, list[dict]]:
 
 def test_layout_and_manifest(built: ToyDomainFiles) -> None:
     root = built.root
-    assert sorted(p.name for p in built.images_dir.iterdir()) == [
-        f"train_{i:06d}.png" for i in range(N_TRAIN)
-    ]
-    assert sorted(p.name for p in built.benchmark_images_dir.iterdir()) == [
-        f"test_{i:06d}.png" for i in range(N_TEST)
-    ]
+    assert sorted(p.name for p in built.images_dir.iterdir()) == [f"train_{i:06d}.png" for i in range(N_TRAIN)]
+    assert sorted(p.name for p in built.benchmark_images_dir.iterdir()) == [f"test_{i:06d}.png" for i in range(N_TEST)]
     assert built.vqa_benchmark == root / "benchmark" / "toy_vqa.jsonl"
     assert built.mc_benchmark == root / "benchmark" / "toy_mc.jsonl"
     manifest = json.loads(built.manifest.read_text())
@@ -375,10 +365,7 @@ def test_benchmark_rows(built: ToyDomainFiles) -> None:
     for row in data["mc"]:
         assert {"id", "image", "input", "label", "question_type", "A", "B", "C", "D"} <= set(row)
         assert row["label"] in "ABCD" and len(row["label"]) == 1
-        assert (
-            row["input"].endswith(MC_INSTRUCTION)
-            and f"\n{row['label']}. {row[row['label']]}\n" in row["input"]
-        )
+        assert row["input"].endswith(MC_INSTRUCTION) and f"\n{row['label']}. {row[row['label']]}\n" in row["input"]
     # Count labels agree with the pixels of the held-out image.
     for row in data["vqa"] + data["mc"]:
         assert row["image"].startswith("benchmark/images/test_") and (built.root / row["image"]).is_file()
@@ -436,10 +423,7 @@ def test_cli(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     out = tmp_path / "cli"
     assert main([str(out), "--n-train", "5", "--n-test", "3", "--tasks-per-image", "2", "--seed", "4"]) == 0
     printed = capsys.readouterr().out
-    assert (
-        str(out / "image_caption_pairs.json") in printed
-        and str(out / "benchmark" / "toy_mc.jsonl") in printed
-    )
+    assert str(out / "image_caption_pairs.json") in printed and str(out / "benchmark" / "toy_mc.jsonl") in printed
     manifest = json.loads((out / "manifest.json").read_text())
     assert manifest["params"] == {
         "n_train": 5,

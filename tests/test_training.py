@@ -55,16 +55,25 @@ def test_each_family_trains_a_step_and_exports_a_loadable_checkpoint(compose_cfg
     counts = summary["trainable_parameters"]
     assert all(counts[g]["trainable"] > 0 for g in ("vision", "projector", "llm"))
     assert summary["data"]["train"] > 0 and summary["data"]["plan"]["kept"] > 0
-    assert {"eval/toy_vqa/closed_accuracy", "eval/toy_mc/accuracy"} <= set(summary["metrics"]), sorted(summary["metrics"])
-    assert len((Path(summary["artifacts"]["eval"]) / "trained" / "predictions" / "toy_vqa.jsonl").read_text().splitlines()) == 4
+    assert {"eval/toy_vqa/closed_accuracy", "eval/toy_mc/accuracy"} <= set(summary["metrics"]), sorted(
+        summary["metrics"]
+    )
+    assert (
+        len((Path(summary["artifacts"]["eval"]) / "trained" / "predictions" / "toy_vqa.jsonl").read_text().splitlines())
+        == 4
+    )
     reload_and_compare(summary, family)
 
 
 @pytest.mark.parametrize("method", ["lora", "qlora"])
 def test_lora_and_qlora_train_only_adapters_in_the_llm_and_export_merged(compose_cfg, tmp_path: Path, method: str):
-    overrides = [*small_run_overrides("qwen2_vl", steps=2), f"finetune={method}",
-                 "model.groups.vision.train=false", "model.groups.projector.train=false",
-                 "finetune.gradient_checkpointing=true"]
+    overrides = [
+        *small_run_overrides("qwen2_vl", steps=2),
+        f"finetune={method}",
+        "model.groups.vision.train=false",
+        "model.groups.projector.train=false",
+        "finetune.gradient_checkpointing=true",
+    ]
     summary = run(compose_cfg, tmp_path, overrides)
     counts = summary["trainable_parameters"]
     assert counts["vision"]["trainable"] == counts["projector"]["trainable"] == 0
@@ -74,8 +83,12 @@ def test_lora_and_qlora_train_only_adapters_in_the_llm_and_export_merged(compose
 
 
 def test_resume_from_a_checkpoint_continues_at_the_right_step_with_the_same_data(compose_cfg, tmp_path: Path):
-    overrides = [*small_run_overrides("qwen2_vl", steps=4), "checkpoint.every_n_steps=2", "checkpoint.keep=-1",
-                 "export=false"]
+    overrides = [
+        *small_run_overrides("qwen2_vl", steps=4),
+        "checkpoint.every_n_steps=2",
+        "checkpoint.keep=-1",
+        "export=false",
+    ]
     whole = run(compose_cfg, tmp_path / "whole", overrides)
     ckpt = tmp_path / "whole" / "checkpoints" / "step_2.ckpt"
     assert ckpt.exists(), sorted(p.name for p in (tmp_path / "whole" / "checkpoints").iterdir())
@@ -94,8 +107,9 @@ def test_resume_from_a_checkpoint_continues_at_the_right_step_with_the_same_data
 
 
 def test_failed_run_writes_a_failed_summary(compose_cfg, tmp_path: Path):
-    cfg = compose_cfg([*small_run_overrides("qwen2_vl"), "domain.image_caption_pairs=/nonexistent/pairs.json"],
-                      output_dir=tmp_path)
+    cfg = compose_cfg(
+        [*small_run_overrides("qwen2_vl"), "domain.image_caption_pairs=/nonexistent/pairs.json"], output_dir=tmp_path
+    )
     with open_dict(cfg):
         cfg.domain.prepare = None
     with pytest.raises(Exception, match="pairs.json"):
@@ -111,8 +125,17 @@ def test_multirun_goes_on_after_a_failed_job_closes_each_wandb_run_and_reruns_on
     each, one failed summary naming the error; rerun into the same sweep folder, the finished jobs are skipped."""
     overrides = [o for o in small_run_overrides("qwen2_vl", steps=1) if not o.startswith("logger=")]
     env = {**os.environ, "MLLM_DA_ROOT": str(work_root), "WANDB_MODE": "offline", "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "data.truncation=drop,cut_text,bogus", "logger=wandb",
-           "export=false", "eval.enabled=false", f"hydra.sweep.dir={tmp_path}", *overrides]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        "data.truncation=drop,cut_text,bogus",
+        "logger=wandb",
+        "export=false",
+        "eval.enabled=false",
+        f"hydra.sweep.dir={tmp_path}",
+        *overrides,
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summaries = [json.loads((tmp_path / str(job) / "summary.json").read_text()) for job in (0, 1, 2)]
@@ -133,11 +156,14 @@ def test_multirun_goes_on_after_a_failed_job_closes_each_wandb_run_and_reruns_on
     assert [len(sorted((tmp_path / str(job) / "wandb").glob("offline-run-*"))) for job in (0, 1)] == [1, 1]
 
 
-def test_two_stage_trains_captions_then_tasks_starting_stage_two_from_stage_one_weights(
-    compose_cfg, tmp_path: Path
-):
-    overrides = [*small_run_overrides("qwen2_vl", steps=4), "stage_mode=two_stage", "checkpoint.every_n_steps=2",
-                 "export=false", "eval.enabled=false"]
+def test_two_stage_trains_captions_then_tasks_starting_stage_two_from_stage_one_weights(compose_cfg, tmp_path: Path):
+    overrides = [
+        *small_run_overrides("qwen2_vl", steps=4),
+        "stage_mode=two_stage",
+        "checkpoint.every_n_steps=2",
+        "export=false",
+        "eval.enabled=false",
+    ]
     summary = run(compose_cfg, tmp_path, overrides)
     first, second = summary["stages"]
     assert (first["name"], second["name"]) == ("stage1_captions", "stage2_tasks")
@@ -147,7 +173,8 @@ def test_two_stage_trains_captions_then_tasks_starting_stage_two_from_stage_one_
     assert second["start_weights_sha256"] == first["final_weights_sha256"] != first["start_weights_sha256"]
     assert second["final_weights_sha256"] != second["start_weights_sha256"]
     assert {"stage1_captions/train/loss_last", "stage2_tasks/train/loss_last", "train/loss_last"} <= set(
-        summary["metrics"])
+        summary["metrics"]
+    )
     assert (tmp_path / "checkpoints" / "stage1_captions" / "last.ckpt").exists()
     # resuming from a stage-2 checkpoint skips stage 1 and starts from the checkpoint's weights
     ckpt = tmp_path / "checkpoints" / "stage2_tasks" / "last.ckpt"
@@ -160,9 +187,19 @@ def test_ddp_with_two_cpu_processes(work_root: Path, tmp_path: Path):
     """trainer=ddp on 2 CPU processes (gloo), run as its own process: both ranks train, rank 0 writes the run."""
     overrides = [o for o in small_run_overrides("qwen2_vl", steps=2) if not o.startswith("data.global_batch")]
     env = {**os.environ, "MLLM_DA_ROOT": str(work_root), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, str(ROOT / "train.py"), *overrides, "trainer=ddp", "trainer.accelerator=cpu",
-           "trainer.devices=2", "trainer.precision=32-true", "data.global_batch_size=8", "export=false",
-           "eval.enabled=false", f"hydra.run.dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        *overrides,
+        "trainer=ddp",
+        "trainer.accelerator=cpu",
+        "trainer.devices=2",
+        "trainer.precision=32-true",
+        "data.global_batch_size=8",
+        "export=false",
+        "eval.enabled=false",
+        f"hydra.run.dir={tmp_path}",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr[-3000:]
     summary = json.loads((tmp_path / "summary.json").read_text())
@@ -175,8 +212,16 @@ def test_optuna_search_through_the_local_process_launcher(work_root: Path, tmp_p
     """Two Optuna trials, each train.py job in its own process (submitit): both finish and report val/loss."""
     overrides = [o for o in small_run_overrides("qwen2_vl", steps=2) if not o.startswith("data.val_fraction")]
     env = {**os.environ, "MLLM_DA_ROOT": str(work_root), "HF_HUB_OFFLINE": "1"}
-    cmd = [sys.executable, str(ROOT / "train.py"), "-m", "experiment=toy/hparam_search", *overrides,
-           "hydra.sweeper.n_trials=2", "hydra/launcher=local_processes", f"hydra.sweep.dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        "experiment=toy/hparam_search",
+        *overrides,
+        "hydra.sweeper.n_trials=2",
+        "hydra/launcher=local_processes",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
     done = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     summaries = [json.loads(p.read_text()) for p in sorted(tmp_path.glob("*/summary.json"))]

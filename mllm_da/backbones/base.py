@@ -74,9 +74,7 @@ class Backbone(ABC):
         self.tokenizer = processor.tokenizer
         self.image_token_id = self.tokenizer.convert_tokens_to_ids(self.image_token)
         if self.image_token_id is None or self.image_token_id == self.tokenizer.unk_token_id:
-            raise ValueError(
-                f"{spec.family}: image token {self.image_token!r} is not in the tokenizer's vocabulary"
-            )
+            raise ValueError(f"{spec.family}: image token {self.image_token!r} is not in the tokenizer's vocabulary")
 
     # ----------------------------------------------------------------------------------------------- facts
     @property
@@ -106,9 +104,7 @@ class Backbone(ABC):
                 return group
         raise KeyError(f"{self.family}: parameter {parameter_name!r} belongs to no module group")
 
-    def group_parameters(
-        self, model: torch.nn.Module | None = None
-    ) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
+    def group_parameters(self, model: torch.nn.Module | None = None) -> dict[str, list[tuple[str, torch.nn.Parameter]]]:
         groups: dict[str, list[tuple[str, torch.nn.Parameter]]] = {g: [] for g in GROUPS}
         for name, param in (model or self.model).named_parameters():
             groups[self.group_of(name)].append((name, param))
@@ -126,9 +122,7 @@ class Backbone(ABC):
         return [prefix.rstrip(".") for g, prefix in self.group_prefixes if g == group]
 
     # ---------------------------------------------------------------------------------------- encoding
-    def render(
-        self, turns: Sequence[Turn], mode: MaskMode = "assistant", add_generation_prompt: bool = False
-    ):
+    def render(self, turns: Sequence[Turn], mode: MaskMode = "assistant", add_generation_prompt: bool = False):
         return self.chat_format.render(turns, mode=mode, add_generation_prompt=add_generation_prompt)
 
     def encode(
@@ -157,7 +151,8 @@ class Backbone(ABC):
         n_placeholders = sum(1 for t in ids if t == self.image_token_id)
         if n_placeholders != len(image_sizes):
             raise ValueError(
-                f"record {sample_id or '?'}: {n_placeholders} image token(s) in the text but {len(image_sizes)} image(s)"
+                f"record {sample_id or '?'}: {n_placeholders} image token(s) in the text "
+                f"but {len(image_sizes)} image(s)"
             )
         extra = sum(self.num_image_tokens(w, h) - 1 for w, h in image_sizes)
         return EncodedSample(ids, labels, [], len(ids) + extra, sample_id)
@@ -170,9 +165,7 @@ class Backbone(ABC):
         """
         if sample.expanded_length <= cutoff_len:
             return sample
-        raise_problems(
-            check_value(policy, Truncation, "data.truncation", Rules())[1]
-        )  # a Python caller's value
+        raise_problems(check_value(policy, Truncation, "data.truncation", Rules())[1])  # a Python caller's value
         if policy == "drop":
             return None
         extra = sample.expanded_length - len(sample.input_ids)
@@ -251,9 +244,7 @@ class Backbone(ABC):
             labels[row, sl] = torch.tensor(labs)
             attention[row, sl] = 1
         batch = {"input_ids": input_ids, "attention_mask": attention, "labels": labels}
-        batch.update(
-            {k: v for k, v in pixel.items() if not k.startswith("_")}
-        )  # "_x": helper data, not inputs
+        batch.update({k: v for k, v in pixel.items() if not k.startswith("_")})  # "_x": helper data, not inputs
         batch.update(self.extra_inputs(input_ids, pixel, [len(i) for i in images_per_sample]))
         return batch
 
@@ -282,9 +273,7 @@ class Backbone(ABC):
         KV cache. ``compact`` as in :meth:`collate`.
         """
         if not self.supports_packing:
-            raise ValueError(
-                f"{self.family}: data.packing=true is not supported: {self.packing_unsupported_reason}"
-            )
+            raise ValueError(f"{self.family}: data.packing=true is not supported: {self.packing_unsupported_reason}")
         expanded = [self.expand(s) for s in samples]
         bins = pack_bins([len(ids) for ids, _ in expanded], capacity)
         order = [i for b in bins for i in b]

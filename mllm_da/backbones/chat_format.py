@@ -37,9 +37,7 @@ class ChatFormat:
     stop_strings: tuple[str, ...] = ()
 
     def prefix(self, role: str) -> str:
-        return {"system": self.system_prefix, "user": self.user_prefix, "assistant": self.assistant_prefix}[
-            role
-        ]
+        return {"system": self.system_prefix, "user": self.user_prefix, "assistant": self.assistant_prefix}[role]
 
     def content_text(self, content: str) -> str:
         """Replace the dataset's ``<image>`` marker with the backbone's image text."""
@@ -117,11 +115,7 @@ class ChatFormat:
         parts += [
             "{%- for message in messages -%}",
             "{%- if message['role'] == 'assistant' -%}",
-            lit(self.assistant_prefix)
-            + "{%- generation -%}"
-            + content
-            + lit(self.turn_end)
-            + "{%- endgeneration -%}",
+            lit(self.assistant_prefix) + "{%- generation -%}" + content + lit(self.turn_end) + "{%- endgeneration -%}",
             "{%- else -%}",
             "{%- if message['role'] == 'system' -%}" + lit(self.system_prefix),
             "{%- else -%}" + lit(self.user_prefix) + "{%- endif -%}",

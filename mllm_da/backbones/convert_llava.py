@@ -23,8 +23,9 @@ What the command does:
   Derived buffers (``*.rotary_emb.inv_freq``, ``*.embeddings.position_ids``) are dropped. The vision tower is in
   the checkpoint when it was trained (the reference unfreezes it); when it is not, the command says so and takes
   it from ``--vision-tower DIR`` (a CLIP folder such as a local copy of ``openai/clip-vit-large-patch14-336``:
-  ``vision_model.*`` keys of a ``CLIPModel`` or ``CLIPVisionModel``, safetensors or ``.bin``), from ``SRC/vision_tower/``
-  (where Open-LLaVA-NeXT saves a LoRA run's tower) or from ``mm_vision_tower`` when that names a local folder.
+  ``vision_model.*`` keys of a ``CLIPModel`` or ``CLIPVisionModel``, safetensors or ``.bin``), from
+  ``SRC/vision_tower/`` (where Open-LLaVA-NeXT saves a LoRA run's tower) or from ``mm_vision_tower`` when that
+  names a local folder.
 * **Config**: the text config from the Llama fields of ``config.json``; the vision config of CLIP ViT-L/14-336
   when ``mm_vision_tower`` names it, else the ``config.json`` of the vision-tower folder; ``mm_vision_select_layer``
   → ``vision_feature_layer``, ``mm_vision_select_feature`` ``patch``/``cls_patch`` → ``default``/``full``,
@@ -82,6 +83,7 @@ from mllm_da.utils.io import atomic_dir, atomic_write_json
 
 log = logging.getLogger(__name__)
 
+
 # --------------------------------------------------------------------------------------------------- convert
 def convert(
     src: str | Path,
@@ -121,15 +123,32 @@ def convert(
     source = read_state_dict(src)
     # the target's vision prefix: a throw-away tiny model tells which names this transformers version uses
     probe = LlavaNextConfig(
-        text_config=dict(model_type="llama", vocab_size=8, hidden_size=8, intermediate_size=8, num_hidden_layers=1,
-                         num_attention_heads=1, num_key_value_heads=1),
-        vision_config=dict(model_type="clip_vision_model", hidden_size=8, intermediate_size=8, num_hidden_layers=1,
-                           num_attention_heads=1, image_size=28, patch_size=14),
+        text_config=dict(
+            model_type="llama",
+            vocab_size=8,
+            hidden_size=8,
+            intermediate_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=1,
+            num_key_value_heads=1,
+        ),
+        vision_config=dict(
+            model_type="clip_vision_model",
+            hidden_size=8,
+            intermediate_size=8,
+            num_hidden_layers=1,
+            num_attention_heads=1,
+            image_size=28,
+            patch_size=14,
+        ),
     )
     with init_empty_weights():
         probe_keys = set(LlavaNextForConditionalGeneration(probe).state_dict())
-    vision_prefix = "model.vision_tower.vision_model." if any(
-        k.startswith("model.vision_tower.vision_model.") for k in probe_keys) else "model.vision_tower."
+    vision_prefix = (
+        "model.vision_tower.vision_model."
+        if any(k.startswith("model.vision_tower.vision_model.") for k in probe_keys)
+        else "model.vision_tower."
+    )
 
     mapped, unmapped, dropped = map_keys(source, vision_prefix)
     del source
@@ -140,7 +159,8 @@ def convert(
     if not tower_in_checkpoint:
         if tower_dir is None:
             raise ConversionError(
-                f"{src} holds no vision tower weights (the tower was frozen when it was saved): give --vision-tower DIR, "
+                f"{src} holds no vision tower weights (the tower was frozen when it was saved): "
+                "give --vision-tower DIR, "
                 f"a local copy of {cfg.get('mm_vision_tower') or 'the vision tower'} "
                 f"(e.g. `{CLIP_L_DOWNLOAD}`)"
             )
@@ -150,12 +170,16 @@ def convert(
         log.info("vision tower weights from the checkpoint (trained); %s gives only its config", tower_dir)
     vision = vision_config(cfg, tower_dir)
     if cfg.get("mm_hidden_size") not in (None, vision["hidden_size"]):
-        raise ConversionError(f"mm_hidden_size={cfg['mm_hidden_size']} but the vision tower's hidden_size is "
-                              f"{vision['hidden_size']}: give --vision-tower DIR with the tower's config")
+        raise ConversionError(
+            f"mm_hidden_size={cfg['mm_hidden_size']} but the vision tower's hidden_size is "
+            f"{vision['hidden_size']}: give --vision-tower DIR with the tower's config"
+        )
 
     # tokenizer and the image token
     # a tokenizer.json is read directly: AutoTokenizer would also parse config.json, a model type it does not know
-    tokenizer = (PreTrainedTokenizerFast if (src / "tokenizer.json").is_file() else AutoTokenizer).from_pretrained(str(src))
+    tokenizer = (PreTrainedTokenizerFast if (src / "tokenizer.json").is_file() else AutoTokenizer).from_pretrained(
+        str(src)
+    )
     rows = mapped[EMBEDDINGS[0]].shape[0] if EMBEDDINGS[0] in mapped else 0
     known = len(tokenizer)
     if rows and known > rows:
@@ -187,12 +211,19 @@ def convert(
     missing = sorted(set(expected) - set(mapped))
     if missing:
         names = [source_name(k, vision_prefix) for k in missing]
-        raise ConversionError(f"{len(missing)} weight(s) the model needs are missing from {src}: {describe_keys(names)}")
+        raise ConversionError(
+            f"{len(missing)} weight(s) the model needs are missing from {src}: {describe_keys(names)}"
+        )
     surplus = sorted(set(mapped) - set(expected))
     if surplus:
-        raise ConversionError(f"weight(s) with no place in the model: {describe_keys(source_name(k, vision_prefix) for k in surplus)}")
-    wrong = [f"{source_name(k, vision_prefix)} {tuple(mapped[k].shape)} (expected {tuple(v.shape)})"
-             for k, v in expected.items() if tuple(v.shape) != tuple(mapped[k].shape)]
+        raise ConversionError(
+            f"weight(s) with no place in the model: {describe_keys(source_name(k, vision_prefix) for k in surplus)}"
+        )
+    wrong = [
+        f"{source_name(k, vision_prefix)} {tuple(mapped[k].shape)} (expected {tuple(v.shape)})"
+        for k, v in expected.items()
+        if tuple(v.shape) != tuple(mapped[k].shape)
+    ]
     if wrong:
         raise ConversionError(f"shape mismatch (is the config right for these weights?): {describe_keys(wrong, 10)}")
     model.load_state_dict(mapped, strict=True, assign=True)
@@ -240,8 +271,15 @@ def convert(
         model.save_pretrained(tmp, safe_serialization=True, max_shard_size=max_shard_size)
         processor.save_pretrained(tmp)
         atomic_write_json(tmp / "mllm_da_conversion.json", record)
-    log.info("wrote %s: %d tensors, image token %r = %d (%d new rows), vision tower from %s",
-             dst, len(mapped), image_token, image_token_id, new_rows, tower_origin)
+    log.info(
+        "wrote %s: %d tensors, image token %r = %d (%d new rows), vision tower from %s",
+        dst,
+        len(mapped),
+        image_token,
+        image_token_id,
+        new_rows,
+        tower_origin,
+    )
     return dst
 
 
@@ -249,12 +287,15 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m mllm_da.backbones.convert_llava",
         description="Convert an original-format LLaVA-NeXT checkpoint (e.g. Lin-Chen/open-llava-next-llama3-8b) "
-                    "into a transformers LLaVA-NeXT folder.",
+        "into a transformers LLaVA-NeXT folder.",
     )
     parser.add_argument("src", help="folder of the original checkpoint (config.json, weights, tokenizer)")
     parser.add_argument("dst", help="folder to write (safetensors, config, processor, chat template)")
-    parser.add_argument("--vision-tower", help="CLIP folder for the tower's config, and its weights when the "
-                                               "checkpoint has none (e.g. openai/clip-vit-large-patch14-336)")
+    parser.add_argument(
+        "--vision-tower",
+        help="CLIP folder for the tower's config, and its weights when the "
+        "checkpoint has none (e.g. openai/clip-vit-large-patch14-336)",
+    )
     parser.add_argument("--image-token", default="<image>", help="image token (added unless in the vocabulary)")
     parser.add_argument("--system-prompt", default=LLAVA_LLAMA3_SYSTEM, help="system prompt of the chat template")
     parser.add_argument("--no-system-prompt", action="store_true", help="a chat template without system prompt")
@@ -264,9 +305,16 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(message)s")
     try:
-        convert(args.src, args.dst, vision_tower=args.vision_tower, image_token=args.image_token,
-                system_prompt=None if args.no_system_prompt else args.system_prompt, dtype=args.dtype,
-                max_shard_size=args.max_shard_size, overwrite=args.overwrite)
+        convert(
+            args.src,
+            args.dst,
+            vision_tower=args.vision_tower,
+            image_token=args.image_token,
+            system_prompt=None if args.no_system_prompt else args.system_prompt,
+            dtype=args.dtype,
+            max_shard_size=args.max_shard_size,
+            overwrite=args.overwrite,
+        )
     except ConversionError as err:
         print(f"convert_llava: {err}", file=sys.stderr)
         return 2

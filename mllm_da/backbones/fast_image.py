@@ -150,8 +150,9 @@ def _output(shape: tuple[int, ...], dtype: torch.dtype) -> torch.Tensor:
     return torch.empty(shape, dtype=dtype)
 
 
-def _tiles_into(planes: torch.Tensor, rows: int, cols: int, tile: int, normalise: _Normaliser,
-                out: torch.Tensor) -> None:
+def _tiles_into(
+    planes: torch.Tensor, rows: int, cols: int, tile: int, normalise: _Normaliser, out: torch.Tensor
+) -> None:
     """Normalise the (3, rows*tile, cols*tile) uint8 planes and write them as (rows*cols, 3, tile, tile) tiles in
     row-major tile order into the contiguous ``out``: the tile split reads whole tile rows of bytes."""
     normalise.into(planes.view(3, rows, tile, cols, tile).permute(1, 3, 0, 2, 4), out)
@@ -188,11 +189,17 @@ def _torch_resize(pixels: torch.Tensor, height: int, width: int, resample: int) 
     mode = _TORCH_MODES[resample]
     image = pixels.permute(2, 0, 1).unsqueeze(0)
     if mode == "bicubic" or _native_uint8_bilinear():
-        out = torch.nn.functional.interpolate(image, size=[height, width], mode=mode, align_corners=False,
-                                              antialias=True)
+        out = torch.nn.functional.interpolate(
+            image, size=[height, width], mode=mode, align_corners=False, antialias=True
+        )
     else:
-        out = torch.nn.functional.interpolate(image.float(), size=[height, width], mode=mode, align_corners=False,
-                                              antialias=True).round_().to(torch.uint8)
+        out = (
+            torch.nn.functional.interpolate(
+                image.float(), size=[height, width], mode=mode, align_corners=False, antialias=True
+            )
+            .round_()
+            .to(torch.uint8)
+        )
     return out[0].permute(1, 2, 0)
 
 
@@ -218,7 +225,7 @@ def _paste(planes: torch.Tensor, height: int, width: int, top: int, left: int) -
     if tuple(planes.shape[1:]) == (height, width):
         return planes
     canvas = torch.zeros((3, height, width), dtype=torch.uint8)
-    canvas[:, top:top + planes.shape[1], left:left + planes.shape[2]] = planes
+    canvas[:, top : top + planes.shape[1], left : left + planes.shape[2]] = planes
     return canvas
 
 
@@ -252,7 +259,10 @@ def qwen_fast_supported(ip) -> bool:
 
 
 def qwen_pixel_inputs(
-    images: Sequence[Image.Image], ip, dtype: torch.dtype = torch.float32, backend: Backend = "pil",
+    images: Sequence[Image.Image],
+    ip,
+    dtype: torch.dtype = torch.float32,
+    backend: Backend = "pil",
     temporal_copies: bool = True,
 ) -> dict[str, torch.Tensor] | None:
     """``pixel_values`` and ``image_grid_thw`` as ``Qwen2VLImageProcessorPil(images)`` (``backend="pil"``) or
@@ -270,8 +280,16 @@ def qwen_pixel_inputs(
         return None
     patch, merge, temporal = int(ip.patch_size), int(ip.merge_size), int(ip.temporal_patch_size)
     normalise = _Normaliser(ip, backend, dtype)
-    sizes = [smart_resize(img.height, img.width, factor=patch * merge, min_pixels=ip.size["shortest_edge"],
-                          max_pixels=ip.size["longest_edge"]) for img in images]
+    sizes = [
+        smart_resize(
+            img.height,
+            img.width,
+            factor=patch * merge,
+            min_pixels=ip.size["shortest_edge"],
+            max_pixels=ip.size["longest_edge"],
+        )
+        for img in images
+    ]
     grids = [(h // patch, w // patch) for h, w in sizes]
     # one output for the whole batch, each image's rows written in place (no per-image tensors to concatenate);
     # in a data-loader worker it is in shared memory, which saves the copy of the batch's largest tensor (_output)
@@ -284,10 +302,10 @@ def qwen_pixel_inputs(
         # bytes by the first normalising pass
         grouped = planes.view(3, gh // merge, merge, patch, gw // merge, merge, patch).permute(1, 4, 2, 5, 0, 3, 6)
         if copies == 1:
-            normalise.into(grouped, pixel_values[row:row + gh * gw])
+            normalise.into(grouped, pixel_values[row : row + gh * gw])
         else:
             values = normalise.values(grouped)
-            target = pixel_values[row:row + gh * gw].view(*values.shape[:5], copies, patch, patch)
+            target = pixel_values[row : row + gh * gw].view(*values.shape[:5], copies, patch, patch)
             target.copy_(values.unsqueeze(5).expand(*values.shape[:5], copies, patch, patch))
         row += gh * gw
     return {"pixel_values": pixel_values, "image_grid_thw": torch.tensor([[1, gh, gw] for gh, gw in grids])}
@@ -384,7 +402,9 @@ def mllama_supported(ip, backend: Backend = "pil") -> bool:
 
 
 def mllama_pixel_inputs(
-    images_per_sample: Sequence[Sequence[Image.Image]], ip, dtype: torch.dtype = torch.float32,
+    images_per_sample: Sequence[Sequence[Image.Image]],
+    ip,
+    dtype: torch.dtype = torch.float32,
     backend: Backend = "pil",
 ) -> dict | None:
     """``pixel_values`` (samples, max images, max tiles, 3, tile, tile), ``aspect_ratio_ids``,
@@ -429,6 +449,6 @@ def mllama_pixel_inputs(
             mask[i, j, :n] = 1
             sample_tiles.append(n)
         if len(imgs) < max_images:
-            pixel_values[i, len(imgs):].zero_()
+            pixel_values[i, len(imgs) :].zero_()
         num_tiles.append(sample_tiles)
     return {"pixel_values": pixel_values, "aspect_ratio_ids": ids, "aspect_ratio_mask": mask, "num_tiles": num_tiles}

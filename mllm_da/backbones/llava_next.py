@@ -37,6 +37,7 @@ LLAVA_LLAMA3_SYSTEM = (
     "provides, and assist the user with a variety of tasks using natural language."
 )
 
+
 def llama3_tokenizer(sizes: Mapping[str, Any], chat_template: str):
     """Offline Llama-3-style tokenizer: header tokens, ``<|eot_id|>`` ends a turn, both image tokens present."""
     return train_bpe_tokenizer(
@@ -171,7 +172,9 @@ class LlavaNext(Backbone):
 
     @classmethod
     def load_processor(cls, folder: str, image: Mapping[str, Any]) -> Any:
-        overrides: dict[str, Any] = {k: list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in image.items()}
+        overrides: dict[str, Any] = {
+            k: list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in image.items()
+        }
         return LlavaNextProcessor.from_pretrained(folder, **overrides)
 
     def __init__(self, model, processor, spec):

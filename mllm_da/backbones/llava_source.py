@@ -34,10 +34,25 @@ CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 #: Llama fields of the original config.json that make the text config (the rest are LLaVA's or training state)
 LLAMA_FIELDS = (
-    "vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-    "num_key_value_heads", "head_dim", "hidden_act", "max_position_embeddings", "initializer_range",
-    "rms_norm_eps", "rope_theta", "rope_scaling", "attention_bias", "attention_dropout", "mlp_bias",
-    "bos_token_id", "eos_token_id", "pad_token_id",
+    "vocab_size",
+    "hidden_size",
+    "intermediate_size",
+    "num_hidden_layers",
+    "num_attention_heads",
+    "num_key_value_heads",
+    "head_dim",
+    "hidden_act",
+    "max_position_embeddings",
+    "initializer_range",
+    "rms_norm_eps",
+    "rope_theta",
+    "rope_scaling",
+    "attention_bias",
+    "attention_dropout",
+    "mlp_bias",
+    "bos_token_id",
+    "eos_token_id",
+    "pad_token_id",
 )
 #: source prefix → target prefix; the vision target is filled in from the model (it differs across versions)
 TEXT_RULES = (
@@ -68,7 +83,10 @@ def read_state_dict(folder: Path) -> dict[str, torch.Tensor]:
     pickles read with ``weights_only=True`` (plain tensors only)."""
     from safetensors.torch import load_file
 
-    for index_name, loader in (("model.safetensors.index.json", load_file), ("pytorch_model.bin.index.json", _load_bin)):
+    for index_name, loader in (
+        ("model.safetensors.index.json", load_file),
+        ("pytorch_model.bin.index.json", _load_bin),
+    ):
         index = folder / index_name
         if index.is_file():
             shards = sorted(set(json.loads(index.read_text(encoding="utf-8"))["weight_map"].values()))
@@ -126,7 +144,9 @@ def check_source_config(cfg: Mapping[str, Any], folder: Path) -> None:
     if cfg.get("model_type") == "llava_next":
         raise ConversionError(f"{folder} is already a transformers LLaVA-NeXT folder: use it as model.backbone.source")
     if "mm_vision_tower" not in cfg and "mm_projector_type" not in cfg:
-        raise ConversionError(f"{folder}/config.json has no mm_vision_tower or mm_projector_type: not an original LLaVA checkpoint")
+        raise ConversionError(
+            f"{folder}/config.json has no mm_vision_tower or mm_projector_type: not an original LLaVA checkpoint"
+        )
     if (folder / "adapter_config.json").is_file():
         raise ConversionError(f"{folder} holds a LoRA adapter: merge it into the base with the LLaVA code first")
     model_type = cfg.get("model_type", "llava_llama")
@@ -169,8 +189,14 @@ def vision_config(cfg: Mapping[str, Any], tower_folder: Path | None) -> dict[str
         if data.get("model_type") == "clip":
             data = dict(data.get("vision_config") or {}, model_type="clip_vision_model")
         if data.get("model_type") != "clip_vision_model":
-            raise ConversionError(f"{tower_folder}/config.json is not a CLIP (vision) config: {data.get('model_type')!r}")
-        return {k: v for k, v in data.items() if not k.startswith("_") and k not in ("architectures", "transformers_version")}
+            raise ConversionError(
+                f"{tower_folder}/config.json is not a CLIP (vision) config: {data.get('model_type')!r}"
+            )
+        return {
+            k: v
+            for k, v in data.items()
+            if not k.startswith("_") and k not in ("architectures", "transformers_version")
+        }
     name = str(cfg.get("mm_vision_tower", ""))
     if not re.search(r"clip-vit-large-patch14-336/?$", name):
         raise ConversionError(
@@ -180,8 +206,9 @@ def vision_config(cfg: Mapping[str, Any], tower_folder: Path | None) -> dict[str
     return dict(CLIP_L_336)
 
 
-def target_config(cfg: Mapping[str, Any], vision: Mapping[str, Any], vocab: int, image_token_id: int,
-                  pad_token_id: int | None = None) -> Any:
+def target_config(
+    cfg: Mapping[str, Any], vision: Mapping[str, Any], vocab: int, image_token_id: int, pad_token_id: int | None = None
+) -> Any:
     """The ``LlavaNextConfig`` of an original config (checked by :func:`check_source_config`)."""
     from transformers import LlavaNextConfig
 
@@ -233,11 +260,11 @@ def map_keys(
         if key == NEWLINE:
             target = NEWLINE
         elif key.startswith(SOURCE_VISION + "vision_model."):
-            target = vision_prefix + key[len(SOURCE_VISION + "vision_model."):]
+            target = vision_prefix + key[len(SOURCE_VISION + "vision_model.") :]
         else:
             for src, dst in TEXT_RULES:
                 if key.startswith(src):
-                    target = dst + key[len(src):]
+                    target = dst + key[len(src) :]
                     break
         if target is None:
             unmapped.append(key)
@@ -253,23 +280,25 @@ def map_tower(tower: Mapping[str, torch.Tensor], vision_prefix: str, folder: Pat
     for key, tensor in tower.items():
         if DERIVED.search(key) or CLIP_OTHER.search(key):
             continue
-        name = key[len("vision_model."):] if key.startswith("vision_model.") else key
+        name = key[len("vision_model.") :] if key.startswith("vision_model.") else key
         if name.startswith(("embeddings.", "pre_layrnorm.", "encoder.", "post_layernorm.")):
             out[vision_prefix + name] = tensor
         else:
             unknown.append(key)
     if unknown:
-        raise ConversionError(f"{folder}: keys that are not part of a CLIP vision tower: {', '.join(sorted(unknown)[:20])}")
+        raise ConversionError(
+            f"{folder}: keys that are not part of a CLIP vision tower: {', '.join(sorted(unknown)[:20])}"
+        )
     return out
 
 
 def source_name(target: str, vision_prefix: str) -> str:
     """The original checkpoint's name of a target key (for messages)."""
     if target.startswith(vision_prefix):
-        return SOURCE_VISION + "vision_model." + target[len(vision_prefix):]
+        return SOURCE_VISION + "vision_model." + target[len(vision_prefix) :]
     for src, dst in TEXT_RULES:
         if target.startswith(dst):
-            return src + target[len(dst):]
+            return src + target[len(dst) :]
     return target
 
 

@@ -89,9 +89,7 @@ def check_checkpoint_folder(source: str | os.PathLike, trust_remote_code: bool =
             try:
                 data = json.loads(config.read_text(encoding="utf-8"))
             except (OSError, ValueError) as err:
-                raise UnsafeCheckpointError(
-                    f"{config}: not readable JSON ({err}); is {source} a saved model?"
-                ) from err
+                raise UnsafeCheckpointError(f"{config}: not readable JSON ({err}); is {source} a saved model?") from err
             if isinstance(data, dict) and data.get("auto_map"):
                 targets = (
                     sorted({str(v) for v in data["auto_map"].values()})
@@ -118,9 +116,7 @@ def family_class(family: str) -> type[Backbone]:
     try:
         return FAMILIES[family]
     except KeyError:
-        raise ValueError(
-            f"model.family={family!r} is not supported; choose one of {sorted(FAMILIES)}"
-        ) from None
+        raise ValueError(f"model.family={family!r} is not supported; choose one of {sorted(FAMILIES)}") from None
 
 
 def tiny_checkpoint(spec: BackboneSpec) -> Path:
@@ -237,7 +233,5 @@ def _random_backbone(cls, spec, dtype, device, quantization_bits) -> Backbone:
         config._attn_implementation = spec.attn_implementation
     torch.manual_seed(spec.seed)
     with torch.device(device or "cpu"):
-        model = cls.model_class()._from_config(
-            config, dtype=dtype if isinstance(dtype, torch.dtype) else None
-        )
+        model = cls.model_class()._from_config(config, dtype=dtype if isinstance(dtype, torch.dtype) else None)
     return cls(model, processor, spec)

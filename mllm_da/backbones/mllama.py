@@ -131,10 +131,15 @@ class Mllama(Backbone):
     @classmethod
     def tiny_processor(cls, sizes: Mapping[str, Any], image: Mapping[str, Any]) -> Any:
         tokenizer = llama3_tokenizer(sizes, cls.default_format.to_jinja())
-        return MllamaProcessor(image_processor=cls.image_processor(sizes, image), tokenizer=tokenizer,
-                               chat_template=tokenizer.chat_template)
+        return MllamaProcessor(
+            image_processor=cls.image_processor(sizes, image),
+            tokenizer=tokenizer,
+            chat_template=tokenizer.chat_template,
+        )
 
     @classmethod
     def load_processor(cls, folder: str, image: Mapping[str, Any]) -> Any:
-        overrides: dict[str, Any] = {k: list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in image.items()}
+        overrides: dict[str, Any] = {
+            k: list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v for k, v in image.items()
+        }
         return MllamaProcessor.from_pretrained(folder, **overrides)

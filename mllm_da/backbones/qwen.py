@@ -82,8 +82,9 @@ class Qwen2VL(Backbone):
         # pixels in the model's half-precision dtype when it has one: the same values the model casts them to
         out = None
         if self.fast_pixels:
-            out = qwen_pixel_inputs(flat, ip, pixel_dtype(self.spec.dtype), self.spec.image_backend,
-                                    temporal_copies=not compact)
+            out = qwen_pixel_inputs(
+                flat, ip, pixel_dtype(self.spec.dtype), self.spec.image_backend, temporal_copies=not compact
+            )
         if out is None:
             out = ip(images=flat, return_tensors="pt")
             if compact:
@@ -111,8 +112,13 @@ class Qwen2VL(Backbone):
     def image_grid(self, width: int, height: int) -> tuple[int, int]:
         """(rows, columns) of patches the image processor makes of an image of this size."""
         ip = self.processor.image_processor
-        h, w = smart_resize(height, width, factor=ip.patch_size * ip.merge_size,
-                            min_pixels=ip.size["shortest_edge"], max_pixels=ip.size["longest_edge"])
+        h, w = smart_resize(
+            height,
+            width,
+            factor=ip.patch_size * ip.merge_size,
+            min_pixels=ip.size["shortest_edge"],
+            max_pixels=ip.size["longest_edge"],
+        )
         return h // ip.patch_size, w // ip.patch_size
 
     def sample_position_ids(self, ids, images) -> torch.Tensor:
@@ -127,9 +133,9 @@ class Qwen2VL(Backbone):
                 gh, gw = next(grids)
                 rows, cols = gh // merge, gw // merge
                 n = rows * cols
-                mrope[0, j:j + n] = pos
-                mrope[1, j:j + n] = torch.arange(rows).repeat_interleave(cols) + pos
-                mrope[2, j:j + n] = torch.arange(cols).repeat(rows) + pos
+                mrope[0, j : j + n] = pos
+                mrope[1, j : j + n] = torch.arange(rows).repeat_interleave(cols) + pos
+                mrope[2, j : j + n] = torch.arange(cols).repeat(rows) + pos
                 j += n
                 pos += max(gh, gw) // merge
             else:
@@ -171,7 +177,11 @@ class Qwen2VL(Backbone):
             num_key_value_heads=sizes.get("kv_heads", 2),
             max_position_embeddings=sizes.get("max_positions", 2048),
             tie_word_embeddings=False,
-            rope_parameters={"rope_type": "default", "mrope_section": mrope_section(hidden // heads), "rope_theta": 10000.0},
+            rope_parameters={
+                "rope_type": "default",
+                "mrope_section": mrope_section(hidden // heads),
+                "rope_theta": 10000.0,
+            },
             bos_token_id=tokenizer.convert_tokens_to_ids("<|endoftext|>"),
             eos_token_id=tokenizer.convert_tokens_to_ids("<|im_end|>"),
             pad_token_id=tokenizer.pad_token_id,
@@ -199,7 +209,9 @@ class Qwen2VL(Backbone):
             kwargs.update(base.to_dict())
             for key in ("image_processor_type", "processor_class", "_processor_class"):
                 kwargs.pop(key, None)
-        kwargs.update({k: (list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v) for k, v in image.items()})
+        kwargs.update(
+            {k: (list(v) if isinstance(v, Sequence) and not isinstance(v, str) else v) for k, v in image.items()}
+        )
         if "min_pixels" in image or "max_pixels" in image:
             kwargs["size"] = {
                 "shortest_edge": kwargs.get("min_pixels", 56 * 56),

@@ -61,9 +61,7 @@ class ModelConfig:
     backbone: BackboneNode
     #: the preset's name, used in run and task names (``paper/*`` presets)
     name: str | None = None
-    groups: dict[str, GroupSetting] = option(
-        default_factory=lambda: {g: GroupSetting() for g in GROUPS}, keys=GROUPS
-    )
+    groups: dict[str, GroupSetting] = option(default_factory=lambda: {g: GroupSetting() for g in GROUPS}, keys=GROUPS)
     recipe: dict[str, Any] = field(default_factory=dict)
     #: text between image and question at evaluation ("\n" for AdaMLLM's LLaVA)
     eval_image_separator: str | None = None
@@ -126,9 +124,7 @@ class DataMixConfig:
         if not self.captions and self.tasks == "none":
             return [f"data_mix={self.name} has neither captions ({path}.captions=false) nor tasks: no data"]
         if self.tasks == "synthetic" and self.synthesis is None:
-            return [
-                f"data_mix={self.name} has tasks=synthetic but no 'synthesis' node; start from data_mix=synthetic"
-            ]
+            return [f"data_mix={self.name} has tasks=synthetic but no 'synthesis' node; start from data_mix=synthetic"]
         if self.tasks == "mixed" and not self.components:
             return [f"data_mix={self.name}: no components ({path}.components)"]
         return []

@@ -108,9 +108,7 @@ def prepare_custom_domain(
     }
     key = _fingerprint(sources, settings)
     prepared = (
-        Path(out_dir).expanduser().resolve()
-        / "custom"
-        / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', root.name)}-{key[:12]}"
+        Path(out_dir).expanduser().resolve() / "custom" / f"{re.sub(r'[^A-Za-z0-9_.-]', '_', root.name)}-{key[:12]}"
     )
     manifest = prepared / "manifest.json"
     if manifest.is_file():
@@ -122,8 +120,9 @@ def prepare_custom_domain(
     if caption_source is None:
         rows = text_folder_rows(image_folder, root)
         if not rows:
+            expected = [n + ".<json|jsonl|csv|tsv|parquet>" for n in CAPTION_NAMES]
             raise CustomDomainError(
-                f"{root}: found no image-caption data: expected one of {[n + '.<json|jsonl|csv|tsv|parquet>' for n in CAPTION_NAMES]}, "
+                f"{root}: found no image-caption data: expected one of {expected}, "
                 f"a `datasets` folder of that name, or images with same-named .txt captions in {image_folder}"
             )
         fmt, caption_path = "image folder with .txt captions", image_folder
@@ -141,9 +140,7 @@ def prepare_custom_domain(
         store = ImageStore(root, prepared, has_embedded_images(rows))
         records = caption_records(rows, caption_report, store, caption_instruction, policy)
         if not records:
-            raise CustomDomainError(
-                f"{caption_path}: no usable image-caption record ({caption_report.reasons})"
-            )
+            raise CustomDomainError(f"{caption_path}: no usable image-caption record ({caption_report.reasons})")
         pairs_path = atomic_write_jsonl(prepared / "image_caption_pairs.jsonl", records)
         image_root = store.root
         _write_rejects(prepared / "rejects" / "image_caption_pairs.jsonl", caption_report)
@@ -174,9 +171,7 @@ def prepare_custom_domain(
             "prepared": str(prepared),
             "captions": _report_dict(caption_report),
             "benchmark": _report_dict(bench_report) if bench_report else None,
-            "benchmark_rows": {name: len(split[name]) for name in bench_files}
-            if bench_source is not None
-            else {},
+            "benchmark_rows": {name: len(split[name]) for name in bench_files} if bench_source is not None else {},
         },
     }
     atomic_write_json(manifest, found)
@@ -209,9 +204,7 @@ def describe(found: Mapping[str, Any]) -> str:
     if bench is None:
         lines.append(f"  benchmark: none (add {BENCHMARK_NAME}.jsonl to {info['root']} to evaluate)")
     else:
-        counts = (
-            ", ".join(f"{name} {n} rows" for name, n in info["benchmark_rows"].items()) or "no usable row"
-        )
+        counts = ", ".join(f"{name} {n} rows" for name, n in info["benchmark_rows"].items()) or "no usable row"
         refused = f", {bench['rejected']} refused {bench['reasons']}" if bench["rejected"] else ""
         lines.append(f"  benchmark: {bench['path']} ({bench['format']}): {counts}{refused}")
     return "\n".join(lines)

@@ -95,9 +95,7 @@ def _dataset_rows(path: Path, fmt: str, split: str) -> Iterator[Row]:
         loaded = datasets.load_from_disk(str(path))
         if isinstance(loaded, datasets.DatasetDict):
             if split not in loaded and len(loaded) != 1:
-                raise CustomDomainError(
-                    f"{path}: splits {sorted(loaded)}; expected {split!r} or a single split"
-                )
+                raise CustomDomainError(f"{path}: splits {sorted(loaded)}; expected {split!r} or a single split")
             loaded = loaded[split] if split in loaded else next(iter(loaded.values()))
         ds = loaded
     for name, feature in ds.features.items():  # keep images as stored bytes/paths, never decode them here
@@ -124,9 +122,7 @@ def field_named(row: Mapping[str, Any], names: Sequence[str]) -> str | None:
 
 
 def _candidates(root: Path, name: str) -> list[Path]:
-    return sorted(
-        p for p in root.iterdir() if (p.stem == name or p.name == name) and not p.name.startswith(".")
-    )
+    return sorted(p for p in root.iterdir() if (p.stem == name or p.name == name) and not p.name.startswith("."))
 
 
 def find_source(root: Path, names: Sequence[str], given: str | None, what: str) -> Path | None:

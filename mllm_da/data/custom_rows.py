@@ -27,9 +27,7 @@ from mllm_da.utils.io import atomic_write_bytes
 
 log = logging.getLogger(__name__)
 
-IMAGE_SUFFIXES: frozenset[str] = frozenset(
-    {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
-)
+IMAGE_SUFFIXES: frozenset[str] = frozenset({".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"})
 #: accepted field names of flat rows (CSV, parquet, JSON rows), matched case-insensitively, first match wins
 IMAGE_FIELDS: tuple[str, ...] = (
     "image",
@@ -157,9 +155,7 @@ def caption_records(
         fields = row.fields
         image_key = field_named(fields, IMAGE_FIELDS)
         if image_key is None:
-            report.refuse(
-                row, "missing_field", "image", f"no image field (one of {list(IMAGE_FIELDS)})", policy
-            )
+            report.refuse(row, "missing_field", "image", f"no image field (one of {list(IMAGE_FIELDS)})", policy)
             continue
         image, problem = store.path_of(fields[image_key])
         if image is None:
@@ -176,9 +172,7 @@ def caption_records(
         caption = fields.get(caption_key) if caption_key else None
         if not isinstance(caption, str) or not caption.strip():
             where = caption_key or "caption"
-            reason = (
-                "the caption is empty" if caption_key else f"no caption field (one of {list(CAPTION_FIELDS)})"
-            )
+            reason = "the caption is empty" if caption_key else f"no caption field (one of {list(CAPTION_FIELDS)})"
             report.refuse(row, "missing_caption", where, reason, policy)
             continue
         records.append(
@@ -202,9 +196,7 @@ def text_folder_rows(folder: Path, root: Path) -> list[Row]:
         relative = image.relative_to(root).as_posix()
         caption_file = image.with_suffix(".txt")
         if not caption_file.is_file():
-            rows.append(
-                Row(str(image), {"id": relative, "image": relative, "__no_caption__": str(caption_file)})
-            )
+            rows.append(Row(str(image), {"id": relative, "image": relative, "__no_caption__": str(caption_file)}))
             continue
         caption = caption_file.read_text(encoding="utf-8", errors="replace").strip()
         rows.append(Row(str(caption_file), {"id": relative, "image": relative, "caption": caption}))
@@ -316,11 +308,7 @@ def benchmark_rows(
             out["custom_mc"].append(base | {"input": prompt, "label": label} | dict(zip(letters, options)))
         else:
             type_key = field_named(fields, ("answer_type",))
-            given = (
-                str(fields[type_key]).strip().lower()
-                if type_key and fields[type_key] not in (None, "")
-                else None
-            )
+            given = str(fields[type_key]).strip().lower() if type_key and fields[type_key] not in (None, "") else None
             if given is not None and given not in _ANSWER_TYPES:
                 report.refuse(
                     row,
@@ -330,9 +318,7 @@ def benchmark_rows(
                     policy,
                 )
                 continue
-            answer_type = (
-                _ANSWER_TYPES[given] if given else ("CLOSED" if answer.lower() in ("yes", "no") else "OPEN")
-            )
+            answer_type = _ANSWER_TYPES[given] if given else ("CLOSED" if answer.lower() in ("yes", "no") else "OPEN")
             out["custom_vqa"].append(base | {"input": question, "label": answer, "answer_type": answer_type})
         report.kept += 1
     return out

@@ -54,9 +54,7 @@ class ConversationDataset(Dataset):
         self.samples: list[EncodedSample] = []
         self.report = PlanReport()
         for conv in conversations:
-            sample = backbone.encode(
-                conv.turns, [image_size(p) for p in conv.images], mode=mode, sample_id=conv.id
-            )
+            sample = backbone.encode(conv.turns, [image_size(p) for p in conv.images], mode=mode, sample_id=conv.id)
             fitted = backbone.truncate(sample, cutoff_len, truncation)
             if fitted is None:
                 self.report.dropped += 1
@@ -71,9 +69,7 @@ class ConversationDataset(Dataset):
             self.conversations.append(conv)
             self.samples.append(fitted)
         if self.report.dropped:
-            log.warning(
-                "length plan dropped %d conversation(s): %s", self.report.dropped, dict(self.report.reasons)
-            )
+            log.warning("length plan dropped %d conversation(s): %s", self.report.dropped, dict(self.report.reasons))
 
     @property
     def lengths(self) -> list[int]:
@@ -97,11 +93,7 @@ def length_grouped_batches(
     rng.shuffle(order)
     if group_by_length:
         span = batch_size * megabatch
-        order = [
-            i
-            for k in range(0, len(order), span)
-            for i in sorted(order[k : k + span], key=lambda i: -lengths[i])
-        ]
+        order = [i for k in range(0, len(order), span) for i in sorted(order[k : k + span], key=lambda i: -lengths[i])]
     batches = [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
     if group_by_length:
         rng.shuffle(batches)
@@ -229,8 +221,7 @@ class ConversationDataModule(pl.LightningDataModule):
         self.pack_capacity = cutoff_len if packing else None
         if packing and not backbone.supports_packing:
             raise ValueError(
-                f"{backbone.family}: data.packing=true is not supported: "
-                f"{backbone.packing_unsupported_reason}"
+                f"{backbone.family}: data.packing=true is not supported: {backbone.packing_unsupported_reason}"
             )
         self.num_workers = num_workers
         self.pin_memory = pin_memory

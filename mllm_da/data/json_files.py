@@ -50,9 +50,7 @@ def _jsonl_items(path: Path) -> Iterator[JsonItem]:
             try:
                 value = json.loads(text)
             except (ValueError, RecursionError) as err:
-                detail = (
-                    f"{err.msg} at column {err.colno}" if isinstance(err, json.JSONDecodeError) else str(err)
-                )
+                detail = f"{err.msg} at column {err.colno}" if isinstance(err, json.JSONDecodeError) else str(err)
                 yield JsonItem(
                     location,
                     source,
@@ -76,9 +74,7 @@ def load_json_list(path: str | os.PathLike, what: str = "a .json data file") -> 
     try:
         data = json.loads(text)
     except json.JSONDecodeError as err:
-        raise BadFileError(
-            f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}"
-        ) from err
+        raise BadFileError(f"{path}: malformed JSON at line {err.lineno} column {err.colno}: {err.msg}") from err
     except (ValueError, RecursionError) as err:  # too deep a nesting, an integer of thousands of digits
         raise BadFileError(f"{path}: malformed JSON: {err}") from err
     if not isinstance(data, list):

@@ -157,9 +157,7 @@ class DataMix:
             self.reports[Path(task_path).name] = report_dict(task_report)
             for record in task_records:
                 images = tuple(record.images)
-                key: TaskKey = (
-                    ("id", record.id) if caption_keys.get(record.id) == images else ("images", images)
-                )
+                key: TaskKey = ("id", record.id) if caption_keys.get(record.id) == images else ("images", images)
                 tasks_by_key[key].extend(question_answer_turns(record))
                 task_counts[key] += 1
 
@@ -167,13 +165,9 @@ class DataMix:
         matched = 0
         caption_images = set(caption_keys.values())
         # a task record whose image has no (kept) caption record cannot be mixed: counted, never dropped silently
-        unmatched = sum(
-            1 for kind, images in tasks_by_key if kind == "images" and images not in caption_images
-        )
+        unmatched = sum(1 for kind, images in tasks_by_key if kind == "images" and images not in caption_images)
         unmatched_records = sum(
-            n
-            for (kind, images), n in task_counts.items()
-            if kind == "images" and images not in caption_images
+            n for (kind, images), n in task_counts.items() if kind == "images" and images not in caption_images
         )
         for record in caption_records:
             caption = question_answer_turns(record) if self.captions else []
@@ -186,9 +180,7 @@ class DataMix:
             matched += bool(tasks)
             turns = mix_single_stage(record.id, caption, tasks, image_count=len(record.images))
             if turns:
-                mixed.append(
-                    Conversation(id=record.id, turns=turns, images=list(record.images), source=record.source)
-                )
+                mixed.append(Conversation(id=record.id, turns=turns, images=list(record.images), source=record.source))
         self.reports["mixed"] = {
             "conversations": len(mixed),
             "with_tasks": matched,

@@ -130,13 +130,9 @@ class _Validator:
             raise InvalidRecord("not_object", "$", f"a record must be a JSON object, got {json_type(record)}")
         forms = [form for form in _FORMS if form.turns_key in record]
         if len(forms) > 1:
-            raise InvalidRecord(
-                "ambiguous_form", "$", "both 'messages' and 'conversations'; a record uses one form"
-            )
+            raise InvalidRecord("ambiguous_form", "$", "both 'messages' and 'conversations'; a record uses one form")
         if all(key in record for key in _IMAGE_KEYS):
-            raise InvalidRecord(
-                "ambiguous_form", "$", "both 'images' and 'image'; a record names its images once"
-            )
+            raise InvalidRecord("ambiguous_form", "$", "both 'images' and 'image'; a record names its images once")
         if not forms:
             raise InvalidRecord("missing_field", "messages", "no 'messages' (or LLaVA 'conversations') list")
         record_id = self._id(record, default_id)
@@ -152,16 +148,12 @@ class _Validator:
         if isinstance(value, int) and not isinstance(value, bool):
             return str(value)
         if not isinstance(value, str):
-            raise InvalidRecord(
-                "wrong_type", "id", f"expected a string or an integer, got {json_type(value)}"
-            )
+            raise InvalidRecord("wrong_type", "id", f"expected a string or an integer, got {json_type(value)}")
         return _text(value, "id")
 
     def _turns(self, raw: Any, form: _Form) -> tuple[Turn, ...]:
         if not isinstance(raw, list):
-            raise InvalidRecord(
-                "wrong_type", form.turns_key, f"expected a list of turns, got {json_type(raw)}"
-            )
+            raise InvalidRecord("wrong_type", form.turns_key, f"expected a list of turns, got {json_type(raw)}")
         if not raw:
             raise InvalidRecord("no_turns", form.turns_key, "the list of turns is empty")
         turns = tuple(self._turn(item, f"{form.turns_key}[{i}]", form) for i, item in enumerate(raw))
@@ -177,9 +169,7 @@ class _Validator:
             raise InvalidRecord("missing_field", role_at, f"the turn has no '{form.role_key}'")
         name = _text(item[form.role_key], role_at)
         if name not in form.roles:
-            raise InvalidRecord(
-                "unknown_role", role_at, f"unknown role {name!r}; expected one of {sorted(form.roles)}"
-            )
+            raise InvalidRecord("unknown_role", role_at, f"unknown role {name!r}; expected one of {sorted(form.roles)}")
         if form.content_key not in item:
             raise InvalidRecord("missing_field", content_at, f"the turn has no '{form.content_key}'")
         content = _text(item[form.content_key], content_at)
@@ -200,16 +190,12 @@ class _Validator:
             role = turns[i].role
             expected = "user" if (i - start) % 2 == 0 else "assistant"
             if role == "system":
-                raise InvalidRecord(
-                    "misplaced_system", role_at(i), "a system turn may only be the first turn"
-                )
+                raise InvalidRecord("misplaced_system", role_at(i), "a system turn may only be the first turn")
             if role != expected:
                 key = "first_not_user" if i == start else "not_alternating"
                 raise InvalidRecord(key, role_at(i), f"expected a {expected} turn, got {role}")
         if self.require_final_assistant and turns[-1].role != "assistant":
-            raise InvalidRecord(
-                "last_not_assistant", role_at(len(turns) - 1), "the last turn must be the assistant's"
-            )
+            raise InvalidRecord("last_not_assistant", role_at(len(turns) - 1), "the last turn must be the assistant's")
 
     def _images(self, record: dict[str, Any], turns: tuple[Turn, ...]) -> tuple[Path, ...]:
         key = next((k for k in _IMAGE_KEYS if k in record), "images")
@@ -241,13 +227,9 @@ class _Validator:
         except (OSError, RuntimeError) as err:  # too long a name, a symlink loop
             raise InvalidRecord("bad_path", where, f"cannot resolve image path {text!r} ({err})") from None
         if not inside:
-            raise InvalidRecord(
-                "path_escape", where, f"image {text!r} resolves outside image_root {self.root}"
-            )
+            raise InvalidRecord("path_escape", where, f"image {text!r} resolves outside image_root {self.root}")
         if not is_file:
-            raise InvalidRecord(
-                "missing_image", where, f"no image file {text!r} under image_root {self.root}"
-            )
+            raise InvalidRecord("missing_image", where, f"no image file {text!r} under image_root {self.root}")
         if self.check_images:
             if resolved not in self._decoded:
                 try:
@@ -285,9 +267,7 @@ def read_conversations(
         raise ValueError(f"policy must be one of {POLICIES}, got {policy!r}")
     path = Path(path)
     if path.suffix.lower() not in READERS:
-        raise BadFileError(
-            f"{path}: unsupported data file suffix {path.suffix!r}; expected one of {sorted(READERS)}"
-        )
+        raise BadFileError(f"{path}: unsupported data file suffix {path.suffix!r}; expected one of {sorted(READERS)}")
     if not path.is_file():
         raise FileNotFoundError(f"{path}: no such data file")
     reader = READERS[json_kind(path)]
@@ -321,9 +301,7 @@ def read_conversations(
             log.debug("%s: rejected, field '%s': %s [%s]", item.source, bad.field, bad.reason, bad.key)
             if policy == "fail":
                 write_rejects(report.rejects_path, rejects)
-                raise BadRecordError(
-                    path, item.location, item.source, bad.field, bad.key, bad.reason
-                ) from None
+                raise BadRecordError(path, item.location, item.source, bad.field, bad.key, bad.reason) from None
     report.kept = len(conversations)
     write_rejects(report.rejects_path, rejects)
     if report.rejected:

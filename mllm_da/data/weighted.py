@@ -25,9 +25,7 @@ class Component:
     weight: float = 1.0
 
 
-def weighted_sample(
-    items: list[Conversation], weight: float, rng: random.Random
-) -> list[tuple[int, Conversation]]:
+def weighted_sample(items: list[Conversation], weight: float, rng: random.Random) -> list[tuple[int, Conversation]]:
     """(copy number, conversation) pairs: ``floor(weight)`` whole copies plus a seeded sample of the fraction."""
     if weight < 0 or not math.isfinite(weight):
         raise ValueError(f"a mixture weight must be a finite number >= 0, got {weight}")
@@ -62,10 +60,7 @@ class WeightedMix:
 
     def restricted(self, captions: bool, tasks: bool) -> WeightedMix:
         """The same mixture with each component cut to captions and/or tasks (for two-stage runs)."""
-        parts = {
-            name: Component(c.mix.restricted(captions, tasks), c.weight)
-            for name, c in self.components.items()
-        }
+        parts = {name: Component(c.mix.restricted(captions, tasks), c.weight) for name, c in self.components.items()}
         return dataclasses.replace(
             self,
             components=parts,

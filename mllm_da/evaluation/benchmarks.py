@@ -96,9 +96,7 @@ class Benchmark:
         try:
             return load_image(self._image_ref(index))
         except BadImageError as err:
-            raise BadImageError(
-                f"{self.origin} row {index + 1}: field '{self.spec.image_field}': {err}"
-            ) from err
+            raise BadImageError(f"{self.origin} row {index + 1}: field '{self.spec.image_field}': {err}") from err
 
     def image_size(self, index: int) -> tuple[int, int]:
         """(width, height) from the image header only, to plan prompt lengths without decoding pixels."""
@@ -107,9 +105,7 @@ class Benchmark:
             with Image.open(ref if isinstance(ref, Path) else io.BytesIO(ref)) as image:
                 return image.size
         except Exception as err:
-            raise BadImageError(
-                f"{self.origin} row {index + 1}: field '{self.spec.image_field}': {err}"
-            ) from err
+            raise BadImageError(f"{self.origin} row {index + 1}: field '{self.spec.image_field}': {err}") from err
 
     def image_key(self, index: int) -> str:
         """The row's image identity (resolved path or content hash): rows sharing a picture share it."""
@@ -121,9 +117,7 @@ class Benchmark:
     def _image_ref(self, index: int) -> Path | bytes:
         ref, problem = image_reference(self._image_value(index), self._image_root)
         if problem is not None:
-            raise BadImageError(
-                f"{self.origin} row {index + 1}: field '{self.spec.image_field}': {problem[1]}"
-            )
+            raise BadImageError(f"{self.origin} row {index + 1}: field '{self.spec.image_field}': {problem[1]}")
         assert ref is not None
         return ref
 
@@ -175,9 +169,7 @@ class _Reading:
         unreadable = self.source.problems.get(index)
         self.rejects.append(
             {
-                "source": unreadable[3]
-                if unreadable is not None
-                else f"{self.source.origin} row {index + 1}",
+                "source": unreadable[3] if unreadable is not None else f"{self.source.origin} row {index + 1}",
                 "row": index,
                 "reason_key": reason,
                 "field": where,
@@ -189,9 +181,7 @@ class _Reading:
             write_rejects(self.rejects_path, self.rejects)
             raise BenchmarkRowError(self.source.origin, index, where, reason, message)
         self.skipped[reason] += 1
-        log.warning(
-            "%s row %d: field '%s': %s [%s] (skipped)", self.source.origin, index + 1, where, message, reason
-        )
+        log.warning("%s row %d: field '%s': %s [%s] (skipped)", self.source.origin, index + 1, where, message, reason)
 
     def row(self, index: int, fields: dict[str, Any]) -> BenchmarkRow:
         spec = self.spec

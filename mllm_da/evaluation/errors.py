@@ -1,4 +1,5 @@
-"""Why a benchmark cannot be used: the whole source (:class:`BenchmarkError`) or one row (:class:`BenchmarkRowError`)."""
+"""Why a benchmark cannot be used: the whole source (:class:`BenchmarkError`) or one row
+(:class:`BenchmarkRowError`)."""
 
 from __future__ import annotations
 

@@ -155,14 +155,10 @@ class HFGenerator:
         self.batch_size = batch_size
         self.progress = progress
         self.stop_ids = backbone.stop_token_ids(synthesizer=synthesizer)
-        stop_strings = (
-            [backbone.chat_format.synthesizer_end] if synthesizer else backbone.chat_format.stop_strings
-        )
+        stop_strings = [backbone.chat_format.synthesizer_end] if synthesizer else backbone.chat_format.stop_strings
         self.stop_strings = tuple(s for s in stop_strings if s)
         if not self.stop_ids:
-            raise ValueError(
-                f"{backbone.family}: the chat format names no stop token that the tokenizer knows"
-            )
+            raise ValueError(f"{backbone.family}: the chat format names no stop token that the tokenizer knows")
         self.stats = GenerationStats()
 
     def prompt_length(self, request: GenerationRequest) -> int:
@@ -205,9 +201,7 @@ class HFGenerator:
         was_training = model.training
         model.eval()
         lengths = [self.prompt_length(r) for r in requests]
-        order = sorted(
-            range(len(requests)), key=lambda i: -lengths[i]
-        )  # longest first: memory errors show early
+        order = sorted(range(len(requests)), key=lambda i: -lengths[i])  # longest first: memory errors show early
         config = greedy_config(self.backbone.tokenizer, self.stop_ids, max_new_tokens)
         results: dict[int, str] = {}
         start = time.perf_counter()
@@ -334,9 +328,7 @@ def vllm_model_path(backbone: Backbone) -> str:
         return spec.source
     if spec.variant == "tiny":
         return str(tiny_checkpoint(spec))
-    raise ValueError(
-        "the vLLM backend needs a saved checkpoint (variant pretrained or tiny), not variant=random"
-    )
+    raise ValueError("the vLLM backend needs a saved checkpoint (variant pretrained or tiny), not variant=random")
 
 
 @dataclass
@@ -363,9 +355,7 @@ def make_generator(backbone: Backbone, options: GeneratorOptions | None = None) 
     )
     if use_vllm:
         if not vllm_available():
-            raise ImportError(
-                "backend=vllm needs the vllm package (pip install vllm); use backend=hf without it"
-            )
+            raise ImportError("backend=vllm needs the vllm package (pip install vllm); use backend=hf without it")
         return VLLMGenerator(
             backbone,
             vllm_model_path(backbone),

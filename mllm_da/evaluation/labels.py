@@ -89,9 +89,7 @@ def nutrition5k_labels(ingredients: Sequence[str]) -> MultiLabelSpace:
     """
     class_names = dict(enumerate(ingredients))
     name_to_id = {name: i for i, name in enumerate(ingredients)}  # later duplicates overwrite: LAST index
-    return MultiLabelSpace(
-        class_names=class_names, name_to_id=name_to_id, first_id=0, num_classes=len(ingredients)
-    )
+    return MultiLabelSpace(class_names=class_names, name_to_id=name_to_id, first_id=0, num_classes=len(ingredients))
 
 
 def label_names_to_ids(names: Sequence[str], space: MultiLabelSpace) -> list[int]:
@@ -115,9 +113,7 @@ def label_builder(path: str) -> LabelBuilder:
     try:
         builder = getattr(importlib.import_module(module_name), attribute) if module_name else None
     except (ImportError, AttributeError, ValueError) as err:
-        raise ValueError(
-            f"label_space {path!r} names no importable function ({type(err).__name__}: {err})"
-        ) from None
+        raise ValueError(f"label_space {path!r} names no importable function ({type(err).__name__}: {err})") from None
     if not callable(builder):
         raise ValueError(
             f"label_space {path!r} is not a function; name one as package.module.function, "

@@ -25,9 +25,7 @@ def resolve_checkpoint(checkpoint: str | Path) -> Path:
     for folder in (path, path / "export"):
         if (folder / "config.json").is_file():
             return folder
-    raise FileNotFoundError(
-        f"checkpoint={path}: no config.json there or in {path / 'export'} (a saved model folder)"
-    )
+    raise FileNotFoundError(f"checkpoint={path}: no config.json there or in {path / 'export'} (a saved model folder)")
 
 
 def backbone_config(cfg: DictConfig) -> DictConfig:

@@ -30,9 +30,7 @@ def image_pairing(bench: Benchmark, seed: int) -> dict[int, int]:
         first_row.setdefault(key, index)
     distinct = list(first_row)
     if len(distinct) < 2:
-        raise ValueError(
-            f"{bench.name}: shuffle_images needs at least two distinct images, found {len(distinct)}"
-        )
+        raise ValueError(f"{bench.name}: shuffle_images needs at least two distinct images, found {len(distinct)}")
     perm = derangement(len(distinct), random.Random(f"mllm-da/shuffle-images/{seed}/{bench.name}"))
     position = {key: i for i, key in enumerate(distinct)}
     return {index: first_row[distinct[perm[position[key]]]] for index, key in keys.items()}

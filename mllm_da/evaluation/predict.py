@@ -135,14 +135,10 @@ def questions_from_config(cfg: DictConfig) -> list[Question]:
     texts = _as_list(cfg.get("questions") if cfg.get("questions") is not None else cfg.get("question"))
     if cfg.get("input"):
         if images is not None or texts is not None:
-            raise ValueError(
-                "input= reads images and questions from its file; drop image(s)= and question(s)="
-            )
+            raise ValueError("input= reads images and questions from its file; drop image(s)= and question(s)=")
         return questions_from_file(cfg.input)
     if not images:
-        raise ValueError(
-            'nothing to ask: set image=<file> question="..." (or images=[...], or input=<jsonl>)'
-        )
+        raise ValueError('nothing to ask: set image=<file> question="..." (or images=[...], or input=<jsonl>)')
     if not texts:
         raise ValueError('no question: set question="..." (or questions=[...])')
     if len(images) != len(texts) and 1 not in (len(images), len(texts)):
@@ -189,4 +185,3 @@ def predict_backbone(
     ]
     answers = generator.generate(requests, max_new_tokens=max_new_tokens, desc="predict")
     return [answers[i] for i in range(len(questions))], generator.stats
-

@@ -77,9 +77,7 @@ def format_score_table(
     if not results:
         raise ValueError("format_score_table needs at least one named result")
     order: list[str] = (
-        list(keys)
-        if keys is not None
-        else list(dict.fromkeys(k for metrics in results.values() for k in metrics))
+        list(keys) if keys is not None else list(dict.fromkeys(k for metrics in results.values() for k in metrics))
     )
     names = list(results)
 
@@ -92,7 +90,5 @@ def format_score_table(
 
     labels = [k.removeprefix("eval/") for k in order]
     head = ["metric", *names]
-    body = [
-        [label, *(cell(results[n].get(k)) for n in names)] for k, label in zip(order, labels, strict=True)
-    ]
+    body = [[label, *(cell(results[n].get(k)) for n in names)] for k, label in zip(order, labels, strict=True)]
     return markdown_table(head, body, right_aligned=[i > 0 for i in range(len(head))])

@@ -54,9 +54,7 @@ def image_reference(value: Any, root: Path | None) -> tuple[Path | bytes | None,
     if root is None:
         return None, ("missing_image", f"image path {value!r:.200} given but the benchmark has no image_root")
     try:
-        resolved, inside, is_file = locate_image(
-            root.resolve(), value
-        )  # an absolute path inside the root is fine
+        resolved, inside, is_file = locate_image(root.resolve(), value)  # an absolute path inside the root is fine
     except (OSError, RuntimeError) as err:  # too long a name, a symlink loop
         return None, (
             "missing_image",
@@ -161,9 +159,7 @@ def check_row(fields: Mapping[str, Any], spec: BenchmarkSpec, labels: LabelSpace
     return _label_problem(fields, label, spec, labels)
 
 
-def image_problem(
-    ref: Path | bytes, decoded: dict[Path | str, tuple[str, str] | None]
-) -> tuple[str, str] | None:
+def image_problem(ref: Path | bytes, decoded: dict[Path | str, tuple[str, str] | None]) -> tuple[str, str] | None:
     """``("bad_image", message)`` when the image does not decode, else None (cached per picture)."""
     key: Path | str = ref if isinstance(ref, Path) else hashlib.sha1(ref).hexdigest()
     if key not in decoded:

@@ -106,9 +106,7 @@ def run_benchmark(
         )
 
     def on_batch(pairs: list[tuple[int, str]]) -> None:
-        records = [
-            prediction_record(rows[key], text, pairing[key], spec.metric, bench)[0] for key, text in pairs
-        ]
+        records = [prediction_record(rows[key], text, pairing[key], spec.metric, bench)[0] for key, text in pairs]
         append_jsonl(pred_path, records)
         done.update((r["index"], r) for r in records)
 
@@ -128,9 +126,7 @@ def run_benchmark(
 
     final, per_row = [], []
     for row in bench.rows:
-        record, score = prediction_record(
-            row, done[row.index]["prediction"], pairing[row.index], spec.metric, bench
-        )
+        record, score = prediction_record(row, done[row.index]["prediction"], pairing[row.index], spec.metric, bench)
         final.append(record)
         per_row.append(score)
     atomic_write_jsonl(pred_path, final)
@@ -180,9 +176,7 @@ def evaluate_backbone(
     different in-memory models could be evaluated into one folder.
     """
     out_dir = Path(out_dir)
-    generator = make_generator(
-        backbone, dataclasses.replace(generation or GeneratorOptions(), batch_size=batch_size)
-    )
+    generator = make_generator(backbone, dataclasses.replace(generation or GeneratorOptions(), batch_size=batch_size))
     identity = (
         dict(model_id)
         if model_id is not None
@@ -198,9 +192,7 @@ def evaluate_backbone(
         bench = (
             item
             if isinstance(item, Benchmark)
-            else load_benchmark(
-                item, cache_dir=cache_dir, rejects_path=out_dir / "rejects" / f"{item.name}.jsonl"
-            )
+            else load_benchmark(item, cache_dir=cache_dir, rejects_path=out_dir / "rejects" / f"{item.name}.jsonl")
         )
         result = run_benchmark(
             bench,
@@ -219,4 +211,3 @@ def evaluate_backbone(
         if logger_fn is not None:
             logger_fn(task_metrics)
     return metrics
-

@@ -195,9 +195,7 @@ def _binary_vectors(
     return [1 if i in gold else 0 for i in span], [1 if i in pred else 0 for i in span]
 
 
-def multi_label_f1(
-    pred_ids: Iterable[int], label_ids: Iterable[int], num_classes: int, first_id: int = 0
-) -> float:
+def multi_label_f1(pred_ids: Iterable[int], label_ids: Iterable[int], num_classes: int, first_id: int = 0) -> float:
     """Binary F1 (scikit-learn, ``zero_division=1``) of predicted vs gold id sets, in [0, 1].
 
     Empty label set and empty prediction -> 1.0; empty label set with a non-empty prediction -> 0.0.
@@ -208,9 +206,7 @@ def multi_label_f1(
     return float(f1_score(y_true, y_pred, zero_division=1))
 
 
-def multi_label_recall(
-    pred_ids: Iterable[int], label_ids: Iterable[int], num_classes: int, first_id: int = 0
-) -> float:
+def multi_label_recall(pred_ids: Iterable[int], label_ids: Iterable[int], num_classes: int, first_id: int = 0) -> float:
     """Binary recall (scikit-learn, ``zero_division=1``) of predicted vs gold id sets, in [0, 1].
 
     An empty label set scores 1.0 whatever was predicted.
@@ -281,9 +277,7 @@ def aggregate_mean(key: str) -> Callable[[Sequence[Mapping[str, float | bool]]],
     return _aggregate
 
 
-def _score_vqa(
-    prediction: str, row: Mapping[str, Any], row_index: int, labels: LabelSpace | None
-) -> RowScore:
+def _score_vqa(prediction: str, row: Mapping[str, Any], row_index: int, labels: LabelSpace | None) -> RowScore:
     """OPEN rows -> :func:`open_recall`, CLOSED rows -> :func:`closed_hit` (``answer_type`` compared exactly)."""
     answer_type = row["answer_type"]
     label = str(row["label"])
@@ -302,9 +296,7 @@ def _row_letter_options(row: Mapping[str, Any]) -> dict[str, str]:
             break
         options[letter] = str(row[letter])
     if not options:
-        raise KeyError(
-            "multiple-choice row has no option fields A, B, ...; pass a ChoiceLabels for fixed options"
-        )
+        raise KeyError("multiple-choice row has no option fields A, B, ...; pass a ChoiceLabels for fixed options")
     return options
 
 
@@ -333,9 +325,7 @@ def _score_multiple_choice(
 def _multi_label_row(
     scorer: Callable[[Iterable[int], Iterable[int], int, int], float],
 ) -> Callable[[str, Mapping[str, Any], int, LabelSpace | None], RowScore]:
-    def _score(
-        prediction: str, row: Mapping[str, Any], row_index: int, labels: LabelSpace | None
-    ) -> RowScore:
+    def _score(prediction: str, row: Mapping[str, Any], row_index: int, labels: LabelSpace | None) -> RowScore:
         if not isinstance(labels, MultiLabelSpace):
             raise TypeError("multi-label metrics need a MultiLabelSpace (FoodSeg103 / Nutrition5K labels)")
         gold_ids = label_names_to_ids(row["label"], labels)
@@ -345,9 +335,7 @@ def _multi_label_row(
     return _score
 
 
-def _score_rouge_l(
-    prediction: str, row: Mapping[str, Any], row_index: int, labels: LabelSpace | None
-) -> RowScore:
+def _score_rouge_l(prediction: str, row: Mapping[str, Any], row_index: int, labels: LabelSpace | None) -> RowScore:
     return {"score": rouge_l_f(prediction, str(row["label"]))}
 
 
@@ -407,7 +395,6 @@ def score_predictions(
     spec = SCORERS[metric]
     indices = list(range(len(rows))) if row_indices is None else list(row_indices)
     per_row = [
-        spec.score_row(pred, row, idx, labels)
-        for pred, row, idx in zip(predictions, rows, indices, strict=True)
+        spec.score_row(pred, row, idx, labels) for pred, row, idx in zip(predictions, rows, indices, strict=True)
     ]
     return per_row, spec.aggregate(per_row)

@@ -110,9 +110,7 @@ def _json_list_rows(path: Path, data: bytes) -> list[Any]:
     except (ValueError, RecursionError) as err:
         raise BenchmarkError(f"{path}: malformed JSON ({err})") from err
     if not isinstance(data_list, list):
-        raise BenchmarkError(
-            f"{path}: a JSON benchmark must be a list of row objects, got {type(data_list).__name__}"
-        )
+        raise BenchmarkError(f"{path}: a JSON benchmark must be a list of row objects, got {type(data_list).__name__}")
     return data_list
 
 
@@ -141,9 +139,7 @@ def json_source(path: Path, image_field: str) -> Source:
         for row in rows[:limit]:
             yield {k: v for k, v in row.items() if k != image_field}
 
-    return Source(
-        str(path), columns, len(rows), text_rows, lambda i: rows[i].get(image_field), path.parent, problems
-    )
+    return Source(str(path), columns, len(rows), text_rows, lambda i: rows[i].get(image_field), path.parent, problems)
 
 
 def _file_source(path: Path, spec: BenchmarkSpec, cache_dir: str | None) -> Source:
@@ -153,9 +149,7 @@ def _file_source(path: Path, spec: BenchmarkSpec, cache_dir: str | None) -> Sour
 
     builder = {".parquet": "parquet", ".arrow": "arrow"}.get(path.suffix)
     if builder is None:
-        raise BenchmarkError(
-            f"{path}: unsupported benchmark file type (use one of {', '.join(FILE_SUFFIXES)})"
-        )
+        raise BenchmarkError(f"{path}: unsupported benchmark file type (use one of {', '.join(FILE_SUFFIXES)})")
     ds = datasets.load_dataset(builder, data_files=str(path), split="train", cache_dir=cache_dir)
     return dataset_source(ds, str(path), spec.image_field, path.parent)
 
@@ -178,9 +172,7 @@ def _save_to_disk_source(folder: Path, spec: BenchmarkSpec) -> Source | None:
 
     subset_dirs = [d for d in (spec.disk_subset, spec.config, spec.split) if d]
     if (folder / "state.json").is_file():
-        return dataset_source(
-            datasets.Dataset.load_from_disk(str(folder)), str(folder), spec.image_field, folder
-        )
+        return dataset_source(datasets.Dataset.load_from_disk(str(folder)), str(folder), spec.image_field, folder)
     for name in subset_dirs:
         if (folder / name / "state.json").is_file():
             ds = datasets.Dataset.load_from_disk(str(folder / name))
@@ -208,14 +200,10 @@ def _data_files_source(folder: Path, spec: BenchmarkSpec, cache_dir: str | None)
             continue
         if files[0].suffix in (".json", ".jsonl"):
             if len(files) > 1:
-                raise BenchmarkError(
-                    f"{place}: several JSON files for split {spec.split!r}: {[f.name for f in files]}"
-                )
+                raise BenchmarkError(f"{place}: several JSON files for split {spec.split!r}: {[f.name for f in files]}")
             return json_source(files[0], spec.image_field)
         builder = "parquet" if files[0].suffix == ".parquet" else "arrow"
-        ds = datasets.load_dataset(
-            builder, data_files=[str(f) for f in files], split="train", cache_dir=cache_dir
-        )
+        ds = datasets.load_dataset(builder, data_files=[str(f) for f in files], split="train", cache_dir=cache_dir)
         return dataset_source(ds, str(place), spec.image_field, place)
     return None
 
@@ -265,17 +253,10 @@ def open_source(spec: BenchmarkSpec, cache_dir: str | None) -> Source:
     if local is not None and local.is_dir():
         return _folder_source(local, spec, cache_dir)
     hub_id = spec.hub_id
-    if (
-        hub_id is None
-        and spec.source
-        and not spec.source.startswith((".", "/", "~"))
-        and spec.source.count("/") == 1
-    ):
+    if hub_id is None and spec.source and not spec.source.startswith((".", "/", "~")) and spec.source.count("/") == 1:
         hub_id = spec.source  # "owner/name" that is not on disk
     if hub_id is None:
-        raise BenchmarkError(
-            f"benchmark {spec.name!r}: source {spec.source} does not exist and no hub_id is set"
-        )
+        raise BenchmarkError(f"benchmark {spec.name!r}: source {spec.source} does not exist and no hub_id is set")
     return _hub_source(hub_id, spec, cache_dir, str(local) if local is not None and spec.hub_id else None)
 
 

@@ -85,9 +85,7 @@ class BenchmarkSpec:
             builder = label_builder(self.label_space)
             check_label_kind(where, self.metric, needs_labels, label_kind(builder))
             if not self.label_file:
-                raise ValueError(
-                    f"{where}: label_space {self.label_space} needs label_file (the JSON label list)"
-                )
+                raise ValueError(f"{where}: label_space {self.label_space} needs label_file (the JSON label list)")
         if not self.source and not self.hub_id:
             raise ValueError(f"{where}: set source (a local file or folder) or hub_id")
         if self.bad_rows not in ("fail", "skip"):
@@ -108,8 +106,7 @@ class BenchmarkSpec:
         unknown = set(data) - names
         if unknown:
             raise ValueError(
-                f"benchmark {data.get('name', '?')!r}: unknown key(s) {sorted(unknown)}; "
-                f"known: {sorted(names)}"
+                f"benchmark {data.get('name', '?')!r}: unknown key(s) {sorted(unknown)}; known: {sorted(names)}"
             )
         data.update({k: v for k, v in overrides.items() if v is not None})
         return cls(**data)
@@ -146,9 +143,7 @@ def benchmark_specs(
     specs = []
     for name in names:
         if name not in definitions:
-            raise ValueError(
-                f"benchmark {name!r} is not defined; defined: {sorted(definitions)} (conf/benchmark/)"
-            )
+            raise ValueError(f"benchmark {name!r} is not defined; defined: {sorted(definitions)} (conf/benchmark/)")
         node = definitions[name]
         if node.get("name", name) != name:
             raise ValueError(f"benchmark {name!r}: its name field says {node.get('name')!r}")

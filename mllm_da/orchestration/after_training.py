@@ -25,14 +25,9 @@ def load_eval_benchmarks(cfg: DictConfig) -> list[Benchmark]:
     try:
         rejects = Path(cfg.paths.output_dir) / "eval" / "rejects"
         cache = Path(cfg.paths.cache_dir) / "datasets"
-        return [
-            load_benchmark(spec, cache_dir=cache, rejects_path=rejects / f"{spec.name}.jsonl")
-            for spec in specs
-        ]
+        return [load_benchmark(spec, cache_dir=cache, rejects_path=rejects / f"{spec.name}.jsonl") for spec in specs]
     except Exception as err:
-        err.add_note(
-            "evaluation after training needs these benchmarks; set eval.enabled=false to train without it"
-        )
+        err.add_note("evaluation after training needs these benchmarks; set eval.enabled=false to train without it")
         raise
 
 

@@ -61,9 +61,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         trainer, metrics = fitted.trainer, fitted.metrics
 
         if cfg.export and trainer.is_global_zero:
-            summary["artifacts"]["export"] = str(
-                export_merged(model.backbone, model.finetune, out / "export")
-            )
+            summary["artifacts"]["export"] = str(export_merged(model.backbone, model.finetune, out / "export"))
         if benchmarks and trainer.is_global_zero:
             step = trainer.global_step
             columns = evaluate_after_training(cfg, model.backbone, benchmarks, out, trainer.loggers, step)

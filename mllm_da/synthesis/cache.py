@@ -50,9 +50,7 @@ def folder_fingerprint(path: str | os.PathLike) -> str:
     """Cheap identity of a checkpoint folder: every file's relative name, size and mtime (weights are not read)."""
     root = Path(path).resolve()
     entries = sorted(
-        (p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns)
-        for p in root.rglob("*")
-        if p.is_file()
+        (p.relative_to(root).as_posix(), p.stat().st_size, p.stat().st_mtime_ns) for p in root.rglob("*") if p.is_file()
     )
     return digest(entries)
 

@@ -171,9 +171,7 @@ def _named(words: _Caption, start: int, end: int) -> tuple[str, bool]:
         return (f"the {rest}" if rest else phrase.lower()), plural
     if low[0] in NUMBER_WORDS and "of" not in low[1:2]:  # "Two black cats" → "the two black cats"
         return f"the {_lower_first(phrase)}", plural
-    if (len(low) > 1 and low[1] in DETERMINERS) or low[
-        0
-    ] in DETERMINERS:  # "Chelsea the cat", "two of the dogs"
+    if (len(low) > 1 and low[1] in DETERMINERS) or low[0] in DETERMINERS:  # "Chelsea the cat", "two of the dogs"
         return (_lower_first(phrase) if low[0] in DETERMINERS else phrase), plural
     return f"the {_lower_first(phrase)}", plural
 
@@ -239,11 +237,7 @@ def caption_tasks(caption: str, rng: random.Random, questions: int = 3) -> list[
         named, plural = _named(words, start, cut)
         # its action: the first verb after it, unless a clause word hands that verb to another noun first
         verb = next(
-            (
-                i
-                for i in range(cut, len(words))
-                if words.is_verb(i) or words.low[i] in CLAUSE_WORDS or words.aside[i]
-            ),
+            (i for i in range(cut, len(words)) if words.is_verb(i) or words.low[i] in CLAUSE_WORDS or words.aside[i]),
             None,
         )
         if verb is not None and not words.is_verb(verb):
@@ -265,14 +259,10 @@ def caption_tasks(caption: str, rng: random.Random, questions: int = 3) -> list[
                         and shown_end - verb - 1 <= MAX_SUBJECT_WORDS
                     ):
                         shown, shown_plural = _named(words, verb + 1, shown_end)
-                        candidates.append(
-                            (f"Where {'are' if shown_plural else 'is'} {shown}?", words.text(*where))
-                        )
+                        candidates.append((f"Where {'are' if shown_plural else 'is'} {shown}?", words.text(*where)))
             else:
                 if words.is_whole(verb, verb_end):
-                    candidates.append(
-                        (_doing_question(words.low[verb], named, plural), words.text(verb, verb_end))
-                    )
+                    candidates.append((_doing_question(words.low[verb], named, plural), words.text(verb, verb_end)))
                 # where it is: a location after the verb (before it, "in a white spacesuit" is what it wears)
                 where = _location(words, verb, len(words))
                 if where is not None:

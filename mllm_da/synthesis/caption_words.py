@@ -285,9 +285,7 @@ SHOW_VERBS = frozenset(
     }
 )
 #: words naming the picture itself: "A photo of a dog" is about the dog
-MEDIA = frozenset(
-    {"photo", "photograph", "picture", "image", "close-up", "closeup", "view", "shot", "snapshot"}
-)
+MEDIA = frozenset({"photo", "photograph", "picture", "image", "close-up", "closeup", "view", "shot", "snapshot"})
 #: caption openings that introduce the subject without being it
 OPENINGS: tuple[tuple[str, ...], ...] = (
     ("there", "is"),

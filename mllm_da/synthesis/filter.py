@@ -224,9 +224,7 @@ def load_judge(settings: Mapping[str, Any], cache_dir: str, device: str) -> LLMJ
     else:
         raise ValueError(f"filter.model.variant must be pretrained or tiny, got {model_cfg['variant']!r}")
     dtype = getattr(torch, model_cfg.get("dtype") or "float32")
-    check_checkpoint_folder(
-        source
-    )  # a judge from elsewhere runs no code: no auto_map, safetensors weights only
+    check_checkpoint_folder(source)  # a judge from elsewhere runs no code: no auto_map, safetensors weights only
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True)

@@ -45,9 +45,7 @@ def filter_stage(cfg: DictConfig, synth: StageOutcome) -> StageOutcome:
             labels = [consistency.heuristic_label(t) for t in triplets]
         else:  # llm (check_synth_config refuses other backends)
             labels = llm_labels(cfg, settings, stage, rows, triplets)
-        judged = [
-            {"id": r["id"], "label": lab, "kept": consistency.is_kept(lab)} for r, lab in zip(rows, labels)
-        ]
+        judged = [{"id": r["id"], "label": lab, "kept": consistency.is_kept(lab)} for r, lab in zip(rows, labels)]
         atomic_write_jsonl(stage.path / "judgements.jsonl", judged)
         kept = sum(j["kept"] for j in judged)
         return {"stats": {"triplets": len(judged), "kept": kept, "labels": consistency.label_counts(labels)}}
@@ -93,9 +91,7 @@ def llm_labels(
     return [merged[i] for i in ids]
 
 
-def format_stage(
-    cfg: DictConfig, data: DomainInputs, judged: StageOutcome, synth: StageOutcome
-) -> StageOutcome:
+def format_stage(cfg: DictConfig, data: DomainInputs, judged: StageOutcome, synth: StageOutcome) -> StageOutcome:
     settings = config_container(cfg.formatting)
     payload: dict[str, Any] = {
         "version": VERSIONS["format"],
@@ -125,12 +121,8 @@ def format_stage(
         out = build_training_sets(data.captions, tasks)
         files = {}
         for name in ("single_stage", "caption_only", "synthetic_only"):
-            files[name] = str(
-                write_sharegpt(stage.path / f"{name}.json", getattr(out, name), data.image_root)
-            )
-        atomic_write_jsonl(
-            stage.path / "tasks.jsonl", [{"id": k, **dataclasses.asdict(v)} for k, v in tasks.items()]
-        )
+            files[name] = str(write_sharegpt(stage.path / f"{name}.json", getattr(out, name), data.image_root))
+        atomic_write_jsonl(stage.path / "tasks.jsonl", [{"id": k, **dataclasses.asdict(v)} for k, v in tasks.items()])
         branches = Counter(t.branch for t in tasks.values())
         return {
             "files": files,

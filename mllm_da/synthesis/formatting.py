@@ -270,9 +270,7 @@ def task_turns(task: FormattedTask) -> list[Turn]:
     return [Turn("user", task.instruction), Turn("assistant", task.response)]
 
 
-def build_training_sets(
-    captions: Sequence[Conversation], tasks: Mapping[str, FormattedTask]
-) -> FormattedData:
+def build_training_sets(captions: Sequence[Conversation], tasks: Mapping[str, FormattedTask]) -> FormattedData:
     """Single-stage, caption-only and synthetic-only conversations (images kept), in caption-record order."""
     data = FormattedData([], [], [])
     for record in captions:

@@ -77,9 +77,7 @@ def parse_format(cfg: DictConfig) -> ParseFormat:
     return dataclasses.replace(ParseFormat.from_chat_format(chat), reference_cut=reference_cut)
 
 
-def _parse_rows(
-    rows: Sequence[dict[str, Any]], fmt: ParseFormat
-) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _parse_rows(rows: Sequence[dict[str, Any]], fmt: ParseFormat) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     parsed_rows, stats = [], Counter()
     for row in rows:
         text = row.get("text")

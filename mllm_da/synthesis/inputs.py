@@ -61,9 +61,7 @@ def read_domain_inputs(cfg: DictConfig, rejects_dir: Path | None = None) -> Doma
 
     def refuse(record: Conversation, where: str, key: str, reason: str) -> None:
         skipped[key] += 1
-        location = (
-            record.source.rsplit(":", 1)[-1] if path.suffix == ".jsonl" else record.source.rsplit("#", 1)[-1]
-        )
+        location = record.source.rsplit(":", 1)[-1] if path.suffix == ".jsonl" else record.source.rsplit("#", 1)[-1]
         extra.append(
             {
                 "source": record.source,

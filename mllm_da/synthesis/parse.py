@@ -113,10 +113,10 @@ def extract_triplet(pairs: Sequence[QAPair]) -> Triplet | None:
     informative: dict[str, str] = {}
     for pair in pairs:
         if pair.question.startswith(precise_prefix):
-            key = pair.question[len(precise_prefix):]
+            key = pair.question[len(precise_prefix) :]
             precise[key] = pair.answer
         elif pair.question.startswith(informative_prefix):
-            key = pair.question[len(informative_prefix):]
+            key = pair.question[len(informative_prefix) :]
             informative[key] = pair.answer
         else:
             continue

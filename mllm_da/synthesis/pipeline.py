@@ -155,9 +155,7 @@ def run_pipeline(cfg: DictConfig, stop_after: str | None = None) -> PipelineResu
     return result
 
 
-def _tasks(
-    parsed: Sequence[dict[str, Any]], data: DomainInputs, judged: StageOutcome | None
-) -> list[SynthesizedTask]:
+def _tasks(parsed: Sequence[dict[str, Any]], data: DomainInputs, judged: StageOutcome | None) -> list[SynthesizedTask]:
     """The triplets of a synthesize stage's parsed rows with their captions and (when filtered) the filter's
     labels."""
     captions = {it.id: it.caption for it in data.inputs}
@@ -206,13 +204,8 @@ def synthesis_quality(
     sample = int(cfg.get("quality", {}).get("blind_sample", 0) or 0)
     ordered = sorted(data.inputs, key=lambda it: it.id)[:sample]
     if len(ordered) >= 2 and cfg.synthesis.get("shard_index") is None:
-        swapped = [
-            dataclasses.replace(it, image=ordered[(i + 1) % len(ordered)].image)
-            for i, it in enumerate(ordered)
-        ]
-        blind_data = dataclasses.replace(
-            data, inputs=swapped, digest=digest({"blind": data.digest, "n": len(swapped)})
-        )
+        swapped = [dataclasses.replace(it, image=ordered[(i + 1) % len(ordered)].image) for i, it in enumerate(ordered)]
+        blind_data = dataclasses.replace(data, inputs=swapped, digest=digest({"blind": data.digest, "n": len(swapped)}))
         blind = synthesize_stage(cfg, blind_data, tuned)
         if blind is not None:
             original = _first_pairs(parsed)

@@ -56,9 +56,7 @@ def _words(text: str) -> list[str]:
 def entropy_bits(counts: Mapping[str, int]) -> float:
     """Shannon entropy of a distribution given by counts, in bits (0 for one value or none)."""
     total = sum(counts.values())
-    return (
-        0.0 - sum(n / total * math.log2(n / total) for n in counts.values() if n) if total else 0.0
-    )  # not -0.0
+    return 0.0 - sum(n / total * math.log2(n / total) for n in counts.values() if n) if total else 0.0  # not -0.0
 
 
 def distinct_ngrams(texts: Sequence[str], n: int) -> float:
@@ -129,9 +127,7 @@ def answer_is(answer: str, truth: str, question: str = "") -> bool:
     if text.upper() in options:
         text = options[text.upper()]
     words = _words(text)
-    words = [
-        toy.COUNT_WORDS.get(int(w), w) if w.isdigit() and int(w) in toy.COUNT_WORDS else w for w in words
-    ]
+    words = [toy.COUNT_WORDS.get(int(w), w) if w.isdigit() and int(w) in toy.COUNT_WORDS else w for w in words]
     if truth in toy.YES_NO:
         return bool(words) and words[0] == truth
     return " ".join(words) == truth or words == _words(truth)
@@ -181,9 +177,7 @@ def toy_correctness(tasks: Sequence[SynthesizedTask]) -> dict[str, object]:
             kind: {
                 "tasks": sum(1 for _, k, _, _ in judged if k == kind),
                 "precise_accuracy": _rate(right for _, k, right, _ in judged if k == kind),
-                "informative_consistency": _rate(
-                    ok for _, k, _, ok in judged if k == kind and ok is not None
-                ),
+                "informative_consistency": _rate(ok for _, k, _, ok in judged if k == kind and ok is not None),
             }
             for kind in sorted({k for _, k, _, _ in judged})
         },
@@ -202,9 +196,7 @@ def toy_correctness(tasks: Sequence[SynthesizedTask]) -> dict[str, object]:
     return out
 
 
-def grounding(
-    original: Mapping[str, tuple[str, str]], blind: Mapping[str, tuple[str, str]]
-) -> dict[str, object]:
+def grounding(original: Mapping[str, tuple[str, str]], blind: Mapping[str, tuple[str, str]]) -> dict[str, object]:
     """How often a record's (question, precise answer) changed when its image was swapped for another record's:
     a synthesizer that reads the image changes often, one that ignores it (rules, captions only) never."""
     shared = sorted(set(original) & set(blind))

@@ -30,9 +30,7 @@ RULES_VERSION = 2
 
 def render_output(pairs: Sequence[tuple[str, str, str]], fmt: ParseFormat = LLAMA3) -> str:
     """Text in the form a synthesizer generates after the open user header, for (hint, question, answer)."""
-    turns = [
-        f"{hint}\n{question}{fmt.qa_separator}{answer}{fmt.turn_close}" for hint, question, answer in pairs
-    ]
+    turns = [f"{hint}\n{question}{fmt.qa_separator}{answer}{fmt.turn_close}" for hint, question, answer in pairs]
     return fmt.user_header.join(turns)
 
 

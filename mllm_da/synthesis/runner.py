@@ -157,16 +157,12 @@ def merge_batches(log_: BatchLog, plan: Sequence[Sequence[int]], ids: Sequence[s
     done = log_.done()
     missing = [b for b in range(len(plan)) if b not in done]
     if missing:
-        raise IncompleteError(
-            f"{log_.folder}: {len(missing)} of {len(plan)} batches not done yet (e.g. {missing[:5]})"
-        )
+        raise IncompleteError(f"{log_.folder}: {len(missing)} of {len(plan)} batches not done yet (e.g. {missing[:5]})")
     rows: dict[str, dict[str, Any]] = {}
     for b, indices in enumerate(plan):
         results = done[b]
         if [r["id"] for r in results] != [ids[i] for i in indices]:
-            raise RuntimeError(
-                f"{log_.folder}: batch {b} holds other records than the plan; delete the folder"
-            )
+            raise RuntimeError(f"{log_.folder}: batch {b} holds other records than the plan; delete the folder")
         for row in results:
             rows[row["id"]] = row
     return [rows[key] for key in sorted(rows)]
@@ -220,9 +216,7 @@ class SynthesizerGenerator:
         self.device = torch.device(device)
         self.stop_ids = backbone.stop_token_ids(synthesizer=True)
         if not self.stop_ids:
-            raise ValueError(
-                f"{backbone.family}: the chat format's synthesizer_end is not a token of the tokenizer"
-            )
+            raise ValueError(f"{backbone.family}: the chat format's synthesizer_end is not a token of the tokenizer")
         backbone.model.to(self.device).eval()
         self.new_tokens = 0
 
@@ -245,9 +239,7 @@ class SynthesizerGenerator:
             []
             if self.sampling.greedy
             else [
-                RecordSeededSampler(
-                    self.sampling, [record_seed(self.sampling.seed, items[slot].id) for slot in slots]
-                )
+                RecordSeededSampler(self.sampling, [record_seed(self.sampling.seed, items[slot].id) for slot in slots])
             ]
         )
         generated = new_tokens(
@@ -292,9 +284,7 @@ def run_job(job: SynthesisJob, generator: SynthesizerGenerator | None = None) ->
         return generator([by_index[i] for i in indices])
 
     finished = log_.done()  # read the batch logs once: they can be large on a resumed run
-    todo_records = sum(
-        len(plan[b]) for b in range(len(plan)) if b % job.num_shards in job.shards and b not in finished
-    )
+    todo_records = sum(len(plan[b]) for b in range(len(plan)) if b % job.num_shards in job.shards and b not in finished)
     bar = progress_bar(todo_records, f"synthesis shards {list(job.shards)}", "record", job.progress)
 
     def progress(n: int, total: int) -> None:
@@ -326,9 +316,7 @@ def load_or_write_plan(folder: Path, inputs: Sequence[SynthesisInput], batch_siz
     if path.exists():
         stored = read_json(path, "batch plan")
         if stored["ids"] != ids or stored["batch_size"] != batch_size:
-            raise RuntimeError(
-                f"{path}: planned for other inputs or another batch size; delete {folder} to restart"
-            )
+            raise RuntimeError(f"{path}: planned for other inputs or another batch size; delete {folder} to restart")
         return stored["batches"]
     plan = plan_batches([prompt_cost(it) for it in inputs], ids, batch_size)
     atomic_write_json(path, {"ids": ids, "batch_size": batch_size, "batches": plan}, indent=None)
@@ -353,9 +341,7 @@ def run_in_processes(job: SynthesisJob, devices: Sequence[str], processes: int) 
         procs.append((p, subprocess.Popen([sys.executable, "-m", "mllm_da.synthesis.runner", str(spec)])))
     failed = [p for p, proc in procs if proc.wait() != 0]
     if failed:
-        raise RuntimeError(
-            f"synthesis worker process(es) {failed} failed; rerun to resume (see their output above)"
-        )
+        raise RuntimeError(f"synthesis worker process(es) {failed} failed; rerun to resume (see their output above)")
     return (
         [json.loads(line) for line in _complete_lines(folder / "runs.jsonl")]
         if (folder / "runs.jsonl").exists()

@@ -35,24 +35,18 @@ def toy_seed_examples(
     """Seed examples of ``n_images`` toy scenes drawn into ``folder/images``: each task once with its precise (rule)
     answer and once with its informative (rule-written explanation) answer; narrowing as
     :func:`~mllm_da.toy.toy_seed_images` describes."""
-    drawn = toy_seed_images(
-        folder, n_images, questions_per_image, seed, image_size, question_types, answer_types
-    )
+    drawn = toy_seed_images(folder, n_images, questions_per_image, seed, image_size, question_types, answer_types)
     examples = []
     for image in drawn:
         qa = []
         for task, informative in image.answered:
             qa.append(SeedQA(PRECISE_HINT, task.prompt, task.answer))
             qa.append(SeedQA(INFORMATIVE_HINT, task.prompt, informative))
-        examples.append(
-            SeedExample(image.id, image.image, image.caption, tuple(qa), image.task_name, image.index)
-        )
+        examples.append(SeedExample(image.id, image.image, image.caption, tuple(qa), image.task_name, image.index))
     return examples
 
 
-def build_seed(
-    folder: Path, settings: Mapping[str, Any], policy: str = "skip"
-) -> tuple[SeedFiles, SeedReport]:
+def build_seed(folder: Path, settings: Mapping[str, Any], policy: str = "skip") -> tuple[SeedFiles, SeedReport]:
     """Build the seed set ``settings`` describes (the ``seed_data`` node of conf/synth.yaml) into ``folder``."""
     source = settings["source"]
     blank, dev = float(settings["blank_fraction"]), float(settings["dev_fraction"])

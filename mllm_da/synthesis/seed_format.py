@@ -120,9 +120,7 @@ def split_and_blank(
         groups[example.task_name].append(example)
     train: list[tuple[SeedExample, bool]] = []
     dev: list[tuple[SeedExample, bool]] = []
-    for (
-        group
-    ) in groups.values():  # tasks in the order they first appear in the file, as the reference walks them
+    for group in groups.values():  # tasks in the order they first appear in the file, as the reference walks them
         random.Random(TASK_SHUFFLE_SEED).shuffle(group)
         marked = [
             (ex, random.Random(i).choices([True, False], weights=(blank_fraction, 1.0 - blank_fraction))[0])

@@ -35,9 +35,7 @@ def config_container(node: Any) -> Any:
     return OmegaConf.to_container(node, resolve=True) if OmegaConf.is_config(node) else node
 
 
-def run_stage(
-    name: str, stage: StageDir, compute: Callable[[], dict[str, Any]], lock: bool = True
-) -> StageOutcome:
+def run_stage(name: str, stage: StageDir, compute: Callable[[], dict[str, Any]], lock: bool = True) -> StageOutcome:
     """Reuse a complete stage folder or compute it (under the folder's lock unless ``lock`` is False)."""
     if stage.is_complete():
         log.info("%s: reusing %s", name, stage.path)

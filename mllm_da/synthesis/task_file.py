@@ -14,9 +14,7 @@ from mllm_da.synthesis.pipeline import run_pipeline
 from mllm_da.synthesis.tuning import compose_config, point_domain
 
 
-def synthetic_task_file(
-    domain: Any, spec: Mapping[str, Any], policy: str = "skip"
-) -> tuple[Path, dict[str, Any]]:
+def synthetic_task_file(domain: Any, spec: Mapping[str, Any], policy: str = "skip") -> tuple[Path, dict[str, Any]]:
     """For ``data_mix=synthetic``: the synthetic-only file of ``domain`` (a DomainFiles), synthesizing it once.
 
     ``spec`` is the data_mix's ``synthesis`` node: ``synthesizer`` and ``filter`` preset names, extra ``overrides``

@@ -41,9 +41,7 @@ def compose_config(name: str, overrides: Sequence[str] = ()) -> DictConfig:
 
 
 def needs_tuning(cfg: DictConfig) -> bool:
-    return (
-        cfg.synthesizer.kind == "model" and not cfg.synthesizer.get("checkpoint") and bool(cfg.tune.enabled)
-    )
+    return cfg.synthesizer.kind == "model" and not cfg.synthesizer.get("checkpoint") and bool(cfg.tune.enabled)
 
 
 def seed_stage(cfg: DictConfig) -> tuple[StageOutcome, SeedFiles]:
@@ -110,9 +108,7 @@ def tune_config(cfg: DictConfig, seed: SeedFiles) -> DictConfig:
         for key, value in config_container(cfg.paths).items():
             if key != "output_dir":
                 train_cfg.paths[key] = value
-        train_cfg.paths.output_dir = (
-            ""  # set by tune_stage once the key (which must not depend on it) is known
-        )
+        train_cfg.paths.output_dir = ""  # set by tune_stage once the key (which must not depend on it) is known
         train_cfg.model = config_container(cfg.model)
         point_domain(train_cfg, "synthesizer_seed", seed.image_root, seed.train)
         train_cfg.data.bad_records = cfg.bad_records
@@ -155,9 +151,7 @@ def train_synthesizer(train_cfg: DictConfig) -> dict[str, Any]:
         summary["trainable_parameters"] = model.parameter_counts()
         fitted = fit_stages(train_cfg, model, data, summary, accumulation_steps(train_cfg))
         if train_cfg.export and fitted.trainer.is_global_zero:
-            summary["artifacts"]["export"] = str(
-                export_merged(model.backbone, model.finetune, out / "export")
-            )
+            summary["artifacts"]["export"] = str(export_merged(model.backbone, model.finetune, out / "export"))
     summary = read_json(out / "summary.json", "tuning summary")
     return {
         "export": summary["artifacts"]["export"],

@@ -118,9 +118,7 @@ class _SeedReader:
         self.report.read += len(data)
         return [(f"{path}#{i}", str(i), record) for i, record in enumerate(data, start=1)]
 
-    def reject(
-        self, path: Path, location: str, source: str, raw: Any, where: str, key: str, reason: str
-    ) -> None:
+    def reject(self, path: Path, location: str, source: str, raw: Any, where: str, key: str, reason: str) -> None:
         """Count and keep a rejects row; a bad record raises :class:`BadRecordError` under ``policy="fail"``."""
         self.rejects.append(
             {
@@ -161,9 +159,7 @@ class _SeedReader:
     @staticmethod
     def _parse(path: Path, source: str, location: str, record: Any) -> _SeedRecord:
         if not isinstance(record, dict):
-            raise _SeedInvalid(
-                "not_object", "$", f"a record must be a JSON object, got {type(record).__name__}"
-            )
+            raise _SeedInvalid("not_object", "$", f"a record must be a JSON object, got {type(record).__name__}")
         if not record.get("image"):
             raise _SeedInvalid("missing_field", "image", "needs an 'image' path")
         image = _seed_text(record["image"], "image")
@@ -178,9 +174,7 @@ class _SeedReader:
         for i in range(0, len(turns), 2):
             for j in (i, i + 1):
                 if not isinstance(turns[j], dict):
-                    raise _SeedInvalid(
-                        "wrong_type", f"conversations[{j}]", "a turn must be an object with a 'value'"
-                    )
+                    raise _SeedInvalid("wrong_type", f"conversations[{j}]", "a turn must be an object with a 'value'")
             human = _seed_text(turns[i].get("value"), f"conversations[{i}].value")
             answer = _seed_text(turns[i + 1].get("value"), f"conversations[{i + 1}].value")
             question = strip_image_marker(human)
@@ -198,9 +192,7 @@ class _SeedReader:
         return _SeedRecord(path, location, source, record, image, pairs, task_name)
 
     def read(self, path: Path) -> list[_SeedRecord]:
-        parsed = (
-            self.parse(path, source, location, record) for source, location, record in self.records(path)
-        )
+        parsed = (self.parse(path, source, location, record) for source, location, record in self.records(path))
         return [record for record in parsed if record is not None]
 
 
@@ -218,12 +210,8 @@ def _seed_image(root: Path, candidates: Sequence[str], check: bool) -> Path:
             break
     else:
         if escaped is not None:
-            raise _SeedInvalid(
-                "path_escape", "image", f"image {escaped!r} resolves outside the image root {root}"
-            )
-        raise _SeedInvalid(
-            "missing_image", "image", f"no image file for {Path(candidates[0]).name} under {root}"
-        )
+            raise _SeedInvalid("path_escape", "image", f"image {escaped!r} resolves outside the image root {root}")
+        raise _SeedInvalid("missing_image", "image", f"no image file for {Path(candidates[0]).name} under {root}")
     if check:
         try:
             load_image(resolved)
@@ -279,20 +267,14 @@ def visionflan_examples(
     for name, caption in captions.items():
         p, i = precise.pop(name, []), informative.pop(name, [])
         if not p or not i:
-            report.dropped["no_precise_or_informative_qa"] = (
-                report.dropped.get("no_precise_or_informative_qa", 0) + 1
-            )
+            report.dropped["no_precise_or_informative_qa"] = report.dropped.get("no_precise_or_informative_qa", 0) + 1
             for record in (caption, *p, *i):
-                reader.leave_out(
-                    record, "no_precise_or_informative_qa", f"{name} lacks precise or informative QA"
-                )
+                reader.leave_out(record, "no_precise_or_informative_qa", f"{name} lacks precise or informative QA")
             continue
         try:
             path = _seed_image(root, [p[-1].image, name, caption.image], check_images)
         except _SeedInvalid as bad:
-            reader.reject(
-                caption.path, caption.location, caption.source, caption.raw, bad.field, bad.key, bad.reason
-            )
+            reader.reject(caption.path, caption.location, caption.source, caption.raw, bad.field, bad.key, bad.reason)
             for record in (*p, *i):
                 reader.leave_out(record, "image_refused", f"the image of {name} was refused ({bad.key})")
             continue

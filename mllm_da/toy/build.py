@@ -199,9 +199,7 @@ def _write_domain(files: ToyDomainFiles, params: dict[str, int]) -> None:
         for j, task in enumerate(rule_tasks(scene, text_rng, k, ("OPEN", "CLOSED"))):
             vqa_rows.append({"id": f"toy-vqa-{i:06d}-{j}", "image": image, **task_row(task)})
         for j, task in enumerate(rule_tasks(scene, text_rng, k, ("MC",))):
-            mc_rows.append(
-                {"id": f"toy-mc-{i:06d}-{j}", "image": image, **task_row(task), **(task.options or {})}
-            )
+            mc_rows.append({"id": f"toy-mc-{i:06d}-{j}", "image": image, **task_row(task), **(task.options or {})})
 
     atomic_write_json(files.caption_pairs, captions)
     atomic_write_json(files.rule_tasks, task_records)
@@ -249,9 +247,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("out_dir", type=Path, help="folder to write the toy domain into")
     parser.add_argument("--n-train", type=int, default=4000, help="training images")
     parser.add_argument("--n-test", type=int, default=200, help="held-out benchmark images")
-    parser.add_argument(
-        "--tasks-per-image", type=int, default=3, help="rule tasks and benchmark rows per image"
-    )
+    parser.add_argument("--tasks-per-image", type=int, default=3, help="rule tasks and benchmark rows per image")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--image-size", type=int, default=REFERENCE_SIZE)
     args = parser.parse_args(argv)

@@ -110,13 +110,7 @@ def caption_instruction(rng: random.Random) -> str:
 
 
 _OBJECT = re.compile(
-    r"a (small|large) ("
-    + "|".join(COLOURS)
-    + r") ("
-    + "|".join(SHAPES)
-    + r") at the ("
-    + "|".join(QUADRANTS)
-    + r")"
+    r"a (small|large) (" + "|".join(COLOURS) + r") (" + "|".join(SHAPES) + r") at the (" + "|".join(QUADRANTS) + r")"
 )
 _LEAD = re.compile(r"^There (?:is one shape|are (one|two|three|four) shapes): ")
 

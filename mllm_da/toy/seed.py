@@ -47,9 +47,7 @@ def toy_seed_images(
     (for the per-task split) is the first task's kind, e.g. ``count_open``.
     """
     if n_images < 1 or questions_per_image < 1:
-        raise ValueError(
-            f"need n_images >= 1 and questions_per_image >= 1, got {n_images}, {questions_per_image}"
-        )
+        raise ValueError(f"need n_images >= 1 and questions_per_image >= 1, got {n_images}, {questions_per_image}")
     scene_rng = random.Random(f"mllm-da-seed/{seed}/scenes")
     text_rng = random.Random(f"mllm-da-seed/{seed}/texts")
     images = folder / "images"

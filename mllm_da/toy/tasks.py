@@ -102,11 +102,7 @@ def _exist_closed(scene: ToyScene) -> Candidates:
 
 
 def _size_closed(scene: ToyScene) -> Candidates:
-    return [
-        (f"Is the {o.colour} {o.shape} {size}?", _yes_no(o.size == size))
-        for o in scene.objects
-        for size in SIZES
-    ]
+    return [(f"Is the {o.colour} {o.shape} {size}?", _yes_no(o.size == size)) for o in scene.objects for size in SIZES]
 
 
 def _position_closed(scene: ToyScene) -> Candidates:
@@ -195,9 +191,7 @@ def scene_questions(scene: ToyScene) -> list[tuple[str, str, str]]:
     out = []
     for family in _FAMILIES:
         for question, truth in family.candidates(scene):
-            out.append(
-                (question, family.question_type, COUNT_WORDS[int(truth)] if truth.isdigit() else truth)
-            )
+            out.append((question, family.question_type, COUNT_WORDS[int(truth)] if truth.isdigit() else truth))
     return out
 
 
@@ -216,14 +210,10 @@ def rule_tasks(
     """
     unknown = set(answer_types) - set(ANSWER_TYPES)
     if unknown or not answer_types:
-        raise ValueError(
-            f"answer_types must be a non-empty subset of {ANSWER_TYPES}, got {sorted(answer_types)}"
-        )
+        raise ValueError(f"answer_types must be a non-empty subset of {ANSWER_TYPES}, got {sorted(answer_types)}")
     unknown = set(question_types) - set(QUESTION_TYPES)
     if unknown or not question_types:
-        raise ValueError(
-            f"question_types must be a non-empty subset of {QUESTION_TYPES}, got {sorted(question_types)}"
-        )
+        raise ValueError(f"question_types must be a non-empty subset of {QUESTION_TYPES}, got {sorted(question_types)}")
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     families = [f for f in _FAMILIES if f.answer_type in answer_types and f.question_type in question_types]

@@ -28,9 +28,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     into the target, which a kill can leave half-written, and nothing is fsynced. Remote (``scheme://``) paths
     keep Lightning's writer."""
 
-    def save_checkpoint(
-        self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None
-    ) -> None:
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
         with atomic_open(path) as handle:

@@ -34,8 +34,13 @@ class InjectedFault(RuntimeError):
 class FaultInjection(pl.Callback):
     """Raise at the end of optimiser step ``at_step`` (``fault``: raise, oom, or none/null for no fault)."""
 
-    def __init__(self, fault: str | None = None, at_step: int = 1, times: int | None = None,
-                 record: str | os.PathLike | None = None) -> None:
+    def __init__(
+        self,
+        fault: str | None = None,
+        at_step: int = 1,
+        times: int | None = None,
+        record: str | os.PathLike | None = None,
+    ) -> None:
         if fault in ("none", ""):
             fault = None
         if fault is not None and fault not in FAULTS:
@@ -52,8 +57,7 @@ class FaultInjection(pl.Callback):
             return 0
         return sum(1 for row in read_jsonl_tolerant(self.record) if row.get("fault") == self.fault)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if self.fault is None or trainer.global_step != self.at_step:
             return
         if self.times is not None and self._fired_before() >= self.times:
@@ -72,16 +76,20 @@ class BatchRecorder(pl.Callback):
     def __init__(self, path: str | os.PathLike) -> None:
         self.path = Path(path)
 
-    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any,
-                           batch_idx: int) -> None:
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
         if trainer.global_rank != 0:
             return
         loss = outputs["loss"] if isinstance(outputs, dict) else outputs
-        append_jsonl(self.path, [{
-            "step": int(trainer.global_step),
-            "epoch": int(trainer.current_epoch),
-            "batch_idx": int(batch_idx),
-            "sample_ids": list(batch.get("sample_ids", [])),
-            "loss": float(loss.detach()) if isinstance(loss, torch.Tensor) else None,
-            "pid": os.getpid(),
-        }])
+        append_jsonl(
+            self.path,
+            [
+                {
+                    "step": int(trainer.global_step),
+                    "epoch": int(trainer.current_epoch),
+                    "batch_idx": int(batch_idx),
+                    "sample_ids": list(batch.get("sample_ids", [])),
+                    "loss": float(loss.detach()) if isinstance(loss, torch.Tensor) else None,
+                    "pid": os.getpid(),
+                }
+            ],
+        )

@@ -45,16 +45,12 @@ class FinetuneConfig:
     #: QLoRA weight bits (4 or 8); ignored for full and LoRA
     quantization_bits: int | None = None
     gradient_checkpointing: bool = False
-    groups: dict[str, GroupSetting] = option(
-        default_factory=lambda: {g: GroupSetting() for g in GROUPS}, keys=GROUPS
-    )
+    groups: dict[str, GroupSetting] = option(default_factory=lambda: {g: GroupSetting() for g in GROUPS}, keys=GROUPS)
     #: the preset's name (conf/finetune/<name>.yaml), if it gives one
     name: str | None = None
 
     def __post_init__(self) -> None:
-        given = {
-            g: s if isinstance(s, GroupSetting) else GroupSetting(**s) for g, s in dict(self.groups).items()
-        }
+        given = {g: s if isinstance(s, GroupSetting) else GroupSetting(**s) for g, s in dict(self.groups).items()}
         self.groups = {g: GroupSetting() for g in GROUPS} | given
         validate(self, "finetune")
 

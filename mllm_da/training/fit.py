@@ -82,9 +82,7 @@ def build_model(cfg: DictConfig) -> Model:
     return Model(backbone, finetune, module)
 
 
-def make_datamodule(
-    cfg: DictConfig, backbone: Any, train_convs: list, val_convs: list
-) -> ConversationDataModule:
+def make_datamodule(cfg: DictConfig, backbone: Any, train_convs: list, val_convs: list) -> ConversationDataModule:
     datamodule = ConversationDataModule(
         backbone,
         train_convs,

@@ -87,9 +87,7 @@ class MLLMModule(pl.LightningModule):
 
     def training_step(self, batch: dict[str, Any], batch_idx: int) -> torch.Tensor:
         out = self(batch)
-        n = (
-            len(batch["sample_ids"]) if "sample_ids" in batch else batch["input_ids"].shape[0]
-        )  # packed: rows < samples
+        n = len(batch["sample_ids"]) if "sample_ids" in batch else batch["input_ids"].shape[0]  # packed: rows < samples
         self.log(f"{self.log_prefix}train/loss", out.loss, prog_bar=True, batch_size=n)
         self._tokens += batch_tokens(batch)
         self._samples += n
@@ -131,13 +129,9 @@ class MLLMModule(pl.LightningModule):
 
     # ------------------------------------------------------------------------------------------ optimiser
     def configure_optimizers(self):
-        groups = parameter_groups(
-            self.backbone, self.model, self.optim.lr, self.optim.weight_decay, self.finetune
-        )
+        groups = parameter_groups(self.backbone, self.model, self.optim.lr, self.optim.weight_decay, self.finetune)
         fused = self.optim.fused and all(p.is_cuda for g in groups for p in g["params"])
-        optimizer = torch.optim.AdamW(
-            groups, betas=tuple(self.optim.betas), eps=self.optim.eps, fused=fused or None
-        )
+        optimizer = torch.optim.AdamW(groups, betas=tuple(self.optim.betas), eps=self.optim.eps, fused=fused or None)
         total = max(1, int(self.trainer.estimated_stepping_batches))
         warmup = int(round(self.optim.warmup_ratio * total))
         min_ratio = self.optim.min_lr_ratio or 0.0

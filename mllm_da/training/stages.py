@@ -96,9 +96,7 @@ def stage_warnings(
     (``cause`` says why), and a validation split with no record (so no val/loss) out of ``records``."""
     warnings = []
     if budget > 0 and steps_done < budget:
-        warnings.append(
-            f"{stage.name}: trained {steps_done} optimiser steps of the {budget} budgeted ({cause})"
-        )
+        warnings.append(f"{stage.name}: trained {steps_done} optimiser steps of the {budget} budgeted ({cause})")
     if val_records == 0 and val_fraction > 0:
         warnings.append(
             f"{stage.name}: the validation split is empty (data.val_fraction={val_fraction} of "
@@ -106,7 +104,6 @@ def stage_warnings(
         )
     elif val_records == 0:
         warnings.append(
-            f"{stage.name}: the validation split is empty (data.val_fraction={val_fraction}), so there "
-            "is no val/loss"
+            f"{stage.name}: the validation split is empty (data.val_fraction={val_fraction}), so there is no val/loss"
         )
     return warnings

@@ -43,7 +43,5 @@ def _domain_benchmarks_resolver(domain: str, *, _root_: DictConfig) -> list[str]
 def register_conf_catalog(conf_dir: Path = CONF_DIR) -> None:
     """Register ``benchmark: all`` (every benchmark YAML in ``conf_dir``) and the domain-benchmarks resolver."""
     names = [name for name in group_options("benchmark", conf_dir) if name != ALL_BENCHMARKS]
-    ConfigStore.instance().store(
-        group="benchmark", name=ALL_BENCHMARKS, node={"defaults": [*names, "_self_"]}
-    )
+    ConfigStore.instance().store(group="benchmark", name=ALL_BENCHMARKS, node={"defaults": [*names, "_self_"]})
     OmegaConf.register_new_resolver(DOMAIN_BENCHMARKS_RESOLVER, _domain_benchmarks_resolver, replace=True)

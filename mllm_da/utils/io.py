@@ -143,9 +143,7 @@ def atomic_dir(path: str | os.PathLike) -> Iterator[Path]:
         shutil.rmtree(tmp, ignore_errors=True)
 
 
-def build_dir_once(
-    path: str | os.PathLike, build: Callable[[Path], None], done_file: str = "config.json"
-) -> bool:
+def build_dir_once(path: str | os.PathLike, build: Callable[[Path], None], done_file: str = "config.json") -> bool:
     """Build a folder once, for a cache shared by processes: ``build`` fills a temporary sibling, which gets the
     modes ``mkdir``/``open`` would have given it and is renamed into place.
 

@@ -33,6 +33,4 @@ def show_progress(setting: Setting = "auto") -> bool:
 
 def progress_bar(total: int, desc: str, unit: str, setting: Setting = "auto", **kwargs: Any) -> tqdm:
     """A tqdm bar with rate and ETA, disabled (a no-op) when :func:`show_progress` says no."""
-    return tqdm(
-        total=total, desc=desc, unit=unit, disable=not show_progress(setting), dynamic_ncols=True, **kwargs
-    )
+    return tqdm(total=total, desc=desc, unit=unit, disable=not show_progress(setting), dynamic_ncols=True, **kwargs)

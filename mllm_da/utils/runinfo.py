@@ -54,8 +54,14 @@ def run_folder(cfg: DictConfig, entry: str) -> Iterator[dict[str, Any]]:
     out = Path(cfg.paths.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     print(f"[mllm-da] {entry} run folder: {out.resolve()}", flush=True)
-    summary: dict[str, Any] = {"entry": entry, "status": "running", "config_hash": config_hash(cfg),
-                               "output_dir": str(out.resolve()), "metrics": {}, "artifacts": {}}
+    summary: dict[str, Any] = {
+        "entry": entry,
+        "status": "running",
+        "config_hash": config_hash(cfg),
+        "output_dir": str(out.resolve()),
+        "metrics": {},
+        "artifacts": {},
+    }
     start = time.time()
     try:
         yield summary
@@ -108,8 +114,9 @@ def instantiate_loggers(cfg: DictConfig) -> list[Any]:
             # wandb tags hold at most 64 characters
             axes = [o.lstrip("+~")[:64] for o in overrides if not o.startswith(("hydra.", "paths."))]
             value = OmegaConf.to_container(value, resolve=True)
-            value.update(group=f"{cfg.task_name}/{sweep}", tags=[*(value.get("tags") or []), *axes],
-                         name=",".join(axes) or None)
+            value.update(
+                group=f"{cfg.task_name}/{sweep}", tags=[*(value.get("tags") or []), *axes], name=",".join(axes) or None
+            )
         loggers.append(instantiate(value))
     return loggers
 

@@ -18,17 +18,11 @@ def markdown_table(
     """
     widths = [max(len(str(x)) for x in col) for col in zip(header, *body)]
     if right_aligned is None:
-        right_aligned = [
-            i >= 1 and all(_NUMERIC_CELL.fullmatch(str(r[i])) for r in body) for i in range(len(header))
-        ]
+        right_aligned = [i >= 1 and all(_NUMERIC_CELL.fullmatch(str(r[i])) for r in body) for i in range(len(header))]
 
     def line(cells: Sequence[str]) -> str:
         padded = (str(c).rjust(w) if r else str(c).ljust(w) for c, w, r in zip(cells, widths, right_aligned))
         return "| " + " | ".join(padded) + " |"
 
-    rule = (
-        "|"
-        + "|".join(("-" * (w + 1) + ":") if r else ("-" * (w + 2)) for w, r in zip(widths, right_aligned))
-        + "|"
-    )
+    rule = "|" + "|".join(("-" * (w + 1) + ":") if r else ("-" * (w + 2)) for w, r in zip(widths, right_aligned)) + "|"
     return "\n".join([line(header), rule, *(line(r) for r in body)])

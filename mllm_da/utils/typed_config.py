@@ -48,14 +48,10 @@ class Rules:
     when: Callable[[Any], bool] | None = None
 
 
-def option(
-    default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, **rules: Any
-) -> Any:
+def option(default: Any = dataclasses.MISSING, *, default_factory: Any = dataclasses.MISSING, **rules: Any) -> Any:
     """A dataclass field with :class:`Rules` (``ge``, ``gt``, ``le``, ``lt``, ``special``, ``choices``, ``keys``,
     ``check``, ``when``)."""
-    return dataclasses.field(
-        default=default, default_factory=default_factory, metadata={_META: Rules(**rules)}
-    )
+    return dataclasses.field(default=default, default_factory=default_factory, metadata={_META: Rules(**rules)})
 
 
 def rules_of(field: dataclasses.Field) -> Rules:
@@ -186,9 +182,7 @@ def _check_mapping(value: Any, args: tuple[Any, ...], key: str, rules: Rules) ->
         if rules.keys is not None and name not in rules.keys:
             problems.append(f"{key}.{name}: unknown key; use one of {list(rules.keys)}")
             continue
-        out[name], found = check_value(
-            _read(value, name, f"{key}.{name}", problems), item_kind, f"{key}.{name}"
-        )
+        out[name], found = check_value(_read(value, name, f"{key}.{name}", problems), item_kind, f"{key}.{name}")
         problems += found
     return out, problems
 
@@ -216,9 +210,7 @@ def _fields_problems(node: Any, schema: type, path: str) -> tuple[dict[str, Any]
         return {}, [f"{path} must be a mapping with keys {names}, got {node!r}"]
     fields = {f.name: f for f in dataclasses.fields(schema)}
     extra = getattr(schema, "EXTRA_KEYS", ())
-    unknown = sorted(
-        k for k in node if k not in fields and k != "_target_" and extra != "*" and k not in extra
-    )
+    unknown = sorted(k for k in node if k not in fields and k != "_target_" and extra != "*" and k not in extra)
     where = path or "the top level"
     problems = [f"{where}: unknown key(s) {unknown}; known: {sorted(fields)}"] if unknown else []
     hints = get_type_hints(schema)

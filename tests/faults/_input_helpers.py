@@ -117,10 +117,20 @@ def record_file_cases(faults: Iterable[str]) -> Callable:
 #: the names of :func:`make_image_pool`'s cases, known before the pool is written (to build fault tables)
 IMAGE_CASE_NAMES = [
     *(f"image {Path(name).stem}" for name in _VALID_FILES),
-    "image symlink inside root", "image absolute path inside root", "image truncated", "image header only",
-    "image empty file", "image not an image", "image decompression bomb header", "image missing",
-    "image path traversal ../", "image absolute path outside root", "image symlink out of root",
-    "image path is a folder", "image path with NUL byte", "image path too long",
+    "image symlink inside root",
+    "image absolute path inside root",
+    "image truncated",
+    "image header only",
+    "image empty file",
+    "image not an image",
+    "image decompression bomb header",
+    "image missing",
+    "image path traversal ../",
+    "image absolute path outside root",
+    "image symlink out of root",
+    "image path is a folder",
+    "image path with NUL byte",
+    "image path too long",
 ]
 
 

@@ -62,8 +62,14 @@ def cases(kind: str, quick: int, full: int) -> list[pytest.param]:
 
 
 def env_for(work_root: Path) -> dict[str, str]:
-    return {**os.environ, "MLLM_DA_ROOT": str(work_root), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
-            "PYTHONPATH": str(ROOT), "TOKENIZERS_PARALLELISM": "false"}
+    return {
+        **os.environ,
+        "MLLM_DA_ROOT": str(work_root),
+        "HF_HUB_OFFLINE": "1",
+        "WANDB_MODE": "offline",
+        "PYTHONPATH": str(ROOT),
+        "TOKENIZERS_PARALLELISM": "false",
+    }
 
 
 def complete_lines(path: Path) -> int:
@@ -73,8 +79,9 @@ def complete_lines(path: Path) -> int:
         return 0
 
 
-def kill_when(cmd: list[str], env: dict[str, str], ready: Callable[[], bool], delay: float, log_file: Path,
-              timeout: float = 300.0) -> bool:
+def kill_when(
+    cmd: list[str], env: dict[str, str], ready: Callable[[], bool], delay: float, log_file: Path, timeout: float = 300.0
+) -> bool:
     """Start ``cmd``, wait until ``ready()`` (polled every 2 ms), wait ``delay`` s more, SIGKILL it. Returns
     whether it was killed while running (False: it finished first)."""
     with open(log_file, "ab") as out:
@@ -107,8 +114,15 @@ def kill_when(cmd: list[str], env: dict[str, str], ready: Callable[[], bool], de
 # ------------------------------------------------------------------------------------------------ evaluation
 
 EVAL_OVERRIDES = [
-    "model=tiny_qwen2_vl", f"model.backbone.tiny={TINY}", "domain.prepare.n_train=8", "domain.prepare.n_test=6",
-    "domain.root=${paths.data_dir}/toy_eval", "batch_size=2", "max_new_tokens=8", "progress=false", "logger=csv",
+    "model=tiny_qwen2_vl",
+    f"model.backbone.tiny={TINY}",
+    "domain.prepare.n_train=8",
+    "domain.prepare.n_test=6",
+    "domain.root=${paths.data_dir}/toy_eval",
+    "batch_size=2",
+    "max_new_tokens=8",
+    "progress=false",
+    "logger=csv",
 ]
 TASKS = ("toy_vqa", "toy_mc")
 
@@ -117,8 +131,10 @@ def eval_outputs(folder: Path) -> dict:
     """What must not depend on interruptions: every prediction line and the scores per task."""
     preds = {t: (folder / "predictions" / f"{t}.jsonl").read_text().splitlines() for t in TASKS}
     scores = read_json(folder / "scores.json")
-    return {"predictions": preds,
-            "scores": {t: (scores[t]["scores"], scores[t]["by_group"], scores[t]["rows"]) for t in TASKS}}
+    return {
+        "predictions": preds,
+        "scores": {t: (scores[t]["scores"], scores[t]["by_group"], scores[t]["rows"]) for t in TASKS},
+    }
 
 
 @pytest.fixture(scope="module")
@@ -146,8 +162,13 @@ def test_sigkilled_evaluation_resumes_to_the_uninterrupted_result(
 
     for _ in range(2 if case % 3 == 2 else 1):
         target = rng.randint(1, total - 1)
-        killed = kill_when(cmd, env_for(work_root), lambda t=target: rows_on_disk() >= t, rng.uniform(0, 0.3),
-                           tmp_path / "evaluate.log")
+        killed = kill_when(
+            cmd,
+            env_for(work_root),
+            lambda t=target: rows_on_disk() >= t,
+            rng.uniform(0, 0.3),
+            tmp_path / "evaluate.log",
+        )
         kills.append((target, killed))
     before = rows_on_disk()
     evaluate(compose_cfg(EVAL_OVERRIDES, config_name="evaluate", output_dir=run))
@@ -166,8 +187,13 @@ TRAIN_STEPS = 8
 TRAIN_OVERRIDES = [
     *[o for o in small_run_overrides("qwen2_vl", steps=TRAIN_STEPS) if not o.startswith("data.")],
     # ~43 training samples in batches of 8: 6 steps per epoch, so the run crosses an epoch boundary
-    "data.micro_batch_size=8", "data.global_batch_size=8", "data.val_fraction=0.1",
-    "checkpoint.every_n_steps=1", "checkpoint.keep=-1", "export=false", "eval.enabled=false",
+    "data.micro_batch_size=8",
+    "data.global_batch_size=8",
+    "data.val_fraction=0.1",
+    "checkpoint.every_n_steps=1",
+    "checkpoint.keep=-1",
+    "export=false",
+    "eval.enabled=false",
     "callbacks=batch_log",
 ]
 
@@ -209,9 +235,12 @@ def train_reference(compose_cfg, tmp_path_factory) -> tuple[Path, dict]:
     return out, {"summary": summary, "by_step": by_step, "epoch_ends": epoch_ends}
 
 
-@pytest.mark.parametrize("step", [
-    pytest.param(s, marks=[] if s in (6, 7) else [pytest.mark.slow]) for s in range(1, TRAIN_STEPS)]
-    if FULL else [6, 7])
+@pytest.mark.parametrize(
+    "step",
+    [pytest.param(s, marks=[] if s in (6, 7) else [pytest.mark.slow]) for s in range(1, TRAIN_STEPS)]
+    if FULL
+    else [6, 7],
+)
 def test_resume_from_each_checkpoint_continues_with_the_same_batches(
     step: int, compose_cfg, train_reference, tmp_path: Path, fault_tally
 ):
@@ -273,7 +302,7 @@ def test_sigkilled_training_resumes_at_its_last_checkpoint_with_the_same_data_or
     train(cfg)
     summary = read_json(run / "summary.json")
     assert summary["status"] == "ok", summary.get("error")
-    after = batch_records(run)[len(before):]
+    after = batch_records(run)[len(before) :]
     # every step, as last trained, saw the same samples and had the same loss as in the uninterrupted run
     got = last_attempt_by_step(before + after)
     assert sorted(got) == list(range(1, TRAIN_STEPS + 1))
@@ -288,7 +317,8 @@ def test_sigkilled_training_resumes_at_its_last_checkpoint_with_the_same_data_or
         assert [r["step"] for r in after] == list(range(resume_step + 1, TRAIN_STEPS + 1)), kills
         assert summary["loss_curve"]["step"] == list(range(resume_step + 1, TRAIN_STEPS + 1))
         assert summary["loss_curve"]["loss"] == pytest.approx(
-            ref["summary"]["loss_curve"]["loss"][resume_step:], rel=1e-5, abs=1e-7)
+            ref["summary"]["loss_curve"]["loss"][resume_step:], rel=1e-5, abs=1e-7
+        )
     # the final weights match
     final, reference = state_dict_of(last), state_dict_of(ref_dir / "checkpoints" / "last.ckpt")
     assert final.keys() == reference.keys()
@@ -315,8 +345,17 @@ def synth_rows(folder: Path, inputs: list[SynthesisInput]) -> list[dict]:
 
 
 def synth_job(backbone: dict, inputs: list[SynthesisInput], folder: Path, num_shards: int = 1) -> SynthesisJob:
-    return SynthesisJob(backbone=backbone, inputs=inputs, folder=str(folder), batch_size=1, max_new_tokens=32,
-                        threads=2, progress=False, num_shards=num_shards, shards=list(range(num_shards)))
+    return SynthesisJob(
+        backbone=backbone,
+        inputs=inputs,
+        folder=str(folder),
+        batch_size=1,
+        max_new_tokens=32,
+        threads=2,
+        progress=False,
+        num_shards=num_shards,
+        shards=list(range(num_shards)),
+    )
 
 
 @pytest.fixture(scope="module")
@@ -328,7 +367,13 @@ def synth_reference(synth_backbone, synth_inputs, synth_generator, tmp_path_fact
 
 @pytest.mark.parametrize("case", cases("synth", 1, 6))
 def test_sigkilled_synthesis_resumes_at_random_points(
-    case: int, synth_backbone, synth_inputs, synth_generator, synth_reference, work_root: Path, tmp_path: Path,
+    case: int,
+    synth_backbone,
+    synth_inputs,
+    synth_generator,
+    synth_reference,
+    work_root: Path,
+    tmp_path: Path,
     fault_tally,
 ):
     """The synthesis worker (``python -m mllm_da.synthesis.runner``) is killed after a random number of batches
@@ -349,13 +394,27 @@ def test_sigkilled_synthesis_resumes_at_random_points(
 
     for _ in range(2 if case % 3 == 2 else 1):
         target = rng.randint(1, n - 1)
-        kills.append((target, kill_when(cmd, env_for(work_root), lambda t=target: batches_on_disk() >= t,
-                                        rng.uniform(0, 0.5), tmp_path / "synth.log")))
+        kills.append(
+            (
+                target,
+                kill_when(
+                    cmd,
+                    env_for(work_root),
+                    lambda t=target: batches_on_disk() >= t,
+                    rng.uniform(0, 0.5),
+                    tmp_path / "synth.log",
+                ),
+            )
+        )
     assert len(BatchLog(folder, "generations").done()) <= n
     run_job(job, synth_generator)
     assert synth_rows(folder, synth_inputs) == synth_reference, f"kills {kills}"
-    batches = [json.loads(line)["batch"] for p in folder.glob("generations-shard*.jsonl")
-               for line in p.read_text().splitlines() if line.strip()]
+    batches = [
+        json.loads(line)["batch"]
+        for p in folder.glob("generations-shard*.jsonl")
+        for line in p.read_text().splitlines()
+        if line.strip()
+    ]
     assert sorted(batches) == list(range(n)), f"a batch twice or missing (kills {kills})"
     fault_tally.record("synthesis process", "SIGKILL at random batch", OUTCOME, count=sum(k for _, k in kills))
 
@@ -386,8 +445,14 @@ def test_a_writer_killed_at_random_leaves_the_old_or_the_new_output(kind: str, t
     target = tmp_path / ("out.json" if kind == "file" else "export")
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for trial in range(12 if FULL else 4):
-        proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target), kind], cwd=ROOT, env=env,
-                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        proc = subprocess.Popen(
+            [sys.executable, "-c", WRITER, str(target), kind],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         assert proc.stdout is not None
         proc.stdout.readline()  # one version is on disk
         time.sleep(rng.uniform(0, 0.4))
@@ -407,8 +472,9 @@ def test_a_writer_killed_at_random_leaves_the_old_or_the_new_output(kind: str, t
     fault_tally.record("output files", f"SIGKILL while writing ({kind})", OUTCOME, count=12 if FULL else 4)
 
 
-def test_a_checkpoint_save_that_dies_half_way_leaves_the_previous_one(train_reference, tmp_path: Path, monkeypatch,
-                                                            fault_tally):
+def test_a_checkpoint_save_that_dies_half_way_leaves_the_previous_one(
+    train_reference, tmp_path: Path, monkeypatch, fault_tally
+):
     """The trainer's checkpoint writer (AtomicCheckpointIO; the kill-during-write cases above show the trainer
     uses it: they wait for its temporary file): a save that dies half-way leaves the previous checkpoint."""
     ref_dir, _ = train_reference
@@ -432,8 +498,12 @@ def test_a_checkpoint_save_that_dies_half_way_leaves_the_previous_one(train_refe
 
 
 def test_truncated_summary_json_is_not_taken_for_a_finished_run(compose_cfg, tmp_path: Path, caplog, fault_tally):
-    overrides = [*small_run_overrides("qwen2_vl", steps=1), "checkpoint.every_n_steps=0", "export=false",
-                 "eval.enabled=false"]
+    overrides = [
+        *small_run_overrides("qwen2_vl", steps=1),
+        "checkpoint.every_n_steps=0",
+        "export=false",
+        "eval.enabled=false",
+    ]
     cfg = compose_cfg(overrides, output_dir=tmp_path)
     train(cfg)
     whole = read_json(tmp_path / "summary.json")
@@ -478,8 +548,9 @@ def test_truncated_predictions_are_redone_and_a_damaged_line_names_the_file(
     meta.write_text(meta.read_text()[:10])
     with pytest.raises(ValueError, match=re.escape(f"{meta}: this predictions settings file is truncated")):
         evaluate(compose_cfg(EVAL_OVERRIDES, config_name="evaluate", output_dir=run))
-    fault_tally.record("output files", "damaged predictions line / truncated meta.json", "error names file/line/field",
-                       count=2)
+    fault_tally.record(
+        "output files", "damaged predictions line / truncated meta.json", "error names file/line/field", count=2
+    )
 
 
 def test_truncated_synthesis_shard_is_redone_and_damage_names_the_file(
@@ -513,13 +584,15 @@ def test_truncated_synthesis_shard_is_redone_and_damage_names_the_file(
     stage.complete({"n": 1})
     stage.done_file.write_text(stage.done_file.read_text()[:8])
     assert not stage.is_complete()  # a damaged done.json: the stage is done again
-    fault_tally.record("output files", "damaged shard line / truncated plan.json", "error names file/line/field",
-                       count=2)
+    fault_tally.record(
+        "output files", "damaged shard line / truncated plan.json", "error names file/line/field", count=2
+    )
     fault_tally.record("output files", "truncated stage done.json", OUTCOME)
 
 
-def test_truncated_checkpoint_is_passed_over_or_named(compose_cfg, train_reference, tmp_path: Path, caplog,
-                                                       fault_tally):
+def test_truncated_checkpoint_is_passed_over_or_named(
+    compose_cfg, train_reference, tmp_path: Path, caplog, fault_tally
+):
     """ckpt_path=auto passes over a torn last.ckpt for the newest whole step_*.ckpt (with a warning) and the run
     ends as the uninterrupted one; an explicit torn checkpoint is an error naming it."""
     ref_dir, ref = train_reference
@@ -554,15 +627,20 @@ def test_truncated_checkpoint_is_passed_over_or_named(compose_cfg, train_referen
 
 #: every call that writes a file in mllm_da/ and the entry points, with why it cannot leave a half-written output
 #: behind: (file, text of the call's line, reason). A new write must be atomic (mllm_da.utils.io) or be added here.
-WRITE_PATTERN = re.compile(r"\.write_text\(|\.write_bytes\(|open\([^)]*['\"][wa]b?['\"]|json\.dump\(|torch\.save\("
-                           r"|save_pretrained\(|to_csv\(|savefig\(|OmegaConf\.save\(|\.save\(|to_parquet\("
-                           r"|save_to_disk\(")
+WRITE_PATTERN = re.compile(
+    r"\.write_text\(|\.write_bytes\(|open\([^)]*['\"][wa]b?['\"]|json\.dump\(|torch\.save\("
+    r"|save_pretrained\(|to_csv\(|savefig\(|OmegaConf\.save\(|\.save\(|to_parquet\("
+    r"|save_to_disk\("
+)
 AUDITED = [
     ("mllm_da/utils/io.py", 'os.fdopen(fd, "wb")', "the atomic writer itself: temporary file, fsync, os.replace"),
     ("mllm_da/utils/io.py", 'open(path, "ab", buffering=0)', "append_jsonl: one write per call, torn tail ignored"),
     ("mllm_da/training/checkpoints.py", "torch.save(checkpoint, handle)", "AtomicCheckpointIO, inside atomic_open"),
-    ("mllm_da/orchestration/after_training.py", "lg.save()",
-     "logger output (metrics.csv, wandb): a log, not read on resume"),
+    (
+        "mllm_da/orchestration/after_training.py",
+        "lg.save()",
+        "logger output (metrics.csv, wandb): a log, not read on resume",
+    ),
     ("mllm_da/evaluation/runner.py", "lg.save()", "logger output: a log, not read on resume"),
     ("mllm_da/report.py", "fig.savefig(handle", "inside atomic_open"),
     ("mllm_da/training/export.py", "backbone.save(folder", "export: into atomic_dir's temporary folder"),
@@ -571,9 +649,13 @@ AUDITED = [
     ("mllm_da/backbones/base.py", "save_pretrained(folder", "Backbone.save: called into temporary folders only"),
     ("mllm_da/backbones/base.py", "processor.save_pretrained(folder)", "called into temporary folders only"),
     ("mllm_da/backbones/qwen.py", "save_pretrained(folder)", "save_processor: into temporary folders only"),
-    ("mllm_da/backbones/loading.py", ".save_pretrained(tmp, safe_serialization=True)", "tiny checkpoint: into build_dir_once's temporary folder"),
+    (
+        "mllm_da/backbones/loading.py",
+        ".save_pretrained(tmp, safe_serialization=True)",
+        "tiny checkpoint: into build_dir_once's temporary folder",
+    ),
     ("mllm_da/synthesis/filter.py", "save_pretrained(tmp", "tiny judge: mkdtemp, then os.replace"),
-    ("mllm_da/synthesis/seed_format.py", ".save(tmp, format=\"PNG\")", "temporary file, then os.replace"),
+    ("mllm_da/synthesis/seed_format.py", '.save(tmp, format="PNG")', "temporary file, then os.replace"),
     ("mllm_da/toy/images.py", "image.save(buffer", "in memory, then atomic_write_bytes"),
     ("mllm_da/utils/io.py", 'open(path / ".lock", "w")', "locked_dir: a lock file, holds nothing"),
     ("mllm_da/data/images.py", "value.save(buffer", "in memory"),
@@ -583,8 +665,10 @@ AUDITED = [
 
 
 def test_every_file_write_is_atomic_or_audited():
-    sources = [*(ROOT / "mllm_da").rglob("*.py"),
-               *(ROOT / n for n in ("train.py", "evaluate.py", "synth.py", "predict.py"))]
+    sources = [
+        *(ROOT / "mllm_da").rglob("*.py"),
+        *(ROOT / n for n in ("train.py", "evaluate.py", "synth.py", "predict.py")),
+    ]
     unaudited = []
     for path in sources:
         rel = path.relative_to(ROOT).as_posix()
@@ -604,20 +688,37 @@ def test_a_resumed_generation_keeps_the_uninterrupted_batches(work_root: Path, f
 
     from mllm_da.evaluation.generation import GenerationRequest, HFGenerator, question_turns
 
-    backbone = load_backbone(family="qwen2_vl", variant="tiny", tiny=dict(TEST_TINY),
-                             image={"min_pixels": 12544, "max_pixels": 12544}, cache_dir=str(work_root / ".cache"))
-    prompts = ["Is it red?", "How many shapes are in the picture, counting every one?", "Where?",
-               "What colour is the largest shape?", "Is there a circle near the top left corner?", "Count.", "Why?"]
-    requests = [GenerationRequest(i, question_turns(p), lambda i=i: [Image.new("RGB", (96, 80), (20 * i, 90, 200))],
-                                  ((96, 80),)) for i, p in enumerate(prompts)]
+    backbone = load_backbone(
+        family="qwen2_vl",
+        variant="tiny",
+        tiny=dict(TEST_TINY),
+        image={"min_pixels": 12544, "max_pixels": 12544},
+        cache_dir=str(work_root / ".cache"),
+    )
+    prompts = [
+        "Is it red?",
+        "How many shapes are in the picture, counting every one?",
+        "Where?",
+        "What colour is the largest shape?",
+        "Is there a circle near the top left corner?",
+        "Count.",
+        "Why?",
+    ]
+    requests = [
+        GenerationRequest(
+            i, question_turns(p), lambda i=i: [Image.new("RGB", (96, 80), (20 * i, 90, 200))], ((96, 80),)
+        )
+        for i, p in enumerate(prompts)
+    ]
     seen: list[list[int]] = []
     generator = HFGenerator(backbone, batch_size=3, progress=False)
     whole = generator.generate(requests, max_new_tokens=6, on_batch=lambda pairs: seen.append([k for k, _ in pairs]))
     batches = [set(b) for b in seen]
     done = {seen[0][0], *seen[1]}  # part of the first batch and all of the second
     resumed_batches: list[list[int]] = []
-    resumed = generator.generate(requests, max_new_tokens=6, done=done,
-                                 on_batch=lambda pairs: resumed_batches.append([k for k, _ in pairs]))
+    resumed = generator.generate(
+        requests, max_new_tokens=6, done=done, on_batch=lambda pairs: resumed_batches.append([k for k, _ in pairs])
+    )
     assert set(resumed) == set(whole) - done and all(resumed[k] == whole[k] for k in resumed)
     assert [set(b) for b in resumed_batches] == [batches[0] - done, *batches[2:]]
     fault_tally.record("evaluation process", "resume inside a partly written batch", OUTCOME)

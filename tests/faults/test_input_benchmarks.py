@@ -53,9 +53,16 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Imag
 
 
 def valid_row(i: int, rng: random.Random) -> dict[str, Any]:
-    return {"id": f"q{i}", "image": rng.choice(["rgb.png", "cmyk.jpg", "sixteen_bit.png", "animated.gif"]),
-            "input": rng.choice(["Which colour is the square?", "Is there a circle?"]), "label": "A",
-            "answer_type": "CLOSED", "A": "red", "B": "blue", "question_type": "colour"}
+    return {
+        "id": f"q{i}",
+        "image": rng.choice(["rgb.png", "cmyk.jpg", "sixteen_bit.png", "animated.gif"]),
+        "input": rng.choice(["Which colour is the square?", "Is there a circle?"]),
+        "label": "A",
+        "answer_type": "CLOSED",
+        "A": "red",
+        "B": "blue",
+        "question_type": "colour",
+    }
 
 
 #: fault -> (row change or a raw JSONL line, {metric: None or (reason, field)}); ``*`` stands for every metric
@@ -93,54 +100,74 @@ for _name, (_line, _reason) in LINE_CASES.items():
     FAULTS[_name] = (_line, {"*": (_reason, "$")})
     if _reason != "not_object":
         LINE_ONLY.add(_name)
-FAULTS.update({
-    "image null": (_set("image", None), {"*": ("missing_image", "image")}),
-    "image a number": (_set("image", 5), {"*": ("missing_image", "image")}),
-    "image list of two": (_set("image", ["rgb.png", "cmyk.jpg"]), {"*": ("missing_image", "image")}),
-    "image as {path: ...}": (_set("image", {"bytes": None, "path": "rgb.png"}), {"*": None}),
-    "image as empty {bytes, path}": (_set("image", {"bytes": None, "path": None}), {"*": ("missing_image", "image")}),
-    "image path lone surrogate": (_set("image", "a\ud800.png"), {"*": ("not_utf8", "image")}),
-    "prompt missing": (_drop("input"), {"*": ("missing_field", "input")}),
-    "prompt a number": (_set("input", 3), {"*": ("wrong_type", "input")}),
-    "prompt a list": (_set("input", ["Q?"]), {"*": ("wrong_type", "input")}),
-    "label missing": (_drop("label"), {"*": ("missing_field", "label")}),
-    "label an object": (_set("label", {"a": 1}), {"*": ("wrong_type", "label")}),
-    "label a float": (_set("label", 0.5), {"*": ("wrong_type", "label")}),
-    "label a boolean": (_set("label", True), {"*": ("wrong_type", "label")}),
-    "label lone surrogate": (_set("label", "\udcff"), {"*": ("not_utf8", "label")}),
-    "label not an option": (_set("label", "E"), {"*": None, "multiple_choice": ("unknown_label", "label")}),
-    "answer_type missing": (_drop("answer_type"), {"*": None, "vqa_open_closed": ("missing_field", "answer_type")}),
-    "answer_type lower case": (_set("answer_type", "closed"),
-                               {"*": None, "vqa_open_closed": ("bad_answer_type", "answer_type")}),
-    "answer_type a list": (_set("answer_type", ["OPEN"]),
-                           {"*": None, "vqa_open_closed": ("bad_answer_type", "answer_type")}),
-    "option A missing": (_drop("A"), {"*": None, "multiple_choice": ("missing_field", "A")}),
-    "option A an object": (_set("A", {"text": "red"}), {"*": None, "multiple_choice": ("wrong_type", "A")}),
-    "group field lone surrogate": (_set("question_type", "col\ud800our"), {"*": ("not_utf8", "question_type")}),
-    "row not an object": (lambda row, cases: ["not", "a", "row"], {"*": ("not_object", "$")}),
-    "extra unknown fields": (lambda row, cases: {**row, "extra": {"deep": [1, 2]}, "ünïcode key": 1}, {"*": None}),
-})
+FAULTS.update(
+    {
+        "image null": (_set("image", None), {"*": ("missing_image", "image")}),
+        "image a number": (_set("image", 5), {"*": ("missing_image", "image")}),
+        "image list of two": (_set("image", ["rgb.png", "cmyk.jpg"]), {"*": ("missing_image", "image")}),
+        "image as {path: ...}": (_set("image", {"bytes": None, "path": "rgb.png"}), {"*": None}),
+        "image as empty {bytes, path}": (
+            _set("image", {"bytes": None, "path": None}),
+            {"*": ("missing_image", "image")},
+        ),
+        "image path lone surrogate": (_set("image", "a\ud800.png"), {"*": ("not_utf8", "image")}),
+        "prompt missing": (_drop("input"), {"*": ("missing_field", "input")}),
+        "prompt a number": (_set("input", 3), {"*": ("wrong_type", "input")}),
+        "prompt a list": (_set("input", ["Q?"]), {"*": ("wrong_type", "input")}),
+        "label missing": (_drop("label"), {"*": ("missing_field", "label")}),
+        "label an object": (_set("label", {"a": 1}), {"*": ("wrong_type", "label")}),
+        "label a float": (_set("label", 0.5), {"*": ("wrong_type", "label")}),
+        "label a boolean": (_set("label", True), {"*": ("wrong_type", "label")}),
+        "label lone surrogate": (_set("label", "\udcff"), {"*": ("not_utf8", "label")}),
+        "label not an option": (_set("label", "E"), {"*": None, "multiple_choice": ("unknown_label", "label")}),
+        "answer_type missing": (_drop("answer_type"), {"*": None, "vqa_open_closed": ("missing_field", "answer_type")}),
+        "answer_type lower case": (
+            _set("answer_type", "closed"),
+            {"*": None, "vqa_open_closed": ("bad_answer_type", "answer_type")},
+        ),
+        "answer_type a list": (
+            _set("answer_type", ["OPEN"]),
+            {"*": None, "vqa_open_closed": ("bad_answer_type", "answer_type")},
+        ),
+        "option A missing": (_drop("A"), {"*": None, "multiple_choice": ("missing_field", "A")}),
+        "option A an object": (_set("A", {"text": "red"}), {"*": None, "multiple_choice": ("wrong_type", "A")}),
+        "group field lone surrogate": (_set("question_type", "col\ud800our"), {"*": ("not_utf8", "question_type")}),
+        "row not an object": (lambda row, cases: ["not", "a", "row"], {"*": ("not_object", "$")}),
+        "extra unknown fields": (lambda row, cases: {**row, "extra": {"deep": [1, 2]}, "ünïcode key": 1}, {"*": None}),
+    }
+)
 
 
 def _write(path: Path, rows: list[Any], as_jsonl: bool) -> None:
     if as_jsonl:
-        path.write_bytes(b"".join((row if isinstance(row, bytes) else json.dumps(row).encode()) + b"\n"
-                                  for row in rows))
+        path.write_bytes(
+            b"".join((row if isinstance(row, bytes) else json.dumps(row).encode()) + b"\n" for row in rows)
+        )
     else:
         path.write_text(json.dumps([json.loads(row) if isinstance(row, bytes) else row for row in rows]))
 
 
-def run_case(pool: tuple[Path, dict[str, ImageCase]], tally: Any, fault: str, rng: random.Random, n_valid: int,
-             n_bad: int, layout: str, metric: str, policy: str) -> None:
+def run_case(
+    pool: tuple[Path, dict[str, ImageCase]],
+    tally: Any,
+    fault: str,
+    rng: random.Random,
+    n_valid: int,
+    n_bad: int,
+    layout: str,
+    metric: str,
+    policy: str,
+) -> None:
     root, cases = pool
     if fault in LINE_ONLY and layout == "json":
         layout = "jsonl"
     kinds = [True] * n_valid + [False] * n_bad
     rng.shuffle(kinds)
     change = FAULTS[fault][0]
-    rows = [valid_row(i, rng) if valid else (change if isinstance(change, bytes) else change(valid_row(i, rng),
-                                                                                              cases))
-            for i, valid in enumerate(kinds)]
+    rows = [
+        valid_row(i, rng) if valid else (change if isinstance(change, bytes) else change(valid_row(i, rng), cases))
+        for i, valid in enumerate(kinds)
+    ]
     expect = [None if valid else expected(fault, metric, cases) for valid in kinds]
     folder = root.parent / f"case{next(_names)}"
     if layout == "folder":  # <folder>/test/rows.jsonl: the split's folder holds the data file
@@ -214,8 +241,9 @@ def test_fault_catalogue_covers_every_image_case(pool) -> None:
         ("object", b'{"input": "Q"}', "must be a list of row objects, got dict"),
     ],
 )
-def test_json_benchmark_that_does_not_parse_names_the_file(tmp_path: Path, fault_tally, name: str,
-                                                           content: bytes, message: str) -> None:
+def test_json_benchmark_that_does_not_parse_names_the_file(
+    tmp_path: Path, fault_tally, name: str, content: bytes, message: str
+) -> None:
     path = tmp_path / f"{name}.json"
     path.write_bytes(content)
     for policy in ("skip", "fail"):
@@ -256,23 +284,37 @@ def test_parquet_folder_with_embedded_images(tmp_path: Path, fault_tally) -> Non
     images["embedded palette with transparency"] = (buffer.getvalue(), None)
     names = list(images)
     column = [{"bytes": images[n][0], "path": None} if images[n][0] is not None else None for n in names]
-    features = datasets.Features({"image": datasets.Image(), "input": datasets.Value("string"),
-                                  "label": datasets.Value("string"), "answer_type": datasets.Value("string")})
+    features = datasets.Features(
+        {
+            "image": datasets.Image(),
+            "input": datasets.Value("string"),
+            "label": datasets.Value("string"),
+            "answer_type": datasets.Value("string"),
+        }
+    )
     ds = datasets.Dataset.from_dict(
-        {"image": column, "input": ["What is it?"] * len(names), "label": ["x"] * len(names),
-         "answer_type": ["OPEN"] * len(names)}, features=features)
+        {
+            "image": column,
+            "input": ["What is it?"] * len(names),
+            "label": ["x"] * len(names),
+            "answer_type": ["OPEN"] * len(names),
+        },
+        features=features,
+    )
     (tmp_path / "bench" / "test").mkdir(parents=True)
     ds.to_parquet(str(tmp_path / "bench" / "test" / "0000.parquet"))
     spec = dict(name="parquet", metric="vqa_open_closed", source=str(tmp_path / "bench"))
-    bench = load_benchmark(BenchmarkSpec(**spec, bad_rows="skip"), cache_dir=tmp_path / "cache",
-                           rejects_path=tmp_path / "rejects.jsonl")
+    bench = load_benchmark(
+        BenchmarkSpec(**spec, bad_rows="skip"), cache_dir=tmp_path / "cache", rejects_path=tmp_path / "rejects.jsonl"
+    )
     kept = [i for i, n in enumerate(names) if images[n][1] is None]
     assert [r.index for r in bench.rows] == kept
     assert bench.skipped == dict(Counter(images[n][1] for n in names if images[n][1]))
     assert all(bench.image(i).mode == "RGB" for i in kept)
     rows = [json.loads(r) for r in (tmp_path / "rejects.jsonl").read_text().splitlines()]
-    assert [(r["row"], r["reason_key"]) for r in rows] == [(i, images[n][1]) for i, n in enumerate(names)
-                                                           if images[n][1]]
+    assert [(r["row"], r["reason_key"]) for r in rows] == [
+        (i, images[n][1]) for i, n in enumerate(names) if images[n][1]
+    ]
     first_bad = next(i for i, n in enumerate(names) if images[n][1])
     with pytest.raises(BenchmarkRowError) as info:
         load_benchmark(BenchmarkSpec(**spec, bad_rows="fail"), cache_dir=tmp_path / "cache")

@@ -46,24 +46,37 @@ def synth_cfg(compose_cfg) -> DictConfig:
 
 
 def _caption_record(rng: random.Random, form: str, rid: int, images: list[str]) -> bytes:
-    record = _record(form, rid, None, rng.choice(["A blue circle.", "Two shapes on white."]),
-                     question="<image>" * len(images) + "\nDescribe the image.")
+    record = _record(
+        form,
+        rid,
+        None,
+        rng.choice(["A blue circle.", "Two shapes on white."]),
+        question="<image>" * len(images) + "\nDescribe the image.",
+    )
     record["images" if form == "messages" else "image"] = images
     return _dump(record)
 
 
 #: the reader's faults (images, caption texts, lines, fields) plus the record shapes only synthesis refuses
 FAULTS = {
-    name: build for name, build in RECORD_FAULTS.items()
-    if name.startswith(("valid", "image ", "answer ", "line ")) or name in (
-        "field turns missing", "field content a number", "field role unknown", "placeholder without image",
+    name: build
+    for name, build in RECORD_FAULTS.items()
+    if name.startswith(("valid", "image ", "answer ", "line "))
+    or name
+    in (
+        "field turns missing",
+        "field content a number",
+        "field role unknown",
+        "placeholder without image",
         "field images a number",
     )
 }
 FAULTS = {name.replace("answer text", "caption text"): build for name, build in FAULTS.items()}
 FAULTS["record without image"] = lambda rng, form, cases, rid: (_caption_record(rng, form, rid, []), None)
 FAULTS["record with two images"] = lambda rng, form, cases, rid: (
-    _caption_record(rng, form, rid, ["rgb.png", "cmyk.jpg"]), None)
+    _caption_record(rng, form, rid, ["rgb.png", "cmyk.jpg"]),
+    None,
+)
 FAULTS["duplicate id"] = lambda rng, form, cases, rid: (_caption_record(rng, form, 0, ["rgb.png"]), None)
 
 
@@ -74,15 +87,25 @@ def _shape(line: bytes) -> tuple[str, int]:
     return str(record["id"]), (1 if isinstance(images, str) else len(images))
 
 
-def run_case(pool: tuple[Path, dict[str, ImageCase]], synth_cfg: DictConfig, tally: Any, fault: str,
-             rng: random.Random, n_valid: int, n_bad: int, as_jsonl: bool, policy: str) -> None:
+def run_case(
+    pool: tuple[Path, dict[str, ImageCase]],
+    synth_cfg: DictConfig,
+    tally: Any,
+    fault: str,
+    rng: random.Random,
+    n_valid: int,
+    n_bad: int,
+    as_jsonl: bool,
+    policy: str,
+) -> None:
     root, cases = pool
     as_jsonl = as_jsonl or fault.replace("caption text", "answer text") in LINE_ONLY
     form = rng.choice(["messages", "conversations"])
     kinds = [True] * n_valid + [False] * n_bad
     rng.shuffle(kinds)
-    built = [(FAULTS["valid record"] if valid else FAULTS[fault])(rng, form, cases, rid)
-             for rid, valid in enumerate(kinds)]
+    built = [
+        (FAULTS["valid record"] if valid else FAULTS[fault])(rng, form, cases, rid) for rid, valid in enumerate(kinds)
+    ]
     folder = root.parent / f"case{next(_names)}"
     folder.mkdir()
     path = folder / ("pairs.jsonl" if as_jsonl else "pairs.json")
@@ -98,7 +121,7 @@ def run_case(pool: tuple[Path, dict[str, ImageCase]], synth_cfg: DictConfig, tal
     reader = [bad for _, bad in built]
     synth: list[tuple[str, str] | None] = []
     seen: set[str] = set()
-    for (line, bad) in built:
+    for line, bad in built:
         if bad is not None:
             synth.append(bad)
             continue
@@ -126,12 +149,17 @@ def run_case(pool: tuple[Path, dict[str, ImageCase]], synth_cfg: DictConfig, tal
         assert_names(info.value, path, where(i), field)
     else:
         data = read_domain_inputs(cfg)
-        assert data.counts == {"read": len(built), "kept": len(built) - len(synth_bad),
-                               "rejected": len(synth_bad), "beyond_limit": 0}
+        assert data.counts == {
+            "read": len(built),
+            "kept": len(built) - len(synth_bad),
+            "rejected": len(synth_bad),
+            "beyond_limit": 0,
+        }
         assert data.skipped == dict(Counter(b[0] for _, b in synth_bad))
         rows = [json.loads(r) for r in rejects.read_text().splitlines()]
         assert sorted((r["source"], r["reason_key"], r["field"]) for r in rows) == sorted(
-            (where(i), *b) for i, b in synth_bad)
+            (where(i), *b) for i, b in synth_bad
+        )
         assert [c.source for c in data.captions] == [where(i) for i, b in enumerate(synth) if b is None]
         for item in data.inputs:
             assert item.caption.strip() and load_image(item.image).mode == "RGB"
@@ -151,7 +179,10 @@ def run_case(pool: tuple[Path, dict[str, ImageCase]], synth_cfg: DictConfig, tal
         convs = mix.build(domain, policy=policy, rejects_dir=folder / "train")
         report = mix.reports["image_caption_pairs"]
         assert (report["read"], report["kept"], report["rejected"]) == (
-            len(built), len(built) - len(reader_bad), len(reader_bad))
+            len(built),
+            len(built) - len(reader_bad),
+            len(reader_bad),
+        )
         assert report["reasons"] == dict(Counter(b[0] for _, b in reader_bad))
         rows = [json.loads(r) for r in (folder / "train" / "image_caption_pairs.jsonl").read_text().splitlines()]
         assert [(r["source"], r["reason_key"], r["field"]) for r in rows] == [(where(i), *b) for i, b in reader_bad]
@@ -160,8 +191,7 @@ def run_case(pool: tuple[Path, dict[str, ImageCase]], synth_cfg: DictConfig, tal
 
 
 @record_file_cases(FAULTS)
-def test_image_caption_pair_faults(pool, synth_cfg, fault_tally, fault, rng, n_valid, n_bad, as_jsonl,
-                                   policy) -> None:
+def test_image_caption_pair_faults(pool, synth_cfg, fault_tally, fault, rng, n_valid, n_bad, as_jsonl, policy) -> None:
     run_case(pool, synth_cfg, fault_tally, fault, rng, n_valid, n_bad, as_jsonl, policy)
 
 

@@ -35,6 +35,7 @@ _ABSURD = st.sampled_from(["abc", None, True, [1], 2.5, float("nan")])
 @pytest.fixture(scope="module")
 def make(compose_cfg, tmp_path_factory) -> Callable[..., DictConfig]:
     """Compose ``name`` with group ``choices`` (cached), then set ``values`` (dotted keys) on a copy."""
+
     def _make(name: str, choices: tuple[str, ...] = (), values: dict[str, Any] | None = None) -> DictConfig:
         key = (name, choices)
         if key not in _CACHE:
@@ -44,6 +45,7 @@ def make(compose_cfg, tmp_path_factory) -> Callable[..., DictConfig]:
             for dotted, value in (values or {}).items():
                 OmegaConf.update(cfg, dotted, value, force_add=True)
         return cfg
+
     return _make
 
 
@@ -62,8 +64,11 @@ def run_check(tally: Any, name: str, family: str, cfg: DictConfig, expected: str
 
 
 def _is_int(value: Any) -> bool:
-    return isinstance(value, int) and not isinstance(value, bool) or (
-        isinstance(value, str) and value.strip().lstrip("+-").isdigit())
+    return (
+        isinstance(value, int)
+        and not isinstance(value, bool)
+        or (isinstance(value, str) and value.strip().lstrip("+-").isdigit())
+    )
 
 
 def _as_int(value: Any) -> int:
@@ -79,8 +84,14 @@ def int_ok(value: Any, minimum: int | None = None, special: tuple[int, ...] = ()
     return number in special or minimum is None or number >= minimum
 
 
-def float_ok(value: Any, low: float | None = None, high: float | None = None, low_open: bool = False,
-             high_open: bool = False, null: bool = False) -> bool:
+def float_ok(
+    value: Any,
+    low: float | None = None,
+    high: float | None = None,
+    low_open: bool = False,
+    high_open: bool = False,
+    null: bool = False,
+) -> bool:
     if value is None:
         return null
     if isinstance(value, bool) or not isinstance(value, (int, float, str)):
@@ -99,11 +110,16 @@ def float_ok(value: Any, low: float | None = None, high: float | None = None, lo
 # --------------------------------------------------------------------------------------------- train.py
 
 
-@given(micro=st.integers(-2, 40) | _ABSURD | st.just("8"), global_batch=st.integers(-2, 70) | _ABSURD,
-       devices=st.sampled_from([1, 2, 4, 0, -3, "abc", [0, 1], []]))
+@given(
+    micro=st.integers(-2, 40) | _ABSURD | st.just("8"),
+    global_batch=st.integers(-2, 70) | _ABSURD,
+    devices=st.sampled_from([1, 2, 4, 0, -3, "abc", [0, 1], []]),
+)
 def test_train_batch_sizes_and_devices(make, fault_tally, micro, global_batch, devices) -> None:
-    cfg = make("train", values={"data.micro_batch_size": micro, "data.global_batch_size": global_batch,
-                                "trainer.devices": devices})
+    cfg = make(
+        "train",
+        values={"data.micro_batch_size": micro, "data.global_batch_size": global_batch, "trainer.devices": devices},
+    )
     if isinstance(devices, int) and devices >= 1:
         world = devices
     elif isinstance(devices, list) and devices:
@@ -121,8 +137,7 @@ def test_train_batch_sizes_and_devices(make, fault_tally, micro, global_batch, d
     run_check(fault_tally, "train", "batch sizes × devices", cfg, expected)
 
 
-@given(steps=st.sampled_from([-5, -1, 0, 1, 50, None, "x", 2.5]),
-       epochs=st.sampled_from([None, -1, 0, 1, 3, "x", -7]))
+@given(steps=st.sampled_from([-5, -1, 0, 1, 50, None, "x", 2.5]), epochs=st.sampled_from([None, -1, 0, 1, 3, "x", -7]))
 def test_train_step_budget(make, fault_tally, steps, epochs) -> None:
     cfg = make("train", values={"trainer.max_steps": steps, "trainer.max_epochs": epochs})
     if not int_ok(steps, 1, (-1,)):
@@ -149,18 +164,28 @@ _NUMBERS: dict[str, Callable[[Any], bool]] = {
 }
 
 
-@given(key=st.sampled_from(sorted(_NUMBERS)),
-       value=st.integers(-3, 5) | st.floats(-2, 3) | _ABSURD
-       | st.sampled_from(["7", "0.5", "1e-3", float("inf")]))
+@given(
+    key=st.sampled_from(sorted(_NUMBERS)),
+    value=st.integers(-3, 5) | st.floats(-2, 3) | _ABSURD | st.sampled_from(["7", "0.5", "1e-3", float("inf")]),
+)
 def test_train_plain_numbers(make, fault_tally, key, value) -> None:
     cfg = make("train", values={key: value})
-    run_check(fault_tally, "train", f"number out of range or mistyped ({key.split('.')[0]})", cfg,
-              None if _NUMBERS[key](value) else key)
+    run_check(
+        fault_tally,
+        "train",
+        f"number out of range or mistyped ({key.split('.')[0]})",
+        cfg,
+        None if _NUMBERS[key](value) else key,
+    )
 
 
-@given(method=st.sampled_from(["full", "lora", "qlora"]), bits=st.sampled_from([None, 4, 8, 16, 3]),
-       lora_r=st.sampled_from([8, 0, -1, "x"]), override=st.sampled_from([None, "dora", "prefix"]),
-       frozen=st.booleans())
+@given(
+    method=st.sampled_from(["full", "lora", "qlora"]),
+    bits=st.sampled_from([None, 4, 8, 16, 3]),
+    lora_r=st.sampled_from([8, 0, -1, "x"]),
+    override=st.sampled_from([None, "dora", "prefix"]),
+    frozen=st.booleans(),
+)
 def test_train_finetune_method(make, fault_tally, method, bits, lora_r, override, frozen) -> None:
     values: dict[str, Any] = {"finetune.quantization_bits": bits, "finetune.lora_r": lora_r}
     if override:
@@ -182,8 +207,12 @@ def test_train_finetune_method(make, fault_tally, method, bits, lora_r, override
     run_check(fault_tally, "train", "fine-tuning method × quantization", cfg, expected)
 
 
-@given(trainer=st.sampled_from(["cpu", "gpu", "ddp", "fsdp", "deepspeed"]), method=st.sampled_from(["full", "qlora"]),
-       accelerator=st.sampled_from([None, "cpu"]), devices=st.sampled_from([None, 1, 2, -1]))
+@given(
+    trainer=st.sampled_from(["cpu", "gpu", "ddp", "fsdp", "deepspeed"]),
+    method=st.sampled_from(["full", "qlora"]),
+    accelerator=st.sampled_from([None, "cpu"]),
+    devices=st.sampled_from([None, 1, 2, -1]),
+)
 def test_train_trainer_strategy(make, fault_tally, trainer, method, accelerator, devices) -> None:
     import importlib.util
 
@@ -211,9 +240,12 @@ def test_train_trainer_strategy(make, fault_tally, trainer, method, accelerator,
     run_check(fault_tally, "train", "trainer strategy × accelerator × fine-tuning", cfg, expected)
 
 
-@given(stage_mode=st.sampled_from(["single_stage", "two_stage"]),
-       mix=st.sampled_from(["caption_only", "rule_based", "external", "synthetic"]), captions=st.booleans(),
-       external=st.sampled_from(["exists", "missing", None]))
+@given(
+    stage_mode=st.sampled_from(["single_stage", "two_stage"]),
+    mix=st.sampled_from(["caption_only", "rule_based", "external", "synthetic"]),
+    captions=st.booleans(),
+    external=st.sampled_from(["exists", "missing", None]),
+)
 def test_train_stages_and_data_mix(make, fault_tally, tmp_path_factory, stage_mode, mix, captions, external) -> None:
     values: dict[str, Any] = {"data_mix.captions": captions}
     if mix == "external":
@@ -242,15 +274,16 @@ _STAGE_LISTS: list[tuple[Any, str | None]] = [
     ([{"name": "all", "captions": True, "tasks": True, "steps_fraction": 1.0}], None),
     ([], "stage_mode"),
     ([{"name": "a", "captions": True, "tasks": True, "typo": 1}], "stage_mode.stages[0]"),
-    ([{"name": "a", "captions": True, "tasks": True}, {"name": "a", "captions": False, "tasks": True}],
-     "stage_mode.stages[1].name"),
+    (
+        [{"name": "a", "captions": True, "tasks": True}, {"name": "a", "captions": False, "tasks": True}],
+        "stage_mode.stages[1].name",
+    ),
     ([{"name": "", "captions": True, "tasks": True}], "stage_mode.stages[0].name"),
     ([{"name": "a", "captions": "yes", "tasks": True}], "stage_mode.stages[0].captions"),
     ([{"name": "a", "captions": False, "tasks": False}], "stage_mode.stages[0]"),
     ([{"name": "a", "captions": True, "tasks": True, "steps_fraction": 0}], "stage_mode.stages[0].steps_fraction"),
     ([{"name": "a", "captions": True, "tasks": True, "steps_fraction": 1.5}], "stage_mode.stages[0].steps_fraction"),
-    ([{"name": "a", "captions": True, "tasks": True, "steps_fraction": "half"}],
-     "stage_mode.stages[0].steps_fraction"),
+    ([{"name": "a", "captions": True, "tasks": True, "steps_fraction": "half"}], "stage_mode.stages[0].steps_fraction"),
     (["stage one"], "stage_mode.stages[0]"),
 ]
 
@@ -262,12 +295,23 @@ def test_train_stage_definitions(make, fault_tally, case) -> None:
     run_check(fault_tally, "train", "stage definitions", cfg, expected)
 
 
-@given(family=st.sampled_from(["qwen2_vl", "mllama", "gpt2", "", None]),
-       variant=st.sampled_from(["tiny", "random", "pretrained", "huge"]),
-       source=st.sampled_from([None, "Qwen/Qwen2-VL-2B-Instruct"]), dtype=st.sampled_from(["float32", "fp8"]))
+@given(
+    family=st.sampled_from(["qwen2_vl", "mllama", "gpt2", "", None]),
+    variant=st.sampled_from(["tiny", "random", "pretrained", "huge"]),
+    source=st.sampled_from([None, "Qwen/Qwen2-VL-2B-Instruct"]),
+    dtype=st.sampled_from(["float32", "fp8"]),
+)
 def test_train_model_family_and_variant(make, fault_tally, family, variant, source, dtype) -> None:
-    cfg = make("train", (), {"model.backbone.family": family, "model.backbone.variant": variant,
-                             "model.backbone.source": source, "model.backbone.dtype": dtype})
+    cfg = make(
+        "train",
+        (),
+        {
+            "model.backbone.family": family,
+            "model.backbone.variant": variant,
+            "model.backbone.source": source,
+            "model.backbone.dtype": dtype,
+        },
+    )
     if family not in ("qwen2_vl", "mllama"):
         expected = "model.backbone.family"
     elif variant not in ("tiny", "random", "pretrained"):
@@ -283,8 +327,7 @@ def test_train_model_family_and_variant(make, fault_tally, family, variant, sour
     run_check(fault_tally, "train", "model family × variant × dtype", cfg, expected)
 
 
-_NAMES = st.sampled_from([["toy_vqa"], ["toy_vqa", "toy_mc"], ["no_such_benchmark"], ["generic"], "toy_mc", [],
-                          [5]])
+_NAMES = st.sampled_from([["toy_vqa"], ["toy_vqa", "toy_mc"], ["no_such_benchmark"], ["generic"], "toy_mc", [], [5]])
 
 
 def _benchmarks_expected(names: Any, limit: Any, tokens: Any, batch: Any, prefix: str) -> str | None:
@@ -300,11 +343,25 @@ def _benchmarks_expected(names: Any, limit: Any, tokens: Any, batch: Any, prefix
     return None
 
 
-@given(enabled=st.booleans(), names=_NAMES, limit=st.sampled_from([None, 0, 5, -1, "x"]),
-       batch=st.sampled_from([4, 0]), tokens=st.sampled_from([None, 8, 0]))
+@given(
+    enabled=st.booleans(),
+    names=_NAMES,
+    limit=st.sampled_from([None, 0, 5, -1, "x"]),
+    batch=st.sampled_from([4, 0]),
+    tokens=st.sampled_from([None, 8, 0]),
+)
 def test_train_evaluation_options(make, fault_tally, enabled, names, limit, batch, tokens) -> None:
-    cfg = make("train", (), {"eval.enabled": enabled, "eval.benchmarks": names, "eval.limit": limit,
-                             "eval.batch_size": batch, "eval.max_new_tokens": tokens})
+    cfg = make(
+        "train",
+        (),
+        {
+            "eval.enabled": enabled,
+            "eval.benchmarks": names,
+            "eval.limit": limit,
+            "eval.batch_size": batch,
+            "eval.max_new_tokens": tokens,
+        },
+    )
     expected = _benchmarks_expected(names, limit, tokens, batch, "eval.") if enabled else None
     run_check(fault_tally, "train", "evaluation benchmarks × limit", cfg, expected)
 
@@ -339,15 +396,29 @@ def test_default_configs_pass(make, fault_tally) -> None:
 # --------------------------------------------------------------------------------------------- synth.py
 
 
-@given(batch=st.sampled_from([1, 32, 0, -1, "x", None]), shards=st.sampled_from([1, 2, 4, 0]),
-       processes=st.sampled_from([1, 2, 3]), shard=st.sampled_from([None, 0, 1, 3, -1]),
-       limit=st.sampled_from([None, 0, 5, "x"]), device=st.sampled_from(["auto", "cpu", "cuda", "cuda:1"]))
+@given(
+    batch=st.sampled_from([1, 32, 0, -1, "x", None]),
+    shards=st.sampled_from([1, 2, 4, 0]),
+    processes=st.sampled_from([1, 2, 3]),
+    shard=st.sampled_from([None, 0, 1, 3, -1]),
+    limit=st.sampled_from([None, 0, 5, "x"]),
+    device=st.sampled_from(["auto", "cpu", "cuda", "cuda:1"]),
+)
 def test_synth_shards_and_batches(make, fault_tally, batch, shards, processes, shard, limit, device) -> None:
     import torch
 
-    cfg = make("synth", (), {"synthesis.batch_size": batch, "synthesis.num_shards": shards,
-                             "synthesis.processes": processes, "synthesis.shard_index": shard,
-                             "synthesis.limit": limit, "synthesis.device": device})
+    cfg = make(
+        "synth",
+        (),
+        {
+            "synthesis.batch_size": batch,
+            "synthesis.num_shards": shards,
+            "synthesis.processes": processes,
+            "synthesis.shard_index": shard,
+            "synthesis.limit": limit,
+            "synthesis.device": device,
+        },
+    )
     if not int_ok(batch, 1):
         expected = "synthesis.batch_size"
     elif shards < 1:
@@ -365,15 +436,28 @@ def test_synth_shards_and_batches(make, fault_tally, batch, shards, processes, s
     run_check(fault_tally, "synth", "synthesis shards × processes × batch × device", cfg, expected)
 
 
-@given(synthesizer=st.sampled_from(["tiny_llava_next", "rules"]),
-       stage=st.sampled_from(["all", "tune_synthesizer", "synthesise"]),
-       steps=st.sampled_from([None, -3, 0, 5]), epochs=st.sampled_from([None, 0, 1]),
-       micro=st.sampled_from([None, 4, 0]), global_batch=st.sampled_from([None, 8, 6]),
-       lr=st.sampled_from([None, 1e-3, 0.0, "fast"]))
+@given(
+    synthesizer=st.sampled_from(["tiny_llava_next", "rules"]),
+    stage=st.sampled_from(["all", "tune_synthesizer", "synthesise"]),
+    steps=st.sampled_from([None, -3, 0, 5]),
+    epochs=st.sampled_from([None, 0, 1]),
+    micro=st.sampled_from([None, 4, 0]),
+    global_batch=st.sampled_from([None, 8, 6]),
+    lr=st.sampled_from([None, 1e-3, 0.0, "fast"]),
+)
 def test_synth_tuning_options(make, fault_tally, synthesizer, stage, steps, epochs, micro, global_batch, lr) -> None:
-    cfg = make("synth", (f"synthesizer={synthesizer}",), {
-        "stage": stage, "tune.steps": steps, "tune.epochs": epochs, "tune.micro_batch_size": micro,
-        "tune.global_batch_size": global_batch, "tune.lr": lr})
+    cfg = make(
+        "synth",
+        (f"synthesizer={synthesizer}",),
+        {
+            "stage": stage,
+            "tune.steps": steps,
+            "tune.epochs": epochs,
+            "tune.micro_batch_size": micro,
+            "tune.global_batch_size": global_batch,
+            "tune.lr": lr,
+        },
+    )
     tuning = synthesizer != "rules" and bool(cfg.tune.enabled) and not cfg.synthesizer.get("checkpoint")
     if stage not in ("all", "tune_synthesizer"):
         expected = "stage"
@@ -398,18 +482,30 @@ def test_synth_tuning_options(make, fault_tally, synthesizer, stage, steps, epoc
     run_check(fault_tally, "synth", "synthesizer × stage × tuning", cfg, expected)
 
 
-@given(source=st.sampled_from(["toy", "visionflan", "laion"]),
-       blank=st.floats(-0.5, 1.5) | st.sampled_from(["x", None]), dev=st.sampled_from([0.1, 0.0, 1.0, -0.1]),
-       n_images=st.sampled_from([10, 0, "x"]), files=st.booleans())
+@given(
+    source=st.sampled_from(["toy", "visionflan", "laion"]),
+    blank=st.floats(-0.5, 1.5) | st.sampled_from(["x", None]),
+    dev=st.sampled_from([0.1, 0.0, 1.0, -0.1]),
+    n_images=st.sampled_from([10, 0, "x"]),
+    files=st.booleans(),
+)
 def test_synth_seed_data(make, fault_tally, tmp_path_factory, source, blank, dev, n_images, files) -> None:
     root = tmp_path_factory.getbasetemp() / "visionflan"
     if files and not root.exists():
         (root / "images").mkdir(parents=True)
         for name in ("ALLaVA-Caption-VFLAN-4V.json", "metadata.json", "ALLaVA-Instruct-VFLAN-4V.json"):
             (root / name).write_text("[]")
-    cfg = make("synth", (), {"seed_data.source": source, "seed_data.blank_fraction": blank,
-                             "seed_data.dev_fraction": dev, "seed_data.n_images": n_images,
-                             "seed_data.visionflan.root": str(root if files else root.parent / "no_visionflan")})
+    cfg = make(
+        "synth",
+        (),
+        {
+            "seed_data.source": source,
+            "seed_data.blank_fraction": blank,
+            "seed_data.dev_fraction": dev,
+            "seed_data.n_images": n_images,
+            "seed_data.visionflan.root": str(root if files else root.parent / "no_visionflan"),
+        },
+    )
     if source not in ("toy", "visionflan"):
         expected = "seed_data.source"
     elif not float_ok(blank, 0.0, 1.0):
@@ -425,13 +521,19 @@ def test_synth_seed_data(make, fault_tally, tmp_path_factory, source, blank, dev
     run_check(fault_tally, "synth", "seed data source × fractions", cfg, expected)
 
 
-@given(filter_=st.sampled_from(["heuristic", "llm", "none"]), backend=st.sampled_from([None, "regex"]),
-       prompt=st.sampled_from([None, "missing"]), batch=st.sampled_from([16, 0]),
-       templates=st.sampled_from([None, "missing"]))
+@given(
+    filter_=st.sampled_from(["heuristic", "llm", "none"]),
+    backend=st.sampled_from([None, "regex"]),
+    prompt=st.sampled_from([None, "missing"]),
+    batch=st.sampled_from([16, 0]),
+    templates=st.sampled_from([None, "missing"]),
+)
 def test_synth_filter_and_formatting(make, fault_tally, filter_, backend, prompt, batch, templates) -> None:
-    values: dict[str, Any] = {"filter.batch_size": batch,
-                              "filter.prompt_file": "/nonexistent/prompt.txt" if prompt else None,
-                              "formatting.templates_file": "/nonexistent/templates.json" if templates else None}
+    values: dict[str, Any] = {
+        "filter.batch_size": batch,
+        "filter.prompt_file": "/nonexistent/prompt.txt" if prompt else None,
+        "formatting.templates_file": "/nonexistent/templates.json" if templates else None,
+    }
     if backend:
         values["filter.backend"] = backend
     cfg = make("synth", (f"filter={filter_}",), values)
@@ -449,9 +551,14 @@ def test_synth_filter_and_formatting(make, fault_tally, filter_, backend, prompt
     run_check(fault_tally, "synth", "consistency filter × prompt × templates", cfg, expected)
 
 
-@pytest.mark.parametrize(("overrides", "named"), [(["synthesizer=gpt5"], "synthesizer/gpt5"),
-                                                  (["filter=regex"], "filter/regex"),
-                                                  (["synthesis.batchsize=4"], "synthesis.batchsize")])
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        (["synthesizer=gpt5"], "synthesizer/gpt5"),
+        (["filter=regex"], "filter/regex"),
+        (["synthesis.batchsize=4"], "synthesis.batchsize"),
+    ],
+)
 def test_synth_composition_refuses_unknown_options(compose_cfg, fault_tally, overrides, named) -> None:
     with pytest.raises(HydraException) as info:
         compose_cfg(overrides, config_name="synth")
@@ -462,14 +569,31 @@ def test_synth_composition_refuses_unknown_options(compose_cfg, fault_tally, ove
 # --------------------------------------------------------------------------------------------- evaluate.py
 
 
-@given(names=_NAMES, limit=st.sampled_from([None, 0, 5, -1, "x"]), batch=st.sampled_from([8, 0]),
-       tokens=st.sampled_from([None, 8, 0]), bad_rows=st.sampled_from([None, "fail", "skip", "ignore"]),
-       backend=st.sampled_from(["hf", "vllm", "tgi"]), device=st.sampled_from(["auto", "cpu", "cuda"]))
+@given(
+    names=_NAMES,
+    limit=st.sampled_from([None, 0, 5, -1, "x"]),
+    batch=st.sampled_from([8, 0]),
+    tokens=st.sampled_from([None, 8, 0]),
+    bad_rows=st.sampled_from([None, "fail", "skip", "ignore"]),
+    backend=st.sampled_from(["hf", "vllm", "tgi"]),
+    device=st.sampled_from(["auto", "cpu", "cuda"]),
+)
 def test_evaluate_options(make, fault_tally, names, limit, batch, tokens, bad_rows, backend, device) -> None:
     import torch
 
-    cfg = make("evaluate", (), {"benchmarks": names, "limit": limit, "batch_size": batch, "max_new_tokens": tokens,
-                                "bad_rows": bad_rows, "backend": backend, "device": device})
+    cfg = make(
+        "evaluate",
+        (),
+        {
+            "benchmarks": names,
+            "limit": limit,
+            "batch_size": batch,
+            "max_new_tokens": tokens,
+            "bad_rows": bad_rows,
+            "backend": backend,
+            "device": device,
+        },
+    )
     if not names:
         expected = "benchmarks"
     elif not int_ok(limit, 0, null=True):
@@ -497,11 +621,16 @@ def test_evaluate_generic_benchmark_needs_metric_and_source(make, fault_tally, t
         ({}, "metric None"),
         ({"benchmark.generic.metric": "vqa_open_closed"}, "set source"),
         ({"benchmark.generic.metric": "bleu", "benchmark.generic.source": str(tmp_path)}, "metric 'bleu'"),
-        ({"benchmark.generic.metric": "vqa_open_closed", "benchmark.generic.source": str(tmp_path),
-          "benchmark.generic.typo": 1}, "unknown key(s) ['typo']"),
+        (
+            {
+                "benchmark.generic.metric": "vqa_open_closed",
+                "benchmark.generic.source": str(tmp_path),
+                "benchmark.generic.typo": 1,
+            },
+            "unknown key(s) ['typo']",
+        ),
         ({"benchmark.generic.metric": "vqa_open_closed", "benchmark.generic.source": str(tmp_path)}, None),
     ]
     for values, message in cases:
         cfg = make("evaluate", (), {**base, **values})
-        run_check(fault_tally, "evaluate", "generic benchmark definition", cfg,
-                  None if message is None else message)
+        run_check(fault_tally, "evaluate", "generic benchmark definition", cfg, None if message is None else message)

@@ -53,8 +53,10 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Imag
 _FORMS = ("messages", "conversations")
 _ROLE = {"messages": "role", "conversations": "from"}
 _CONTENT = {"messages": "content", "conversations": "value"}
-_NAMES = {"messages": {"user": "user", "assistant": "assistant"},
-          "conversations": {"user": "human", "assistant": "gpt"}}
+_NAMES = {
+    "messages": {"user": "user", "assistant": "assistant"},
+    "conversations": {"user": "human", "assistant": "gpt"},
+}
 _ANSWERS = ("A red square.", "two circles and a star", "Yes.", "It is at the top left.")
 
 
@@ -93,6 +95,7 @@ def _image_fault(name: str) -> Builder:
         case = cases[name]
         bad = None if case.valid else (case.records, _image_field(form))
         return _dump(_record(form, rid, case.path, rng.choice(_ANSWERS))), bad
+
     return build
 
 
@@ -103,6 +106,7 @@ def _text_fault(name: str) -> Builder:
     def build(rng, form, cases, rid):
         where = f"{form}[1].{_CONTENT[form]}"
         return _dump(_record(form, rid, "rgb.png", text)), None if valid else (key, where)
+
     return build
 
 
@@ -117,6 +121,7 @@ def _field_fault(change: Callable[[dict, str], None], key: str, where: Callable[
         record = _record(form, rid, "rgb.png", rng.choice(_ANSWERS))
         change(record, form)
         return _dump(record), (key, where(form))
+
     return build
 
 
@@ -132,64 +137,94 @@ for _name in LINE_CASES:
 def _set_turn(index: int, key_of: dict[str, str], value: Any) -> Callable[[dict, str], None]:
     def change(record: dict, form: str) -> None:
         record[form][index][key_of[form]] = value
+
     return change
 
 
 def _drop_turn_key(index: int, key_of: dict[str, str]) -> Callable[[dict, str], None]:
     def change(record: dict, form: str) -> None:
         del record[form][index][key_of[form]]
+
     return change
 
 
 def _set(key_of: Callable[[str], str], value: Any) -> Callable[[dict, str], None]:
     def change(record: dict, form: str) -> None:
         record[key_of(form)] = value
+
     return change
 
 
-FAULTS.update({
-    "field turns missing": _field_fault(lambda r, f: r.pop(f), "missing_field", lambda f: "messages"),
-    "field turns not a list": _field_fault(_set(lambda f: f, "hello"), "wrong_type", lambda f: f),
-    "field turns empty": _field_fault(_set(lambda f: f, []), "no_turns", lambda f: f),
-    "field content a number": _field_fault(_set_turn(1, _CONTENT, 42), "wrong_type",
-                                           lambda f: f"{f}[1].{_CONTENT[f]}"),
-    "field content missing": _field_fault(_drop_turn_key(1, _CONTENT), "missing_field",
-                                          lambda f: f"{f}[1].{_CONTENT[f]}"),
-    "field role missing": _field_fault(_drop_turn_key(0, _ROLE), "missing_field", lambda f: f"{f}[0].{_ROLE[f]}"),
-    "field role unknown": _field_fault(_set_turn(0, _ROLE, "bot"), "unknown_role", lambda f: f"{f}[0].{_ROLE[f]}"),
-    "field role a list": _field_fault(_set_turn(0, _ROLE, ["user"]), "wrong_type", lambda f: f"{f}[0].{_ROLE[f]}"),
-    "field turn not an object": _field_fault(lambda r, f: r[f].__setitem__(0, "hi"), "wrong_type",
-                                             lambda f: f"{f}[0]"),
-    "field images a number": _field_fault(_set(lambda f: "images" if f == "messages" else "image", 7), "wrong_type",
-                                          lambda f: "images" if f == "messages" else "image"),
-    "field image path a number": _field_fault(
-        lambda r, f: r.__setitem__("images" if f == "messages" else "image", [3]), "wrong_type",
-        lambda f: "images[0]" if f == "messages" else "image[0]"),
-    "field id an object": _field_fault(_set(lambda f: "id", {"a": 1}), "wrong_type", lambda f: "id"),
-    "field both image keys": _field_fault(
-        lambda r, f: r.__setitem__("image" if f == "messages" else "images", ["rgb.png"]), "ambiguous_form",
-        lambda f: "$"),
-    "field both turn keys": _field_fault(
-        lambda r, f: r.__setitem__("conversations" if f == "messages" else "messages", []), "ambiguous_form",
-        lambda f: "$"),
-    "placeholder without image": _field_fault(
-        lambda r, f: r.__setitem__("images" if f == "messages" else "image", []), "placeholder_mismatch",
-        lambda f: "images" if f == "messages" else "image"),
-    "placeholder missing for the image": _field_fault(_set_turn(0, _CONTENT, "What is shown?"), "placeholder_mismatch",
-                                              lambda f: "images" if f == "messages" else "image"),
-    "turn order assistant first": _field_fault(lambda r, f: r[f].reverse(), "first_not_user",
-                                               lambda f: f"{f}[0].{_ROLE[f]}"),
-    "turn order ends with user": _field_fault(lambda r, f: r[f].pop(), "last_not_assistant",
-                                              lambda f: f"{f}[0].{_ROLE[f]}"),
-})
+FAULTS.update(
+    {
+        "field turns missing": _field_fault(lambda r, f: r.pop(f), "missing_field", lambda f: "messages"),
+        "field turns not a list": _field_fault(_set(lambda f: f, "hello"), "wrong_type", lambda f: f),
+        "field turns empty": _field_fault(_set(lambda f: f, []), "no_turns", lambda f: f),
+        "field content a number": _field_fault(
+            _set_turn(1, _CONTENT, 42), "wrong_type", lambda f: f"{f}[1].{_CONTENT[f]}"
+        ),
+        "field content missing": _field_fault(
+            _drop_turn_key(1, _CONTENT), "missing_field", lambda f: f"{f}[1].{_CONTENT[f]}"
+        ),
+        "field role missing": _field_fault(_drop_turn_key(0, _ROLE), "missing_field", lambda f: f"{f}[0].{_ROLE[f]}"),
+        "field role unknown": _field_fault(_set_turn(0, _ROLE, "bot"), "unknown_role", lambda f: f"{f}[0].{_ROLE[f]}"),
+        "field role a list": _field_fault(_set_turn(0, _ROLE, ["user"]), "wrong_type", lambda f: f"{f}[0].{_ROLE[f]}"),
+        "field turn not an object": _field_fault(
+            lambda r, f: r[f].__setitem__(0, "hi"), "wrong_type", lambda f: f"{f}[0]"
+        ),
+        "field images a number": _field_fault(
+            _set(lambda f: "images" if f == "messages" else "image", 7),
+            "wrong_type",
+            lambda f: "images" if f == "messages" else "image",
+        ),
+        "field image path a number": _field_fault(
+            lambda r, f: r.__setitem__("images" if f == "messages" else "image", [3]),
+            "wrong_type",
+            lambda f: "images[0]" if f == "messages" else "image[0]",
+        ),
+        "field id an object": _field_fault(_set(lambda f: "id", {"a": 1}), "wrong_type", lambda f: "id"),
+        "field both image keys": _field_fault(
+            lambda r, f: r.__setitem__("image" if f == "messages" else "images", ["rgb.png"]),
+            "ambiguous_form",
+            lambda f: "$",
+        ),
+        "field both turn keys": _field_fault(
+            lambda r, f: r.__setitem__("conversations" if f == "messages" else "messages", []),
+            "ambiguous_form",
+            lambda f: "$",
+        ),
+        "placeholder without image": _field_fault(
+            lambda r, f: r.__setitem__("images" if f == "messages" else "image", []),
+            "placeholder_mismatch",
+            lambda f: "images" if f == "messages" else "image",
+        ),
+        "placeholder missing for the image": _field_fault(
+            _set_turn(0, _CONTENT, "What is shown?"),
+            "placeholder_mismatch",
+            lambda f: "images" if f == "messages" else "image",
+        ),
+        "turn order assistant first": _field_fault(
+            lambda r, f: r[f].reverse(), "first_not_user", lambda f: f"{f}[0].{_ROLE[f]}"
+        ),
+        "turn order ends with user": _field_fault(
+            lambda r, f: r[f].pop(), "last_not_assistant", lambda f: f"{f}[0].{_ROLE[f]}"
+        ),
+    }
+)
 
 
 # --------------------------------------------------------------------------------------------- one case
 
 
 def run_case(
-    pool: tuple[Path, dict[str, ImageCase]], tally: Any, fault: str, rng: random.Random, n_valid: int,
-    n_bad: int, as_jsonl: bool, policy: str,
+    pool: tuple[Path, dict[str, ImageCase]],
+    tally: Any,
+    fault: str,
+    rng: random.Random,
+    n_valid: int,
+    n_bad: int,
+    as_jsonl: bool,
+    policy: str,
 ) -> None:
     """Write ``n_valid`` valid records and ``n_bad`` records with ``fault`` (shuffled), read, check every record."""
     root, cases = pool
@@ -267,8 +302,9 @@ def test_fault_catalogue_covers_every_image_case(pool) -> None:
         ("object", b'{"messages": []}', "must hold a list of records, got object"),
     ],
 )
-def test_json_file_that_does_not_parse_is_one_error_naming_the_file(tmp_path: Path, fault_tally, name, content,
-                                                                      message) -> None:
+def test_json_file_that_does_not_parse_is_one_error_naming_the_file(
+    tmp_path: Path, fault_tally, name, content, message
+) -> None:
     path = tmp_path / f"{name}.json"
     path.write_bytes(content)
     for policy in ("skip", "fail"):

@@ -33,13 +33,28 @@ from mllm_da.synthesis.visionflan import SEED_REASONS
 from ._input_helpers import SKIPPED, TEXT_CASES, ImageCase, assert_names, make_image_pool, outcome
 
 FILES = ("caption", "precise", "informative")
-FILE_NAMES = {"caption": "ALLaVA-Caption-VFLAN-4V.json", "precise": "metadata.json",
-              "informative": "ALLaVA-Instruct-VFLAN-4V.json"}
-KINDS = {"caption": "seed file: ALLaVA caption", "precise": "seed file: VisionFLAN metadata",
-         "informative": "seed file: ALLaVA instruct", None: "seed files: images and merge"}
+FILE_NAMES = {
+    "caption": "ALLaVA-Caption-VFLAN-4V.json",
+    "precise": "metadata.json",
+    "informative": "ALLaVA-Instruct-VFLAN-4V.json",
+}
+KINDS = {
+    "caption": "seed file: ALLaVA caption",
+    "precise": "seed file: VisionFLAN metadata",
+    "informative": "seed file: ALLaVA instruct",
+    None: "seed files: images and merge",
+}
 #: valid images that the fault-free entries use (distinct base names; rgb.png is left to the absolute-path case)
-VALID_IMAGES = ("one_by_one.png", "tall.png", "cmyk.jpg", "sixteen_bit.png", "animated.gif", "animated_png.png",
-                "palette_transparency.png", "rgba.png")
+VALID_IMAGES = (
+    "one_by_one.png",
+    "tall.png",
+    "cmyk.jpg",
+    "sixteen_bit.png",
+    "animated.gif",
+    "animated_png.png",
+    "palette_transparency.png",
+    "rgba.png",
+)
 _names = itertools.count()
 
 
@@ -49,8 +64,12 @@ def pool(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, dict[str, Imag
 
 
 def _qa(image: str, question: str, answer: str, **extra: Any) -> dict[str, Any]:
-    return {"id": Path(image).stem, "image": image, **extra,
-            "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}]}
+    return {
+        "id": Path(image).stem,
+        "image": image,
+        **extra,
+        "conversations": [{"from": "human", "value": question}, {"from": "gpt", "value": answer}],
+    }
 
 
 @dataclass
@@ -66,12 +85,20 @@ class Entry:
 
 
 def valid_entry(image: str, rng: random.Random) -> Entry:
-    return Entry({
-        "caption": [_qa(image, "<image>\nDescribe the image in detail.", rng.choice(["A red square.", "Shapes."]))],
-        "precise": [_qa(image, rng.choice(["<image>\nWhat colour?", "How many?\n<image>", "Which one?"]), "red",
-                        task_name=rng.choice(["colour", "count"]))],
-        "informative": [_qa(image, "<image>\nWhat colour?", "The square is red, so the answer is red.")],
-    })
+    return Entry(
+        {
+            "caption": [_qa(image, "<image>\nDescribe the image in detail.", rng.choice(["A red square.", "Shapes."]))],
+            "precise": [
+                _qa(
+                    image,
+                    rng.choice(["<image>\nWhat colour?", "How many?\n<image>", "Which one?"]),
+                    "red",
+                    task_name=rng.choice(["colour", "count"]),
+                )
+            ],
+            "informative": [_qa(image, "<image>\nWhat colour?", "The square is red, so the answer is red.")],
+        }
+    )
 
 
 def _image_entry(name: str):
@@ -86,11 +113,13 @@ def _image_entry(name: str):
             entry.unused = Counter({"image_refused": 2})
             entry.example = False
         return entry
+
     return build
 
 
 def _record_fault(file: str, change, key: str, where: str):
     """One record of ``file`` broken by ``change``; the image's other records are left out by the merge."""
+
     def build(rng: random.Random, cases: dict[str, ImageCase]) -> Entry:
         entry = valid_entry("rgb_copy.png", rng)
         entry.records[file][0] = change(entry.records[file][0])
@@ -102,6 +131,7 @@ def _record_fault(file: str, change, key: str, where: str):
             entry.unused = Counter({"no_precise_or_informative_qa": 2})
             entry.no_qa = 1
         return entry
+
     return build
 
 
@@ -112,6 +142,7 @@ def _set(path: tuple, value: Any):
             target = target[step]
         target[path[-1]] = value
         return record
+
     return change
 
 
@@ -122,48 +153,81 @@ def _drop(path: tuple):
             target = target[step]
         del target[path[-1]]
         return record
+
     return change
 
 
 FAULTS: dict[str, Any] = {"valid image": lambda rng, cases: valid_entry("rgb_copy.png", rng)}
-for _name in ("image rgb", "image one_by_one", "image cmyk", "image sixteen_bit", "image animated",
-              "image animated_png", "image palette_transparency", "image la", "image one_bit", "image symlink inside root",
-              "image absolute path inside root", "image truncated", "image header only", "image empty file",
-              "image not an image", "image decompression bomb header", "image missing", "image path traversal ../",
-              "image absolute path outside root", "image symlink out of root", "image path is a folder",
-              "image path with NUL byte", "image path too long"):
+for _name in (
+    "image rgb",
+    "image one_by_one",
+    "image cmyk",
+    "image sixteen_bit",
+    "image animated",
+    "image animated_png",
+    "image palette_transparency",
+    "image la",
+    "image one_bit",
+    "image symlink inside root",
+    "image absolute path inside root",
+    "image truncated",
+    "image header only",
+    "image empty file",
+    "image not an image",
+    "image decompression bomb header",
+    "image missing",
+    "image path traversal ../",
+    "image absolute path outside root",
+    "image symlink out of root",
+    "image path is a folder",
+    "image path with NUL byte",
+    "image path too long",
+):
     FAULTS[_name] = _image_entry(_name)
 _ANSWER = {"caption": "caption", "precise": "precise answer", "informative": "informative answer"}
 for _file in FILES:
     for _text, (_value, _valid) in TEXT_CASES.items():
         if _valid:
-            FAULTS[f"{_ANSWER[_file]} {_text}"] = (
-                lambda rng, cases, _f=_file, _v=_value: _with(valid_entry("rgb_copy.png", rng), _f, _v))
+            FAULTS[f"{_ANSWER[_file]} {_text}"] = lambda rng, cases, _f=_file, _v=_value: _with(
+                valid_entry("rgb_copy.png", rng), _f, _v
+            )
         else:
             _key = "not_utf8" if "\ud800" in _value else "empty_turn"
             FAULTS[f"{_ANSWER[_file]} {_text}"] = _record_fault(
-                _file, _set(("conversations", 1, "value"), _value), _key, "conversations[1].value")
+                _file, _set(("conversations", 1, "value"), _value), _key, "conversations[1].value"
+            )
     _prefix = f"{_file} record"
-    FAULTS.update({
-        f"{_prefix} not an object": _record_fault(_file, lambda r: ["not", "an", "object"], "not_object", "$"),
-        f"{_prefix} without image": _record_fault(_file, _drop(("image",)), "missing_field", "image"),
-        f"{_prefix} image a number": _record_fault(_file, _set(("image",), 12), "wrong_type", "image"),
-        f"{_prefix} odd number of turns": _record_fault(
-            _file, lambda r: {**r, "conversations": r["conversations"][:1]}, "wrong_type", "conversations"),
-        f"{_prefix} turn not an object": _record_fault(
-            _file, _set(("conversations", 1), "gpt says hi"), "wrong_type", "conversations[1]"),
-        f"{_prefix} turn without value": _record_fault(
-            _file, _drop(("conversations", 1, "value")), "missing_field", "conversations[1].value"),
-        f"{_prefix} value a list": _record_fault(
-            _file, _set(("conversations", 0, "value"), ["q"]), "wrong_type", "conversations[0].value"),
-        f"{_prefix} misplaced <image> marker": _record_fault(
-            _file, _set(("conversations", 0, "value"), "What <image> is this?"), "bad_marker",
-            "conversations[0].value"),
-        f"{_prefix} empty question": _record_fault(
-            _file, _set(("conversations", 0, "value"), "<image>\n  "), "empty_turn", "conversations[0].value"),
-    })
+    FAULTS.update(
+        {
+            f"{_prefix} not an object": _record_fault(_file, lambda r: ["not", "an", "object"], "not_object", "$"),
+            f"{_prefix} without image": _record_fault(_file, _drop(("image",)), "missing_field", "image"),
+            f"{_prefix} image a number": _record_fault(_file, _set(("image",), 12), "wrong_type", "image"),
+            f"{_prefix} odd number of turns": _record_fault(
+                _file, lambda r: {**r, "conversations": r["conversations"][:1]}, "wrong_type", "conversations"
+            ),
+            f"{_prefix} turn not an object": _record_fault(
+                _file, _set(("conversations", 1), "gpt says hi"), "wrong_type", "conversations[1]"
+            ),
+            f"{_prefix} turn without value": _record_fault(
+                _file, _drop(("conversations", 1, "value")), "missing_field", "conversations[1].value"
+            ),
+            f"{_prefix} value a list": _record_fault(
+                _file, _set(("conversations", 0, "value"), ["q"]), "wrong_type", "conversations[0].value"
+            ),
+            f"{_prefix} misplaced <image> marker": _record_fault(
+                _file,
+                _set(("conversations", 0, "value"), "What <image> is this?"),
+                "bad_marker",
+                "conversations[0].value",
+            ),
+            f"{_prefix} empty question": _record_fault(
+                _file, _set(("conversations", 0, "value"), "<image>\n  "), "empty_turn", "conversations[0].value"
+            ),
+        }
+    )
 FAULTS["precise record task_name an object"] = _record_fault(
-    "precise", _set(("task_name",), {"name": "x"}), "wrong_type", "task_name")
+    "precise", _set(("task_name",), {"name": "x"}), "wrong_type", "task_name"
+)
 
 
 def _with(entry: Entry, file: str, value: str) -> Entry:
@@ -199,8 +263,14 @@ def _more_qa(rng: random.Random, cases: dict[str, ImageCase]) -> Entry:
     return entry
 
 
-FAULTS.update({"merge image without informative QA": _no_informative, "merge QA without caption": _no_caption,
-               "merge second caption of an image": _two_captions, "merge several QA records of an image": _more_qa})
+FAULTS.update(
+    {
+        "merge image without informative QA": _no_informative,
+        "merge QA without caption": _no_caption,
+        "merge second caption of an image": _two_captions,
+        "merge several QA records of an image": _more_qa,
+    }
+)
 
 
 def _kind(fault: str) -> str:
@@ -210,15 +280,26 @@ def _kind(fault: str) -> str:
     return KINDS[None]
 
 
-def run_case(pool: tuple[Path, dict[str, ImageCase]], tally: Any, fault: str, rng: random.Random, n_valid: int,
-             position: int, policy: str) -> None:
+def run_case(
+    pool: tuple[Path, dict[str, ImageCase]],
+    tally: Any,
+    fault: str,
+    rng: random.Random,
+    n_valid: int,
+    position: int,
+    policy: str,
+) -> None:
     root, cases = pool
     if not (root / "rgb_copy.png").exists():
         (root / "rgb_copy.png").write_bytes((root / "rgb.png").read_bytes())
         (root / "vf").mkdir()
     faulty = FAULTS[fault](rng, cases)
-    taken = {Path(r["image"]).name for f in FILES for r in faulty.records[f] if isinstance(r, dict) and "image" in r
-             and isinstance(r["image"], str)}
+    taken = {
+        Path(r["image"]).name
+        for f in FILES
+        for r in faulty.records[f]
+        if isinstance(r, dict) and "image" in r and isinstance(r["image"], str)
+    }
     names = [name for name in VALID_IMAGES if name not in taken]
     rng.shuffle(names)
     entries = [valid_entry(name, rng) for name in names[:n_valid]]
@@ -234,12 +315,18 @@ def run_case(pool: tuple[Path, dict[str, ImageCase]], tally: Any, fault: str, rn
                 where[(e, f, k)] = f"{folder / FILE_NAMES[f]}#{len(files[f])}"
     for f in FILES:
         (folder / FILE_NAMES[f]).write_text(json.dumps(files[f]))
-    settings = {"source": "visionflan", "blank_fraction": 0.0, "dev_fraction": 0.0, "visionflan": {
-        **{f"{f}_file": str(folder / FILE_NAMES[f]) for f in FILES}, "image_root": str(root)}}
+    settings = {
+        "source": "visionflan",
+        "blank_fraction": 0.0,
+        "dev_fraction": 0.0,
+        "visionflan": {**{f"{f}_file": str(folder / FILE_NAMES[f]) for f in FILES}, "image_root": str(root)},
+    }
     rejected = [(where[(e, f, k)], key, fld) for e, entry in enumerate(entries) for f, k, key, fld in entry.rejected]
     # the reader reads the caption file, then the precise, then the informative one; images are checked last
-    order = sorted(rejected, key=lambda r: (FILES.index(next(f for f in FILES if FILE_NAMES[f] in r[0])),
-                                            int(r[0].rsplit("#", 1)[1])))
+    order = sorted(
+        rejected,
+        key=lambda r: (FILES.index(next(f for f in FILES if FILE_NAMES[f] in r[0])), int(r[0].rsplit("#", 1)[1])),
+    )
     record_level = [r for r in order if not (r[2] == "image" and r[1] != "bad_path")]
     out = folder / "seed"
     if policy == "fail" and rejected:
@@ -263,8 +350,9 @@ def run_case(pool: tuple[Path, dict[str, ImageCase]], tally: Any, fault: str, rn
         no_qa = sum(e.no_qa for e in entries)
         assert report.dropped == dict(bad_keys + Counter({"no_precise_or_informative_qa": no_qa}))
         rows = [json.loads(r) for r in (out / "seed_rejects.jsonl").read_text().splitlines()]
-        assert sorted((r["source"], r["reason_key"], r["field"]) for r in rows if r["reason_key"] in bad_keys) == \
-            sorted(rejected)
+        assert sorted(
+            (r["source"], r["reason_key"], r["field"]) for r in rows if r["reason_key"] in bad_keys
+        ) == sorted(rejected)
         assert Counter(r["reason_key"] for r in rows) == bad_keys + unused
         assert report.examples == report.train == examples
         convs, back = read_conversations(seed.train, image_root=seed.image_root, policy="fail")
@@ -302,8 +390,9 @@ def test_seed_file_each_fault(pool, fault_tally, fault: str, policy: str) -> Non
         ("object", b'{"image": "a.png"}', "a seed file must hold a list of records, got object"),
     ],
 )
-def test_seed_file_that_does_not_parse_names_the_file(pool, fault_tally, name: str, content: bytes,
-                                                      message: str) -> None:
+def test_seed_file_that_does_not_parse_names_the_file(
+    pool, fault_tally, name: str, content: bytes, message: str
+) -> None:
     root, _ = pool
     folder = root.parent / f"file_{name}"
     folder.mkdir()
@@ -312,8 +401,12 @@ def test_seed_file_that_does_not_parse_names_the_file(pool, fault_tally, name: s
         (folder / FILE_NAMES[f]).write_text(json.dumps(entry.records[f]))
     broken = "precise"
     (folder / FILE_NAMES[broken]).write_bytes(content)
-    settings = {"source": "visionflan", "blank_fraction": 0.0, "dev_fraction": 0.0, "visionflan": {
-        **{f"{f}_file": str(folder / FILE_NAMES[f]) for f in FILES}, "image_root": str(root)}}
+    settings = {
+        "source": "visionflan",
+        "blank_fraction": 0.0,
+        "dev_fraction": 0.0,
+        "visionflan": {**{f"{f}_file": str(folder / FILE_NAMES[f]) for f in FILES}, "image_root": str(root)},
+    }
     for policy in ("skip", "fail"):
         with pytest.raises(BadFileError, match=message) as info:
             build_seed(folder / "seed", settings, policy=policy)
@@ -328,8 +421,12 @@ def test_no_usable_image_is_an_error_naming_the_rejects(pool, fault_tally) -> No
     entry = valid_entry("no_such.png", random.Random(0))
     for f in FILES:
         (folder / FILE_NAMES[f]).write_text(json.dumps(entry.records[f]))
-    settings = {"source": "visionflan", "blank_fraction": 0.0, "dev_fraction": 0.0, "visionflan": {
-        **{f"{f}_file": str(folder / FILE_NAMES[f]) for f in FILES}, "image_root": str(root)}}
+    settings = {
+        "source": "visionflan",
+        "blank_fraction": 0.0,
+        "dev_fraction": 0.0,
+        "visionflan": {**{f"{f}_file": str(folder / FILE_NAMES[f]) for f in FILES}, "image_root": str(root)},
+    }
     with pytest.raises(ValueError, match=r"no usable image in .*ALLaVA-Caption.*missing_image.*seed_rejects\.jsonl"):
         build_seed(folder / "seed", settings, policy="skip")
     fault_tally.record(KINDS[None], "every image refused", "error names file/line/field")

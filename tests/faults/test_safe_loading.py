@@ -35,9 +35,17 @@ from mllm_da.utils.io import read_json
 
 REFUSED = "refused, nothing executed"
 TINY = "{" + ",".join(f"{k}:{v}" for k, v in TEST_TINY.items()) + "}"
-EVAL = ["model=tiny_qwen2_vl", f"model.backbone.tiny={TINY}", "domain.prepare.n_train=8", "domain.prepare.n_test=6",
-        "domain.root=${paths.data_dir}/toy_eval", "limit=2", "max_new_tokens=4", "progress=false",
-        "benchmarks=[toy_vqa]"]
+EVAL = [
+    "model=tiny_qwen2_vl",
+    f"model.backbone.tiny={TINY}",
+    "domain.prepare.n_train=8",
+    "domain.prepare.n_test=6",
+    "domain.root=${paths.data_dir}/toy_eval",
+    "limit=2",
+    "max_new_tokens=4",
+    "progress=false",
+    "benchmarks=[toy_vqa]",
+]
 
 
 class Payload:
@@ -86,8 +94,9 @@ def edit_json(path: Path, **changes) -> None:
 
 
 @pytest.mark.parametrize("name", ["pytorch_model.bin", "model.pt", "model.ckpt"])
-def test_a_folder_with_only_pickle_weights_is_refused(name: str, tiny_folder: Path, tmp_path: Path, marker: Path,
-                                                      fault_tally):
+def test_a_folder_with_only_pickle_weights_is_refused(
+    name: str, tiny_folder: Path, tmp_path: Path, marker: Path, fault_tally
+):
     folder = copy_of(tiny_folder, tmp_path / "evil")
     (folder / "model.safetensors").unlink()
     if name.endswith(".bin"):
@@ -107,8 +116,9 @@ def test_a_pickle_beside_safetensors_is_never_read(tiny_folder: Path, tmp_path: 
     fault_tally.record("checkpoint folder", "malicious pickle beside safetensors (ignored)", REFUSED)
 
 
-def test_evaluate_checkpoint_folder_with_pickle_weights_is_refused(compose_cfg, tiny_folder: Path, tmp_path: Path,
-                                                                    marker: Path, fault_tally):
+def test_evaluate_checkpoint_folder_with_pickle_weights_is_refused(
+    compose_cfg, tiny_folder: Path, tmp_path: Path, marker: Path, fault_tally
+):
     run = tmp_path / "train_run"
     folder = copy_of(tiny_folder, run / "export")  # evaluate.py checkpoint=<train run> looks in export/
     (folder / "model.safetensors").unlink()
@@ -125,35 +135,54 @@ def test_evaluate_checkpoint_folder_with_pickle_weights_is_refused(compose_cfg, 
 
 
 @pytest.mark.parametrize("where", ["config", "tokenizer", "image_processor"])
-def test_custom_code_in_a_folder_is_refused_and_never_imported(where: str, tiny_folder: Path, tmp_path: Path,
-                                                               marker: Path, fault_tally):
+def test_custom_code_in_a_folder_is_refused_and_never_imported(
+    where: str, tiny_folder: Path, tmp_path: Path, marker: Path, fault_tally
+):
     folder = copy_of(tiny_folder, tmp_path / "evil")
     if where == "config":
         evil_module(folder, "configuration_evil", marker, "from transformers import Qwen2VLConfig as EvilConfig")
-        evil_module(folder, "modeling_evil", marker,
-                    "from transformers import Qwen2VLForConditionalGeneration as EvilModel")
-        edit_json(folder / "config.json", auto_map={"AutoConfig": "configuration_evil.EvilConfig",
-                                                    "AutoModelForImageTextToText": "modeling_evil.EvilModel"})
+        evil_module(
+            folder, "modeling_evil", marker, "from transformers import Qwen2VLForConditionalGeneration as EvilModel"
+        )
+        edit_json(
+            folder / "config.json",
+            auto_map={
+                "AutoConfig": "configuration_evil.EvilConfig",
+                "AutoModelForImageTextToText": "modeling_evil.EvilModel",
+            },
+        )
         config = "config.json"
     elif where == "tokenizer":
-        evil_module(folder, "tokenization_evil", marker,
-                    "from transformers import PreTrainedTokenizerFast as EvilTokenizer")
-        edit_json(folder / "tokenizer_config.json", tokenizer_class="EvilTokenizer",
-                  auto_map={"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]})
+        evil_module(
+            folder, "tokenization_evil", marker, "from transformers import PreTrainedTokenizerFast as EvilTokenizer"
+        )
+        edit_json(
+            folder / "tokenizer_config.json",
+            tokenizer_class="EvilTokenizer",
+            auto_map={"AutoTokenizer": ["tokenization_evil.EvilTokenizer", None]},
+        )
         config = "tokenizer_config.json"
     else:
-        evil_module(folder, "image_processing_evil", marker,
-                    "from transformers import Qwen2VLImageProcessor as EvilImageProcessor")
-        edit_json(folder / "preprocessor_config.json", image_processor_type="EvilImageProcessor",
-                  auto_map={"AutoImageProcessor": "image_processing_evil.EvilImageProcessor"})
+        evil_module(
+            folder,
+            "image_processing_evil",
+            marker,
+            "from transformers import Qwen2VLImageProcessor as EvilImageProcessor",
+        )
+        edit_json(
+            folder / "preprocessor_config.json",
+            image_processor_type="EvilImageProcessor",
+            auto_map={"AutoImageProcessor": "image_processing_evil.EvilImageProcessor"},
+        )
         config = "preprocessor_config.json"
     with pytest.raises(UnsafeCheckpointError, match=re.escape(f"{folder / config} asks for custom code")):
         load(folder)
     fault_tally.record("checkpoint folder", f"auto_map remote code ({config})", REFUSED)
 
 
-def test_evaluate_checkpoint_folder_with_auto_map_is_refused(compose_cfg, tiny_folder: Path, tmp_path: Path,
-                                                             marker: Path, fault_tally):
+def test_evaluate_checkpoint_folder_with_auto_map_is_refused(
+    compose_cfg, tiny_folder: Path, tmp_path: Path, marker: Path, fault_tally
+):
     folder = copy_of(tiny_folder, tmp_path / "evil")
     evil_module(folder, "modeling_evil", marker, "from transformers import Qwen2VLForConditionalGeneration as M")
     edit_json(folder / "config.json", auto_map={"AutoModelForImageTextToText": "modeling_evil.M"})
@@ -187,13 +216,13 @@ def test_the_check_passes_a_clean_folder_and_honours_an_explicit_opt_in(tiny_fol
 
 # ------------------------------------------------------------------------------------------------ .ckpt resume
 
-TRAIN = [*small_run_overrides("qwen2_vl", steps=2), "checkpoint.every_n_steps=1", "export=false",
-         "eval.enabled=false"]
+TRAIN = [*small_run_overrides("qwen2_vl", steps=2), "checkpoint.every_n_steps=1", "export=false", "eval.enabled=false"]
 
 
 @pytest.mark.parametrize("how", ["explicit", "auto"])
-def test_a_malicious_lightning_checkpoint_is_refused_on_resume(how: str, compose_cfg, tmp_path: Path, marker: Path,
-                                                               monkeypatch, fault_tally):
+def test_a_malicious_lightning_checkpoint_is_refused_on_resume(
+    how: str, compose_cfg, tmp_path: Path, marker: Path, monkeypatch, fault_tally
+):
     """A zip-format .ckpt whose pickle runs code: train.py ckpt_path=<it> (or ckpt_path=auto finding it as the run's
     last.ckpt) fails with the unpickler's refusal. TORCH_FORCE_NO_WEIGHTS_ONLY_LOAD=1 (which turns torch's default to
     unsafe) is set to show that the project asks for weights_only=True itself."""
@@ -201,8 +230,9 @@ def test_a_malicious_lightning_checkpoint_is_refused_on_resume(how: str, compose
     run = tmp_path / "run"
     ckpt = run / "checkpoints" / "last.ckpt" if how == "auto" else tmp_path / "elsewhere.ckpt"
     ckpt.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"global_step": 1, "state_dict": {}, "pytorch-lightning_version": "2.6.6", "evil": Payload(marker)},
-               ckpt)
+    torch.save(
+        {"global_step": 1, "state_dict": {}, "pytorch-lightning_version": "2.6.6", "evil": Payload(marker)}, ckpt
+    )
     cfg = compose_cfg([*TRAIN, f"ckpt_path={ckpt if how == 'explicit' else 'auto'}"], output_dir=run)
     with pytest.raises(pickle.UnpicklingError, match="Weights only load failed"):
         train(cfg)
@@ -211,8 +241,9 @@ def test_a_malicious_lightning_checkpoint_is_refused_on_resume(how: str, compose
     fault_tally.record("training checkpoint (.ckpt)", f"malicious pickle (ckpt_path={how})", REFUSED)
 
 
-def test_a_plain_pickle_posing_as_a_checkpoint_is_refused_before_loading(compose_cfg, tmp_path: Path,
-                                                                          marker: Path, fault_tally):
+def test_a_plain_pickle_posing_as_a_checkpoint_is_refused_before_loading(
+    compose_cfg, tmp_path: Path, marker: Path, fault_tally
+):
     ckpt = tmp_path / "old.ckpt"
     ckpt.write_bytes(pickle.dumps({"state_dict": Payload(marker)}))  # not torch's zip format
     cfg = compose_cfg([*TRAIN, f"ckpt_path={ckpt}"], output_dir=tmp_path / "run")
@@ -245,7 +276,7 @@ def test_every_torch_load_in_the_project_is_weights_only():
                 depth += {"(": 1, ")": -1}.get(text[end], 0)
                 if depth == 0:
                     break
-            call = text[match.start(): end + 1]
+            call = text[match.start() : end + 1]
             calls.append((path, call))
             assert "weights_only=True" in call, f"{path}: {call}"
     assert calls, "expected at least the checkpoint-step reader"

@@ -36,9 +36,20 @@ def test_a_sweep_records_raising_and_oom_jobs_goes_on_and_a_rerun_retries_only_t
 ):
     overrides = [o for o in small_run_overrides("qwen2_vl", steps=2) if not o.startswith("checkpoint.")]
     env = {**os.environ, "MLLM_DA_ROOT": str(work_root), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    cmd = [sys.executable, str(ROOT / "train.py"), "-m", *overrides, "callbacks=fault",
-           "callbacks.fault.fault=none,raise,oom", "callbacks.fault.at_step=1", "callbacks.fault.times=1",
-           "checkpoint.every_n_steps=1", "export=false", "eval.enabled=false", f"hydra.sweep.dir={tmp_path}"]
+    cmd = [
+        sys.executable,
+        str(ROOT / "train.py"),
+        "-m",
+        *overrides,
+        "callbacks=fault",
+        "callbacks.fault.fault=none,raise,oom",
+        "callbacks.fault.at_step=1",
+        "callbacks.fault.times=1",
+        "checkpoint.every_n_steps=1",
+        "export=false",
+        "eval.enabled=false",
+        f"hydra.sweep.dir={tmp_path}",
+    ]
     first = sweep(cmd, env)
     summaries = [read_json(tmp_path / str(job) / "summary.json") for job in range(3)]
     assert [s["status"] for s in summaries] == ["ok", "failed", "failed"]
