@@ -106,6 +106,13 @@ def test_resume_from_a_checkpoint_continues_at_the_right_step_with_the_same_data
     assert auto["loss_curve"]["loss"] == pytest.approx(whole["loss_curve"]["loss"][2:], rel=1e-4)
 
 
+def test_debug_fdr_runs_one_batch_without_a_logger(compose_cfg, tmp_path: Path):
+    """debug=fdr (one training and one validation batch, logger: null) runs: the learning-rate monitor, which
+    Lightning refuses without a logger, is only added when there is one."""
+    summary = run(compose_cfg, tmp_path, [*small_run_overrides("qwen2_vl"), "debug=fdr"])
+    assert summary["global_step"] == 1 and "export" not in summary["artifacts"]
+
+
 def test_failed_run_writes_a_failed_summary(compose_cfg, tmp_path: Path):
     cfg = compose_cfg(
         [*small_run_overrides("qwen2_vl"), "domain.image_caption_pairs=/nonexistent/pairs.json"], output_dir=tmp_path
