@@ -50,7 +50,7 @@ NODES: list[tuple[str, str | None, str, type, set[str]]] = [
         {"name", "tasks", "synthesis", "seed", "components", "external_file"},
     ),
     ("train", "stage_mode", "stage_mode", StageModeConfig, set()),
-    ("train", "model", "model", ModelConfig, {"groups", "recipe", "eval_image_separator"}),
+    ("train", "model", "model", ModelConfig, {"name", "groups", "recipe", "eval_image_separator"}),
     ("train", None, "", TrainRoot, set()),
     ("train", None, "data", DataConfig, set()),
     ("train", None, "optim", OptimConfig, set()),

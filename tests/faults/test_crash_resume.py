@@ -641,7 +641,7 @@ AUDITED = [
         "lg.save()",
         "logger output (metrics.csv, wandb): a log, not read on resume",
     ),
-    ("mllm_da/evaluation/runner.py", "lg.save()", "logger output: a log, not read on resume"),
+    ("mllm_da/orchestration/evaluate.py", "lg.save()", "logger output: a log, not read on resume"),
     ("mllm_da/report.py", "fig.savefig(handle", "inside atomic_open"),
     ("mllm_da/training/export.py", "backbone.save(folder", "export: into atomic_dir's temporary folder"),
     ("mllm_da/training/export.py", "base.save(folder", "export: into atomic_dir's temporary folder"),
