@@ -18,7 +18,7 @@ from abc import ABC, abstractmethod
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, cast
 
 import torch
 from PIL import Image
@@ -27,6 +27,9 @@ from mllm_da.backbones.chat_format import ChatFormat, MaskMode
 from mllm_da.backbones.spec import BackboneSpec, Dtype, QuantizationBits, Truncation, Variant  # noqa: F401 - their old home
 from mllm_da.utils.conversation import Turn
 from mllm_da.utils.typed_config import Rules, check_value, raise_problems
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedModel
 
 log = logging.getLogger(__name__)
 
@@ -83,7 +86,7 @@ class Backbone(ABC):
         """The single token each image placeholder becomes before expansion."""
 
     @classmethod
-    def model_class(cls) -> type:
+    def model_class(cls) -> type[Any]:
         import transformers
 
         return getattr(transformers, cls.model_class_name)
@@ -229,9 +232,9 @@ class Backbone(ABC):
         pixel = self.image_inputs(images_per_sample, compact=compact) if any(images_per_sample) else {}
         rows_ids, rows_labels = [], []
         for s in samples:
-            ids, labels = self.expand(s)
+            ids, labs = self.expand(s)
             rows_ids.append(ids)
-            rows_labels.append(labels)
+            rows_labels.append(labs)
         width = max(len(r) for r in rows_ids)
         pad_id = self.tokenizer.pad_token_id
         input_ids = torch.full((len(samples), width), pad_id, dtype=torch.long)
@@ -260,7 +263,7 @@ class Backbone(ABC):
 
     def collate_packed(
         self, samples: Sequence[EncodedSample], capacity: int, *, compact: bool = False
-    ) -> dict[str, torch.Tensor]:
+    ) -> dict[str, Any]:
         """Pack the samples into as few rows of at most ``capacity`` tokens as first-fit decreasing finds, with
         no attention across samples.
 
@@ -283,7 +286,7 @@ class Backbone(ABC):
         pad_id = self.tokenizer.pad_token_id
         input_ids = torch.full((len(bins), width), pad_id, dtype=torch.long)
         labels = torch.full((len(bins), width), IGNORE_INDEX, dtype=torch.long)
-        position_rows = None
+        position_rows: torch.Tensor | None = None
         real = 0
         for row, members in enumerate(bins):
             at = 0
@@ -300,7 +303,8 @@ class Backbone(ABC):
             real += at
             if position_rows is not None and at < width:  # the padding tail: a segment of its own
                 position_rows[:, row, at:] = torch.arange(width - at)
-        batch = {
+        assert position_rows is not None  # every bin holds at least one sample
+        batch: dict[str, Any] = {
             "input_ids": input_ids,
             "labels": labels,
             "position_ids": position_rows[0] if position_rows.shape[0] == 1 else position_rows,
@@ -366,7 +370,8 @@ class Backbone(ABC):
         """Write a plain-transformers folder: weights as safetensors, processor, chat template."""
         folder = Path(folder)
         folder.mkdir(parents=True, exist_ok=True)
-        (model or self.model).save_pretrained(folder, safe_serialization=True)
+        # a plain transformers model (a LoRA model is merged before it is saved); nn.Module's stubs lack save_pretrained
+        cast("PreTrainedModel", model or self.model).save_pretrained(folder, safe_serialization=True)
         self.save_processor(self.processor, folder)
         return folder
 

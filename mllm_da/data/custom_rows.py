@@ -14,7 +14,7 @@ from collections import Counter
 from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from PIL import Image
 
@@ -275,11 +275,12 @@ def benchmark_rows(
         if missing is not None:
             report.refuse(row, "missing_field", missing, f"the row has no {missing}", policy)
             continue
-        image, problem = store.path_of(fields[keys["image"]])
+        found = cast("dict[str, str]", keys)  # no key is None past the missing-field check
+        image, problem = store.path_of(fields[found["image"]])
         if image is None:
-            report.refuse(row, "missing_image", str(keys["image"]), str(problem), policy)
+            report.refuse(row, "missing_image", str(found["image"]), str(problem), policy)
             continue
-        question, answer = str(fields[keys["question"]]).strip(), str(fields[keys["answer"]]).strip()
+        question, answer = str(fields[found["question"]]).strip(), str(fields[found["answer"]]).strip()
         base: dict[str, Any] = {
             "id": str(fields.get("id") or row.location.rsplit("/", 1)[-1]),
             "image": image,
@@ -310,6 +311,7 @@ def benchmark_rows(
             type_key = field_named(fields, ("answer_type",))
             given = str(fields[type_key]).strip().lower() if type_key and fields[type_key] not in (None, "") else None
             if given is not None and given not in _ANSWER_TYPES:
+                assert type_key is not None  # given comes from the type_key field
                 report.refuse(
                     row,
                     "bad_answer_type",

@@ -4,19 +4,24 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 import random
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, cast
 
 import lightning.pytorch as pl
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset, Sampler
 
 from mllm_da.backbones.base import IGNORE_INDEX, Backbone, EncodedSample
+from mllm_da.backbones.chat_format import MaskMode
 from mllm_da.data.images import load_image
 from mllm_da.utils.conversation import Conversation
+
+if TYPE_CHECKING:
+    from lightning.pytorch.loops.progress import _ProcessedTracker
 
 log = logging.getLogger(__name__)
 
@@ -31,7 +36,7 @@ class PlanReport:
     reasons: Counter = field(default_factory=Counter)
 
 
-def image_size(path: str) -> tuple[int, int]:
+def image_size(path: str | os.PathLike) -> tuple[int, int]:
     """(width, height) from the file header, without decoding the pixels."""
     with Image.open(path) as img:
         return img.size
@@ -45,7 +50,7 @@ class ConversationDataset(Dataset):
         backbone: Backbone,
         conversations: Sequence[Conversation],
         *,
-        mode: str = "assistant",
+        mode: MaskMode = "assistant",
         cutoff_len: int,
         truncation: str = "drop",
     ):
@@ -201,7 +206,7 @@ class ConversationDataModule(pl.LightningDataModule):
         *,
         micro_batch_size: int = 1,
         eval_batch_size: int | None = None,
-        mode: str = "assistant",
+        mode: MaskMode = "assistant",
         cutoff_len: int,
         truncation: str = "drop",
         group_by_length: bool = True,
@@ -216,7 +221,7 @@ class ConversationDataModule(pl.LightningDataModule):
         self.val_conversations = list(val_conversations)
         self.micro_batch_size = micro_batch_size
         self.eval_batch_size = eval_batch_size or micro_batch_size
-        self.dataset_args = {"mode": mode, "cutoff_len": cutoff_len, "truncation": truncation}
+        self.dataset_args: dict[str, Any] = {"mode": mode, "cutoff_len": cutoff_len, "truncation": truncation}
         self.group_by_length = group_by_length
         self.pack_capacity = cutoff_len if packing else None
         if packing and not backbone.supports_packing:
@@ -253,6 +258,7 @@ class ConversationDataModule(pl.LightningDataModule):
         return (trainer.world_size, trainer.global_rank) if trainer is not None else (1, 0)
 
     def train_sampler(self) -> LengthGroupedBatchSampler:
+        assert self.train_set is not None, "setup() makes the training set before the loaders"
         world, rank = self._world()
         return LengthGroupedBatchSampler(
             self.train_set.lengths,
@@ -271,13 +277,15 @@ class ConversationDataModule(pl.LightningDataModule):
             # the short accumulation window Lightning steps on at an epoch's end, which global_step cannot show)
             progress = trainer.fit_loop.epoch_loop.batch_progress
             sampler.set_epoch(trainer.current_epoch)
-            done = progress.current.processed
+            # Lightning declares current as the base tracker; a batch progress holds a _ProcessedTracker
+            done = cast("_ProcessedTracker", progress.current).processed
             if progress.is_last_batch or done >= len(sampler.epoch_batches()):
                 # written at the epoch's last batch (or its end): Lightning goes on with the next epoch, whose
                 # loader is made here, before Lightning counts the finished epoch
                 sampler.set_epoch(trainer.current_epoch + 1)
                 done = 0
             sampler.skip_batches = done
+        assert self.train_set is not None  # train_sampler() checked it
         return self._loader(self.train_set, sampler)
 
     def val_dataloader(self) -> DataLoader | list:

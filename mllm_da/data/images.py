@@ -26,6 +26,7 @@ def load_image(source: str | os.PathLike | bytes) -> Image.Image:
     greyscale is scaled from 0..65535 and float images from 0..1 to 0..255; an animation gives its first frame.
     A missing, truncated or undecodable image raises :class:`BadImageError` naming the file.
     """
+    opened: io.BytesIO | Path
     if isinstance(source, bytes):
         name, opened = "the embedded image", io.BytesIO(source)
     else:

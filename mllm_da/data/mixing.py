@@ -20,10 +20,13 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal, cast
 
 from mllm_da.data.domain import DomainFiles
-from mllm_da.data.records import IMAGE_PLACEHOLDER, Conversation, Turn, read_conversations
+from mllm_da.data.records import IMAGE_PLACEHOLDER, Conversation, Policy, Turn, read_conversations
+
+if TYPE_CHECKING:
+    from _typeshed import DataclassInstance
 
 log = logging.getLogger(__name__)
 
@@ -73,7 +76,12 @@ def mix_single_stage(
 
 
 def report_dict(report: Any) -> dict[str, Any]:
-    data = dataclasses.asdict(report) if dataclasses.is_dataclass(report) else dict(vars(report))
+    # a report is an instance, never a dataclass type
+    data = (
+        dataclasses.asdict(cast("DataclassInstance", report))
+        if dataclasses.is_dataclass(report)
+        else dict(vars(report))
+    )
     return {k: (dict(v) if isinstance(v, dict) else v) for k, v in data.items()}
 
 
@@ -123,7 +131,7 @@ class DataMix:
         return None
 
     def build(
-        self, domain: DomainFiles, policy: str = "skip", rejects_dir: str | Path | None = None
+        self, domain: DomainFiles, policy: Policy = "skip", rejects_dir: str | Path | None = None
     ) -> list[Conversation]:
         rejects = Path(rejects_dir) if rejects_dir else None
         caption_records, report = read_conversations(
@@ -180,7 +188,7 @@ class DataMix:
             matched += bool(tasks)
             turns = mix_single_stage(record.id, caption, tasks, image_count=len(record.images))
             if turns:
-                mixed.append(Conversation(id=record.id, turns=turns, images=list(record.images), source=record.source))
+                mixed.append(Conversation(id=record.id, turns=tuple(turns), images=record.images, source=record.source))
         self.reports["mixed"] = {
             "conversations": len(mixed),
             "with_tasks": matched,

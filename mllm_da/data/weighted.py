@@ -16,7 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from mllm_da.data.mixing import DataMix, DomainFiles
-from mllm_da.data.records import Conversation
+from mllm_da.data.records import Conversation, Policy
 
 
 @dataclass
@@ -70,7 +70,7 @@ class WeightedMix:
         )
 
     def build(
-        self, domain: DomainFiles, policy: str = "skip", rejects_dir: str | Path | None = None
+        self, domain: DomainFiles, policy: Policy = "skip", rejects_dir: str | Path | None = None
     ) -> list[Conversation]:
         mixed: list[Conversation] = []
         for name, component in self.components.items():

@@ -26,7 +26,7 @@ import logging
 import time
 from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass, field
-from typing import Literal, Protocol
+from typing import Any, Literal, Protocol, cast
 
 import torch
 from PIL import Image
@@ -215,7 +215,8 @@ class HFGenerator:
                 width = batch["input_ids"].shape[1]
                 self.stats.prompt_tokens += int(batch["attention_mask"].sum())
                 self.stats.padded_tokens += int(batch["attention_mask"].numel())
-                output = model.generate(**to_model(batch, model), generation_config=config)
+                # a transformers model or its PEFT wrapper: nn.Module's stubs do not know generate
+                output = cast(Any, model).generate(**to_model(batch, model), generation_config=config)
                 texts, count = self.decode(output[:, width:])
                 pairs = [(r.key, t) for r, t in zip(chunk, texts, strict=True) if r.key not in done]
                 results.update(pairs)
@@ -340,7 +341,7 @@ class GeneratorOptions:
     #: auto (a bar on a terminal, not in CI), true or false (mllm_da.utils.progress)
     progress: Setting = "auto"
     synthesizer: bool = False
-    vllm: dict[str, object] = field(default_factory=dict)
+    vllm: dict[str, Any] = field(default_factory=dict)
 
 
 def make_generator(backbone: Backbone, options: GeneratorOptions | None = None) -> Generator:

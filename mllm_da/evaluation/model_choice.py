@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import cast
 
 from omegaconf import DictConfig, OmegaConf, open_dict
 
@@ -35,7 +36,8 @@ def backbone_config(cfg: DictConfig) -> DictConfig:
     The preset still decides the family, image settings and chat format, so its family must match the
     checkpoint's.
     """
-    node = OmegaConf.create(OmegaConf.to_container(cfg.model.backbone, resolve=True))
+    # the backbone node is a mapping
+    node = cast(DictConfig, OmegaConf.create(OmegaConf.to_container(cfg.model.backbone, resolve=True)))
     checkpoint = cfg.get("checkpoint")
     if not checkpoint:
         return node

@@ -13,6 +13,7 @@ questions from ``image``/``images`` + ``question``/``questions`` or an ``input``
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 from collections.abc import Mapping, Sequence
@@ -103,7 +104,7 @@ def questions_from_file(path: str | Path) -> list[Question]:
                     rows.append((number, json.loads(line)))
                 except json.JSONDecodeError as err:
                     raise ValueError(f"{path}:{number}: not a JSON line ({err})") from err
-    out = []
+    out: list[Question] = []
     for number, row in rows:
         where = f"{path}:{number}"
         if not isinstance(row, Mapping) or "image" not in row or "question" not in row:
@@ -178,7 +179,7 @@ def predict_backbone(
         GenerationRequest(
             key=i,
             turns=question_turns(q.question, 1, image_separator),
-            images=lambda path=q.image: read(path),
+            images=functools.partial(read, q.image),
             image_sizes=(q.size,),
         )
         for i, q in enumerate(questions)

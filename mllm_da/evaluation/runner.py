@@ -114,6 +114,7 @@ def run_benchmark(
     if resumed:
         log.info("%s: resuming, %d of %d rows already predicted", spec.name, resumed, len(bench.rows))
     if pending:
+        assert spec.max_new_tokens is not None  # BenchmarkSpec fills in the metric's default
         # every row goes to the generator with the done ones marked: it batches them exactly as an uninterrupted
         # run does (same batch members, same padding, same greedy tokens) and skips the batches already done
         generator.generate(

@@ -91,10 +91,12 @@ class BenchmarkSpec:
         if self.bad_rows not in ("fail", "skip"):
             raise ValueError(f"{where}: bad_rows must be 'fail' or 'skip', got {self.bad_rows!r}")
         object.__setattr__(self, "domains", tuple(self.domains))
-        if self.max_new_tokens is None:
-            object.__setattr__(self, "max_new_tokens", DEFAULT_MAX_NEW_TOKENS[self.metric])
-        if self.max_new_tokens < 1:
-            raise ValueError(f"{where}: max_new_tokens must be >= 1, got {self.max_new_tokens}")
+        max_new_tokens = self.max_new_tokens
+        if max_new_tokens is None:
+            max_new_tokens = DEFAULT_MAX_NEW_TOKENS[self.metric]
+            object.__setattr__(self, "max_new_tokens", max_new_tokens)
+        if max_new_tokens < 1:
+            raise ValueError(f"{where}: max_new_tokens must be >= 1, got {max_new_tokens}")
         if self.limit is not None and self.limit < 0:
             raise ValueError(f"{where}: limit must be >= 0 or null, got {self.limit}")
 

@@ -4,8 +4,9 @@ once, and the trained model's scores (with the blind control and the untrained m
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
@@ -19,7 +20,8 @@ def load_eval_benchmarks(cfg: DictConfig) -> list[Benchmark]:
     """The domain's benchmarks, read before training so that a missing download fails at once."""
     if not cfg.eval.enabled or not cfg.eval.benchmarks:
         return []
-    definitions = OmegaConf.to_container(cfg.benchmark, resolve=True)
+    # the benchmark group: a mapping of name to definition
+    definitions = cast("dict[str, dict[str, Any]]", OmegaConf.to_container(cfg.benchmark, resolve=True))
     names = [cfg.eval.benchmarks] if isinstance(cfg.eval.benchmarks, str) else list(cfg.eval.benchmarks)
     specs = benchmark_specs(definitions, names, limit=cfg.eval.limit, max_new_tokens=cfg.eval.max_new_tokens)
     try:
@@ -27,7 +29,8 @@ def load_eval_benchmarks(cfg: DictConfig) -> list[Benchmark]:
         cache = Path(cfg.paths.cache_dir) / "datasets"
         return [load_benchmark(spec, cache_dir=cache, rejects_path=rejects / f"{spec.name}.jsonl") for spec in specs]
     except Exception as err:
-        err.add_note("evaluation after training needs these benchmarks; set eval.enabled=false to train without it")
+        if sys.version_info >= (3, 11):  # add_note is new in 3.11; the project supports 3.10
+            err.add_note("evaluation after training needs these benchmarks; set eval.enabled=false to train without it")
         raise
 
 
@@ -35,7 +38,7 @@ def evaluate_after_training(
     cfg: DictConfig, backbone: Any, benchmarks: list[Benchmark], out: Path, loggers: list[Any], step: int
 ) -> dict[str, dict[str, float]]:
     """Score the trained model (and, when asked, the blind control and the untrained model) into <run>/eval/."""
-    settings = dict(
+    settings: dict[str, Any] = dict(
         batch_size=int(cfg.eval.batch_size),
         seed=int(cfg.seed),
         image_separator=str(cfg.eval.image_separator),

@@ -7,7 +7,7 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import torch
 from hydra.utils import instantiate
@@ -51,14 +51,15 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
         backbone: Backbone = instantiate(node, device=resolve_device(cfg.get("device")), _convert_="all")
         loggers = instantiate_loggers(cfg)
         for lg in loggers:
-            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+            lg.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
 
         def log_metrics(metrics: dict[str, float]) -> None:
             finite = {k: v for k, v in metrics.items() if math.isfinite(v)}
             for lg in loggers:
                 lg.log_metrics(finite, step=0)
 
-        engine_args = OmegaConf.to_container(cfg.vllm, resolve=True) if cfg.get("vllm") else {}
+        vllm = cfg.get("vllm")  # a mapping of engine arguments
+        engine_args = cast("dict[str, Any]", OmegaConf.to_container(vllm, resolve=True)) if vllm else {}
         generation = GeneratorOptions(
             backend=cfg.backend,
             batch_size=int(cfg.batch_size),
@@ -115,10 +116,11 @@ def predict(cfg: DictConfig) -> list[dict[str, Any]]:
         torch.manual_seed(int(cfg.seed))
         node = backbone_config(cfg)
         backbone: Backbone = instantiate(node, device=resolve_device(cfg.get("device")), _convert_="all")
-        engine_args = OmegaConf.to_container(cfg.vllm, resolve=True) if cfg.get("vllm") else {}
+        vllm = cfg.get("vllm")  # a mapping of engine arguments
+        engine_args = cast("dict[str, Any]", OmegaConf.to_container(vllm, resolve=True)) if vllm else {}
         options = GeneratorOptions(
             backend=cfg.backend, batch_size=int(cfg.batch_size), progress=cfg.progress, vllm=engine_args
-        )  # type: ignore[arg-type]
+        )
         answers, stats = predict_backbone(
             backbone,
             questions,

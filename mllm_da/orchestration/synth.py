@@ -53,6 +53,6 @@ def log_to_loggers(cfg: DictConfig, metrics: Mapping[str, Any]) -> None:
     for key, value in metrics.items():
         add(f"synth/{key}", value)
     for logger in instantiate_dict(cfg.get("logger"), instantiate):
-        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))  # type: ignore[arg-type]
+        logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         logger.log_metrics(flat, step=0)
         logger.finalize("success")

@@ -78,7 +78,8 @@ def parse_format(cfg: DictConfig) -> ParseFormat:
 
 
 def _parse_rows(rows: Sequence[dict[str, Any]], fmt: ParseFormat) -> tuple[list[dict[str, Any]], dict[str, Any]]:
-    parsed_rows, stats = [], Counter()
+    parsed_rows: list[dict[str, Any]] = []
+    stats: Counter[str] = Counter()
     for row in rows:
         text = row.get("text")
         pairs = parse_output(text, fmt) if text is not None else []
@@ -137,6 +138,7 @@ def synthesize_stage(cfg: DictConfig, data: DomainInputs, tuned: StageOutcome | 
     """Generate (or apply the rules), merge by record id, parse. ``None`` while other shards are unfinished."""
     settings = cfg.synthesis
     fmt = parse_format(cfg)
+    kwargs: dict[str, Any]
     if cfg.synthesizer.kind == "rules":
         kwargs, identity = {}, {"rules": rule_questions(cfg), "rules_version": RULES_VERSION}
         generation: dict[str, Any] = {}

@@ -146,7 +146,7 @@ def mentions(answer: str, truth: str) -> bool | None:
     return any(words[i : i + len(target)] == target for i in range(len(words) - len(target) + 1))
 
 
-def _rate(flags: Iterable[bool | None]) -> float | None:
+def _rate(flags: Iterable[bool]) -> float | None:
     values = list(flags)
     return round(sum(values) / len(values), 4) if values else None
 

@@ -54,7 +54,7 @@ class RecordSeededSampler:
         self.seeds = list(seeds)
         self._start: int | None = None
 
-    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.FloatTensor:
+    def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
         if self._start is None:
             self._start = input_ids.shape[1]
         step = input_ids.shape[1] - self._start

@@ -263,7 +263,7 @@ def visionflan_examples(
     informative: dict[str, list[_SeedRecord]] = defaultdict(list)
     for record in reader.read(Path(informative_file)):
         informative[record.name].append(record)
-    examples = []
+    examples: list[SeedExample] = []
     for name, caption in captions.items():
         p, i = precise.pop(name, []), informative.pop(name, [])
         if not p or not i:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import random
 import re
 from dataclasses import dataclass
+from typing import cast
 
 from mllm_da.toy.vocabulary import (
     BASE_RGB,
@@ -91,7 +92,8 @@ def sample_scene(rng: random.Random, image_size: int = REFERENCE_SIZE) -> ToySce
         left, top, right, bottom = quadrant_box(quadrant, image_size)
         x0 = rng.randint(left + margin, right - margin - side)
         y0 = rng.randint(top + margin, bottom - margin - side)
-        rgb = tuple(min(255, max(0, v + rng.randint(-RGB_JITTER, RGB_JITTER))) for v in BASE_RGB[colour])
+        jittered = (min(255, max(0, v + rng.randint(-RGB_JITTER, RGB_JITTER))) for v in BASE_RGB[colour])
+        rgb = cast("tuple[int, int, int]", tuple(jittered))  # BASE_RGB colours are (r, g, b) triples
         objects.append(ToyObject(shape, colour, size, quadrant, (x0, y0, x0 + side, y0 + side), rgb))
     return ToyScene(image_size, background, tuple(objects))
 

@@ -57,7 +57,7 @@ def _export_into(backbone: Backbone, finetune: FinetuneConfig, folder: Path) -> 
     from peft import PeftModel
 
     assert isinstance(model, PeftModel), "LoRA export expects a PeftModel"
-    model.save_pretrained(folder / "adapter")
+    model.save_pretrained(str(folder / "adapter"))  # peft annotates str; it only joins and creates paths
     if finetune.method == "lora":
         merged = model.merge_and_unload()
         backbone.model = merged

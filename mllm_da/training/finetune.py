@@ -6,7 +6,7 @@ import dataclasses
 import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, get_args
+from typing import Any, Literal, cast, get_args
 
 import torch
 from hydra.utils import instantiate
@@ -96,7 +96,7 @@ def apply_finetune(backbone: Backbone, cfg: FinetuneConfig) -> torch.nn.Module:
 
         lora = LoraConfig(
             r=cfg.lora_r,
-            lora_alpha=cfg.lora_alpha,
+            lora_alpha=cfg.lora_alpha,  # type: ignore[arg-type]  # peft annotates int; a float works (scaling = alpha / r)
             lora_dropout=cfg.lora_dropout,
             target_modules=backbone.lora_target_regex,
             task_type="CAUSAL_LM",
@@ -111,9 +111,11 @@ def apply_finetune(backbone: Backbone, cfg: FinetuneConfig) -> torch.nn.Module:
         for name, param in model.named_parameters():
             param.requires_grad_(cfg.groups[backbone.group_of(name)].train)
     if cfg.gradient_checkpointing:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        # a transformers model or its PEFT wrapper (which forwards to it): nn.Module's stubs know neither's methods
+        wrapped = cast(Any, model)
+        wrapped.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
         if cfg.method != "full" and hasattr(model, "enable_input_require_grads"):
-            model.enable_input_require_grads()
+            wrapped.enable_input_require_grads()
     backbone.model = model
     counts = backbone.group_counts(model)
     log.info(

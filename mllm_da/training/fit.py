@@ -7,7 +7,7 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import lightning.pytorch as pl
 import torch
@@ -68,7 +68,7 @@ def build_model(cfg: DictConfig) -> Model:
     """Load ``model.backbone`` (quantized for QLoRA) and wrap it for ``finetune`` and ``optim``."""
     finetune = FinetuneConfig.from_config(cfg.finetune, cfg.model.get("groups"))
     backbone = instantiate(cfg.model.backbone, quantization_bits=finetune.load_bits, _convert_="all")
-    optim = OptimConfig(**OmegaConf.to_container(cfg.optim, resolve=True))
+    optim = OptimConfig(**cast("dict[str, Any]", OmegaConf.to_container(cfg.optim, resolve=True)))  # a mapping node
     save_trainable_only = cfg.checkpoint.save_trainable_only
     if save_trainable_only == "auto":
         save_trainable_only = finetune.method != "full"
@@ -200,6 +200,7 @@ def fit_stages(
             record["skipped"] = f"done before the checkpoint {ckpt_path}"
             continue
         datamodule = make_datamodule(cfg, model.backbone, part.train, part.val)
+        assert datamodule.train_set is not None  # make_datamodule sets it up
         report = datamodule.train_set.report
         record["data"]["plan"] = vars(report) | {"reasons": dict(report.reasons)}
         record["started_from"] = (
@@ -264,5 +265,7 @@ def _record_fit(
     ):
         log.warning(warning)
         summary.setdefault("warnings", []).append(warning)
-    if trainer.checkpoint_callback is not None and trainer.checkpoint_callback.dirpath:
-        record["checkpoints"] = trainer.checkpoint_callback.dirpath
+    # the trainer's checkpoint callback is a ModelCheckpoint (fit_stage's, or Lightning's default one)
+    checkpoint = cast("pl.callbacks.ModelCheckpoint | None", trainer.checkpoint_callback)
+    if checkpoint is not None and checkpoint.dirpath:
+        record["checkpoints"] = checkpoint.dirpath

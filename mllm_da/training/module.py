@@ -108,16 +108,16 @@ class MLLMModule(pl.LightningModule):
         if isinstance(loaders, dict):
             loaders = list(loaders.values())
         for loader in loaders if isinstance(loaders, (list, tuple)) else [loaders]:
-            batch_sampler = getattr(loader, "batch_sampler", None)
-            if callable(getattr(batch_sampler, "set_epoch", None)):
-                batch_sampler.set_epoch(self.trainer.current_epoch)
+            set_epoch = getattr(getattr(loader, "batch_sampler", None), "set_epoch", None)
+            if callable(set_epoch):
+                set_epoch(self.trainer.current_epoch)
 
     def on_train_batch_start(self, batch: Any, batch_idx: int) -> None:
         if self._window_start is None:
             self._window_start = time.perf_counter()
 
     def on_train_batch_end(self, outputs: Any, batch: Any, batch_idx: int) -> None:
-        interval = self.trainer.log_every_n_steps
+        interval = self.trainer.log_every_n_steps  # type: ignore[attr-defined]  # set by Lightning's logger connector
         if self._window_start is None or (batch_idx + 1) % max(1, interval) != 0:
             return
         elapsed = time.perf_counter() - self._window_start

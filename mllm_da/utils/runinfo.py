@@ -12,7 +12,7 @@ import traceback
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from omegaconf import DictConfig, OmegaConf
 
@@ -113,7 +113,7 @@ def instantiate_loggers(cfg: DictConfig) -> list[Any]:
         if multirun and value._target_.endswith("WandbLogger"):
             # wandb tags hold at most 64 characters
             axes = [o.lstrip("+~")[:64] for o in overrides if not o.startswith(("hydra.", "paths."))]
-            value = OmegaConf.to_container(value, resolve=True)
+            value = cast("dict[str, Any]", OmegaConf.to_container(value, resolve=True))  # a logger node: a mapping
             value.update(
                 group=f"{cfg.task_name}/{sweep}", tags=[*(value.get("tags") or []), *axes], name=",".join(axes) or None
             )

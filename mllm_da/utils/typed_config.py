@@ -15,7 +15,7 @@ import math
 import re
 import types
 from collections.abc import Callable, Collection, Mapping, Sequence
-from typing import Any, Literal, TypeVar, Union, get_args, get_origin, get_type_hints
+from typing import Any, Literal, TypeVar, Union, cast, get_args, get_origin, get_type_hints
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -128,9 +128,10 @@ def check_value(value: Any, kind: Any, key: str, rules: Rules = Rules()) -> tupl
         name = {int: "an integer", float: "a number", bool: "true or false"}.get(kind, "set")
         return None, [f"{key} must be {name}, got null"]
     if dataclasses.is_dataclass(kind):
-        if isinstance(value, kind):  # built in Python already
+        schema = cast("type[Any]", kind)  # an annotation: a dataclass type, never an instance
+        if isinstance(value, schema):  # built in Python already
             return value, _instance_problems(value, key)
-        return try_load(value, kind, key)
+        return try_load(value, schema, key)
     if origin is Literal or rules.choices is not None:
         choices = list(args) if origin is Literal else sorted(rules.choices or ())
         return value, [] if value in choices else [f"{key} must be one of {choices}, got {value!r}"]
