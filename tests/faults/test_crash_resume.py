@@ -645,7 +645,7 @@ AUDITED = [
     ("mllm_da/report.py", "fig.savefig(handle", "inside atomic_open"),
     ("mllm_da/training/export.py", "backbone.save(folder", "export: into atomic_dir's temporary folder"),
     ("mllm_da/training/export.py", "base.save(folder", "export: into atomic_dir's temporary folder"),
-    ("mllm_da/training/export.py", 'model.save_pretrained(folder / "adapter")', "inside atomic_dir"),
+    ("mllm_da/training/export.py", 'model.save_pretrained(str(folder / "adapter"))', "inside atomic_dir"),
     ("mllm_da/backbones/base.py", "save_pretrained(folder", "Backbone.save: called into temporary folders only"),
     ("mllm_da/backbones/base.py", "processor.save_pretrained(folder)", "called into temporary folders only"),
     ("mllm_da/backbones/qwen.py", "save_pretrained(folder)", "save_processor: into temporary folders only"),
