@@ -39,8 +39,6 @@ from mllm_da.utils.io import read_jsonl_tolerant
 
 log = logging.getLogger(__name__)
 
-STAGES = ("tune_synthesizer", "synthesize", "filter", "all")
-
 
 @dataclass
 class PipelineResult:
