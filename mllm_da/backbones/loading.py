@@ -215,6 +215,40 @@ def load_backbone(
     return cls(model, processor, spec)
 
 
+def engine_checkpoint(spec: BackboneSpec) -> str:
+    """The folder or hub id an engine that loads weights itself (vLLM) is given: the preset's source, or the
+    materialised tiny checkpoint."""
+    if spec.variant == "pretrained" and spec.source:
+        return spec.source
+    if spec.variant == "tiny":
+        return str(tiny_checkpoint(spec))
+    raise ValueError("the vLLM backend needs a saved checkpoint (variant pretrained or tiny), not variant=random")
+
+
+def load_prompt_backbone(spec: BackboneSpec | Mapping[str, Any] | None = None, **fields: Any) -> Backbone:
+    """The adapter with its processor and chat format but no weights (an empty module stands in for the model):
+    what an engine that loads the weights itself (vLLM) needs to render prompts and decode tokens."""
+    if spec is None:
+        spec = BackboneSpec.from_config(fields)
+    elif not isinstance(spec, BackboneSpec):
+        spec = BackboneSpec.from_config(spec)
+    validate(spec, "model.backbone")
+    cls = family_class(spec.family)
+    if spec.variant == "random":
+        processor = cls.tiny_processor(spec.tiny, spec.image)
+    else:
+        source = str(tiny_checkpoint(spec)) if spec.variant == "tiny" else str(spec.source)
+        if spec.variant == "pretrained":
+            check_checkpoint_folder(source, spec.trust_remote_code)
+        try:
+            processor = cls.load_processor(source, spec.image)
+        except OSError as err:
+            raise OSError(f"could not load the processor of model.source={source!r}: {err}") from err
+    stand_in = torch.nn.Module()
+    setattr(stand_in, "config", None)  # no model config to adjust: the engine reads the checkpoint's own  # noqa: B010
+    return cls(stand_in, processor, spec)
+
+
 def _random_backbone(cls, spec, dtype, device, quantization_bits) -> Backbone:
     if quantization_bits:
         raise ValueError(

@@ -45,6 +45,22 @@ class SamplingConfig:
 
 
 @dataclass
+class VLLMEngineConfig:
+    """``synthesis.vllm`` / ``filter.vllm``: the ``vllm.LLM`` engine (null: vLLM's default, or the reference's
+    context length 6144 for synthesis and ``filter.max_length`` for the judge)."""
+
+    tensor_parallel_size: int = option(1, ge=1)
+    gpu_memory_utilization: float = option(0.9, gt=0.0, le=1.0)
+    max_model_len: int | None = option(None, ge=1)
+    #: null: the model preset's dtype (synthesis) or filter.model.dtype (judge)
+    dtype: Literal["auto", "float16", "bfloat16", "float32"] | None = None
+    enforce_eager: bool = False
+    max_num_seqs: int | None = option(None, ge=1)
+    #: any other vllm.LLM argument by name
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class SynthesisConfig:
     """``synthesis``: batches, shards and decoding of the synthesizer's generation."""
 
@@ -59,8 +75,17 @@ class SynthesisConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     reference_answer_cut: bool = False
     threads: int | None = option(None, ge=1)
+    #: hf (transformers' generate) or vllm (one engine per worker process, settings in vllm)
+    backend: Literal["hf", "vllm"] = "hf"
+    vllm: VLLMEngineConfig = field(default_factory=VLLMEngineConfig)
+    #: extra attempts of a failing batch before its records are tried alone and recorded as failed
+    batch_retries: int = option(2, ge=0)
+    #: only merge the shards' batches (written by other jobs or nodes) and go on; refused while any is missing
+    merge_only: bool = False
 
     def rules(self, path: str) -> list[str]:
+        if self.merge_only and self.shard_index is not None:
+            return [f"{path}.merge_only merges every shard; it cannot go with {path}.shard_index"]
         if self.shard_index is not None and not self.shard_index < self.num_shards:
             return [f"{path}.shard_index={self.shard_index} must lie in [0, num_shards={self.num_shards})"]
         if self.shard_index is not None and self.processes > 1:
@@ -83,6 +108,10 @@ class FilterConfig:
     max_length: int = option(8192, ge=1, when=_llm_backend)
     stop_token: str = "<|end_of_text|>"
     device: str = "auto"
+    #: llm only: the judge's engine, hf (transformers) or vllm (settings in vllm)
+    engine: Literal["hf", "vllm"] = "hf"
+    vllm: VLLMEngineConfig = field(default_factory=VLLMEngineConfig)
+    batch_retries: int = option(2, ge=0, when=_llm_backend)
 
 
 @dataclass

@@ -33,7 +33,7 @@ from PIL import Image
 
 from mllm_da.backbones.base import Backbone
 from mllm_da.backbones.generate import cut_at_stop_token, greedy_config, to_model
-from mllm_da.backbones.loading import tiny_checkpoint
+from mllm_da.backbones.loading import engine_checkpoint
 from mllm_da.utils.conversation import IMAGE_PLACEHOLDER, Turn
 from mllm_da.utils.progress import Setting, progress_bar
 
@@ -324,12 +324,7 @@ class VLLMGenerator:
 
 def vllm_model_path(backbone: Backbone) -> str:
     """The folder or hub id vLLM loads: the preset's source, or the materialised tiny checkpoint."""
-    spec = backbone.spec
-    if spec.variant == "pretrained" and spec.source:
-        return spec.source
-    if spec.variant == "tiny":
-        return str(tiny_checkpoint(spec))
-    raise ValueError("the vLLM backend needs a saved checkpoint (variant pretrained or tiny), not variant=random")
+    return engine_checkpoint(backbone.spec)
 
 
 @dataclass

@@ -37,6 +37,8 @@ log = logging.getLogger(__name__)
 
 KEEP_LABEL = "yes"
 UNFILTERED = "unfiltered"
+#: the label of a triplet whose judging failed after its batch's retries and once alone (not kept)
+FAILED = "failed"
 PROMPT_FIELDS = {"Q", "informative_A", "precise_A"}
 
 DEFAULT_PROMPT = r"""You will see a question about a picture and two answers to it: an informative answer that explains in detail, and a precise answer that states only the result. Judge whether the precise answer agrees with the informative answer.
@@ -142,6 +144,14 @@ def heuristic_label(triplet: Triplet) -> str:
     return "yes" if all(w in informative for w in precise) else "no"
 
 
+def judge_stop_id(tokenizer: Any, stop_token: str | None) -> int:
+    """The token that ends the judge's answer: ``stop_token`` when the tokenizer knows it, else its EOS."""
+    stop = tokenizer.convert_tokens_to_ids(stop_token) if stop_token else None
+    if stop is None or stop == tokenizer.unk_token_id:
+        stop = tokenizer.eos_token_id
+    return int(stop)
+
+
 class LLMJudge:
     """Batched greedy completion of the filter prompt by a text-only causal LM (left-padded)."""
 
@@ -161,10 +171,7 @@ class LLMJudge:
         self.max_new_tokens = max_new_tokens
         self.max_length = max_length
         self.device = torch.device(device)
-        stop = tokenizer.convert_tokens_to_ids(stop_token) if stop_token else None
-        if stop is None or stop == tokenizer.unk_token_id:
-            stop = tokenizer.eos_token_id
-        self.stop_id = stop
+        self.stop_id = stop = judge_stop_id(tokenizer, stop_token)
         self.pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else stop
 
     @torch.inference_mode()
@@ -214,8 +221,9 @@ def tiny_judge_checkpoint(cache_dir: str, sizes: Mapping[str, Any], seed: int = 
     return folder
 
 
-def load_judge(settings: Mapping[str, Any], cache_dir: str, device: str) -> LLMJudge:
-    """The ``llm`` backend's judge from a ``filter=`` preset (``model.variant``: pretrained or tiny)."""
+def judge_source(settings: Mapping[str, Any], cache_dir: str) -> str:
+    """The judge's folder or hub id from a ``filter=`` preset (``model.variant``: pretrained or tiny), checked to
+    run no code (no auto_map, safetensors weights only)."""
     model_cfg = settings["model"]
     if model_cfg["variant"] == "tiny":
         source = str(tiny_judge_checkpoint(cache_dir, model_cfg.get("tiny") or {}))
@@ -223,8 +231,14 @@ def load_judge(settings: Mapping[str, Any], cache_dir: str, device: str) -> LLMJ
         source = model_cfg["source"]
     else:
         raise ValueError(f"filter.model.variant must be pretrained or tiny, got {model_cfg['variant']!r}")
-    dtype = getattr(torch, model_cfg.get("dtype") or "float32")
-    check_checkpoint_folder(source)  # a judge from elsewhere runs no code: no auto_map, safetensors weights only
+    check_checkpoint_folder(source)
+    return source
+
+
+def load_judge(settings: Mapping[str, Any], cache_dir: str, device: str) -> LLMJudge:
+    """The ``llm`` backend's judge from a ``filter=`` preset (``model.variant``: pretrained or tiny)."""
+    source = judge_source(settings, cache_dir)
+    dtype = getattr(torch, settings["model"].get("dtype") or "float32")
     try:
         tokenizer = AutoTokenizer.from_pretrained(source)
         model = AutoModelForCausalLM.from_pretrained(source, dtype=dtype, use_safetensors=True)
@@ -244,6 +258,6 @@ def load_judge(settings: Mapping[str, Any], cache_dir: str, device: str) -> LLMJ
 
 def label_counts(labels: Sequence[str]) -> dict[str, int]:
     """Counts per label, with anything outside yes/no/open (and the backends' own labels) as ``other``."""
-    known = {"yes", "no", "open", UNFILTERED, "too_long"}
+    known = {"yes", "no", "open", UNFILTERED, "too_long", FAILED}
     counts = Counter(label if label in known else "other" for label in labels)
     return dict(sorted(counts.items()))

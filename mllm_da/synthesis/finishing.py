@@ -13,11 +13,12 @@ from omegaconf import DictConfig
 
 from mllm_da.data.records import write_sharegpt
 from mllm_da.synthesis import filter as consistency
+from mllm_da.synthesis.batches import BatchLog, merge_batches, plan_batches, run_batches
 from mllm_da.synthesis.cache import StageDir, file_digest, folder_fingerprint
+from mllm_da.synthesis.engines import VLLMJudge
 from mllm_da.synthesis.formatting import FormattedTask, build_training_sets, format_triplet, load_templates
 from mllm_da.synthesis.inputs import DomainInputs
 from mllm_da.synthesis.parse import Triplet
-from mllm_da.synthesis.runner import BatchLog, merge_batches, plan_batches, run_batches
 from mllm_da.synthesis.stage import VERSIONS, StageOutcome, config_container, run_stage
 from mllm_da.utils.devices import resolve_device
 from mllm_da.utils.io import atomic_write_jsonl, read_jsonl_tolerant
@@ -27,7 +28,11 @@ from mllm_da.utils.progress import progress_bar
 def filter_stage(cfg: DictConfig, synth: StageOutcome) -> StageOutcome:
     settings = config_container(cfg.filter)
     backend = settings["backend"]
-    payload: dict[str, Any] = {"version": VERSIONS["filter"], "synthesize": synth.dir.key, "filter": settings}
+    # engine settings that do not change labels stay out of the key, so hf judgements keep their folders
+    keyed = {k: v for k, v in settings.items() if k not in ("engine", "vllm", "batch_retries")}
+    if settings.get("engine") == "vllm":
+        keyed["engine"] = "vllm"
+    payload: dict[str, Any] = {"version": VERSIONS["filter"], "synthesize": synth.dir.key, "filter": keyed}
     if backend == "llm":
         if settings.get("prompt_file"):
             payload["prompt"] = file_digest(settings["prompt_file"])
@@ -66,7 +71,7 @@ def llm_labels(
     ids = [r["id"] for r in rows]
     plan = plan_batches([len(p) for p in prompts], ids, int(settings["batch_size"]))
     batch_log = BatchLog(stage.path, "judgements")
-    judge: consistency.LLMJudge | None = None
+    judge: consistency.LLMJudge | VLLMJudge | None = None
     done = set(batch_log.done())
     bar = progress_bar(
         sum(len(b) for i, b in enumerate(plan) if i not in done),
@@ -78,17 +83,37 @@ def llm_labels(
     def work(indices: list[int]) -> list[dict[str, Any]]:
         nonlocal judge
         if judge is None:
-            judge = consistency.load_judge(
-                settings, cfg.paths.cache_dir, resolve_device(settings.get("device", "auto"))
-            )
+            judge = make_judge(settings, cfg.paths.cache_dir)
         labels = judge.labels([prompts[i] for i in indices])
         bar.update(len(indices))
         return [{"id": ids[i], "label": lab} for i, lab in zip(indices, labels)]
 
+    def failed_row(i: int, error: str) -> dict[str, Any]:
+        bar.update(1)
+        return {"id": ids[i], "label": consistency.FAILED, "error": error}
+
     with bar:
-        run_batches(batch_log, plan, work, [0], 1)
+        run_batches(batch_log, plan, work, [0], 1, retries=int(settings.get("batch_retries", 2)), failed_row=failed_row)
     merged = {row["id"]: row["label"] for row in merge_batches(batch_log, plan, ids)}
     return [merged[i] for i in ids]
+
+
+def make_judge(settings: Mapping[str, Any], cache_dir: str) -> consistency.LLMJudge | VLLMJudge:
+    """The ``llm`` filter's judge on its engine (``filter.engine``: hf, or vllm with ``filter.vllm`` settings)."""
+    engine = settings.get("engine") or "hf"
+    if engine == "vllm":
+        model = settings["model"]
+        return VLLMJudge(
+            consistency.judge_source(settings, cache_dir),
+            max_new_tokens=int(settings["max_new_tokens"]),
+            max_length=int(settings["max_length"]),
+            stop_token=settings.get("stop_token"),
+            dtype=model.get("dtype") or "float32",
+            engine=settings.get("vllm") or {},
+        )
+    if engine != "hf":
+        raise ValueError(f"filter.engine must be hf or vllm, got {engine!r}")
+    return consistency.load_judge(settings, cache_dir, resolve_device(settings.get("device", "auto")))
 
 
 def format_stage(cfg: DictConfig, data: DomainInputs, judged: StageOutcome, synth: StageOutcome) -> StageOutcome:

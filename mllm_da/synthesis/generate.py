@@ -16,18 +16,12 @@ import torch
 from omegaconf import DictConfig
 
 from mllm_da.backbones.loading import family_class
+from mllm_da.synthesis.batches import BatchLog, IncompleteError, merge_batches
 from mllm_da.synthesis.cache import StageDir, folder_fingerprint
 from mllm_da.synthesis.inputs import DomainInputs
 from mllm_da.synthesis.parse import LLAMA3, ParseFormat, extract_triplet, parse_output
 from mllm_da.synthesis.rules import RULES_VERSION, render_output, rule_pairs
-from mllm_da.synthesis.runner import (
-    BatchLog,
-    IncompleteError,
-    SynthesisJob,
-    merge_batches,
-    run_in_processes,
-    run_job,
-)
+from mllm_da.synthesis.runner import SynthesisJob, run_in_processes, run_job
 from mllm_da.synthesis.sampling import SamplingConfig
 from mllm_da.synthesis.stage import VERSIONS, StageOutcome, config_container, run_stage
 from mllm_da.utils.devices import resolve_device
@@ -65,6 +59,16 @@ def sampling_settings(cfg: DictConfig) -> dict[str, Any]:
     return {} if config.greedy else dataclasses.asdict(config)
 
 
+def backend(cfg: DictConfig) -> str:
+    """``synthesis.backend``: hf (transformers' generate) or vllm."""
+    return str(cfg.synthesis.get("backend") or "hf")
+
+
+def vllm_settings(node: Any) -> dict[str, Any]:
+    """A ``vllm`` settings node (synthesis.vllm, filter.vllm) as a plain dict for ``engines.engine_kwargs``."""
+    return dict(config_container(node) or {})
+
+
 def parse_format(cfg: DictConfig) -> ParseFormat:
     """The synthesizer's delimiters from its chat format (no model load); the rule synthesizer writes Llama-3's."""
     reference_cut = bool(cfg.synthesis.get("reference_answer_cut", False))
@@ -85,7 +89,8 @@ def _parse_rows(rows: Sequence[dict[str, Any]], fmt: ParseFormat) -> tuple[list[
         pairs = parse_output(text, fmt) if text is not None else []
         triplet = extract_triplet(pairs)
         stats["records"] += 1
-        stats["image_errors"] += row.get("error") is not None
+        stats["image_errors"] += row.get("error") is not None and not row.get("failed")
+        stats["failed"] += bool(row.get("failed"))  # generation failed after retries (batches.attempt_batch)
         stats["finished"] += bool(row.get("finished"))
         stats["parsed"] += bool(pairs)
         stats["qa_pairs"] += len(pairs)
@@ -148,6 +153,8 @@ def synthesize_stage(cfg: DictConfig, data: DomainInputs, tuned: StageOutcome | 
         sampling = sampling_settings(cfg)
         if sampling:  # greedy keeps the keys synthesized sets had before sampling existed
             generation["sampling"] = sampling
+        if backend(cfg) != "hf":  # another engine's kernels may pick other tokens: its own folder (hf keeps its keys)
+            generation["backend"] = backend(cfg)
     payload = {
         "version": VERSIONS["synthesize"],
         "inputs": data.digest,
@@ -209,11 +216,15 @@ def synthesize_stage(cfg: DictConfig, data: DomainInputs, tuned: StageOutcome | 
         threads=settings.get("threads"),
         progress=settings.get("progress", "auto"),
         sampling=sampling_settings(cfg),
+        backend=backend(cfg),
+        vllm=vllm_settings(cfg.synthesis.get("vllm")),
+        retries=int(settings.get("batch_retries", 2)),
     )
     processes = int(settings.get("processes") or 1)
+    merge_only = bool(settings.get("merge_only", False))
 
     def generate() -> None:
-        if processes > 1:
+        if processes > 1 or job.backend == "vllm":  # a vLLM engine in a process of its own returns its GPU memory
             count = torch.cuda.device_count() if job.device.startswith("cuda") else 0
             devices = [f"cuda:{i}" for i in range(count)] or [job.device]
             run_in_processes(job, devices, processes)
@@ -222,8 +233,16 @@ def synthesize_stage(cfg: DictConfig, data: DomainInputs, tuned: StageOutcome | 
 
     def merge() -> dict[str, Any]:
         plan = json.loads((stage.path / "plan.json").read_text(encoding="utf-8"))["batches"]
-        rows = merge_batches(BatchLog(stage.path, "generations"), plan, [it.id for it in data.inputs])
+        rows = merge_batches(BatchLog(stage.path, "generations"), plan, [it.id for it in data.inputs], num_shards)
         return finish(rows, _throughput(stage.path / "runs.jsonl"))
+
+    if merge_only:  # the merge step after shards ran elsewhere (other jobs or nodes): refuses while any is missing
+        if not stage.is_complete() and not (stage.path / "plan.json").exists():
+            raise IncompleteError(
+                f"{stage.path}: no shard of this synthesis has started (no plan.json); run the shards first "
+                f"(synthesis.num_shards={num_shards} synthesis.shard_index=0..{num_shards - 1}) with the same settings"
+            )
+        return run_stage("synthesize", stage, merge)
 
     if shard_index is None:
 

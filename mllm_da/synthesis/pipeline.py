@@ -77,6 +77,7 @@ def collect_metrics(result: PipelineResult) -> dict[str, Any]:
                 "finished_rate": _rate(s.get("finished", 0), records),
                 "qa_pairs_per_record": _rate(s.get("qa_pairs", 0), records),
                 "image_errors": s.get("image_errors", 0),
+                "failed_records": s.get("failed", 0),
             }
         )
         metrics.update({k: v for k, v in stages["synthesize"].meta["throughput"].items() if v is not None})
@@ -201,7 +202,9 @@ def synthesis_quality(
     report: dict[str, Any] = {"all": quality_report(tasks), "kept": quality_report(kept)}
     sample = int(cfg.get("quality", {}).get("blind_sample", 0) or 0)
     ordered = sorted(data.inputs, key=lambda it: it.id)[:sample]
-    if len(ordered) >= 2 and cfg.synthesis.get("shard_index") is None:
+    # the control generates: not in one shard's job, nor in the merge step (which generates nothing)
+    generates_here = cfg.synthesis.get("shard_index") is None and not cfg.synthesis.get("merge_only", False)
+    if len(ordered) >= 2 and generates_here:
         swapped = [dataclasses.replace(it, image=ordered[(i + 1) % len(ordered)].image) for i, it in enumerate(ordered)]
         blind_data = dataclasses.replace(data, inputs=swapped, digest=digest({"blind": data.digest, "n": len(swapped)}))
         blind = synthesize_stage(cfg, blind_data, tuned)

@@ -25,7 +25,7 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -33,85 +33,39 @@ from typing import Any
 import torch
 
 from mllm_da.backbones.generate import cut_at_stop_token, new_tokens
-from mllm_da.backbones.loading import load_backbone
+from mllm_da.backbones.loading import engine_checkpoint, load_backbone, load_prompt_backbone
 from mllm_da.data.images import BadImageError, load_image
-from mllm_da.synthesis.parse import CAPTION_HINT
+from mllm_da.synthesis.batches import (
+    BatchLog,
+    IncompleteError,
+    complete_lines,
+    merge_batches,
+    plan_batches,
+    run_batches,
+)
+from mllm_da.synthesis.engines import VLLMSynthesizerGenerator
+from mllm_da.synthesis.requests import SynthesisInput, empty_row, failed_generation_row, synthesizer_prompt
 from mllm_da.synthesis.sampling import RecordSeededSampler, SamplingConfig, record_seed
-from mllm_da.utils.conversation import IMAGE_PLACEHOLDER, Turn
 from mllm_da.utils.io import append_jsonl, atomic_write_json, read_json
 from mllm_da.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class SynthesisInput:
-    """One image-caption record to synthesize for; ``image`` is an absolute path."""
-
-    id: str
-    caption: str
-    image: str
-
-
-def synthesizer_prompt(caption: str) -> list[Turn]:
-    """The §2.2 prompt's turns; the backbone appends the open user header after the assistant turn."""
-    return [Turn("user", f"{IMAGE_PLACEHOLDER}\n{CAPTION_HINT}"), Turn("assistant", caption)]
-
-
-# --------------------------------------------------------------------------------------------- batch log
-
-
-class IncompleteError(RuntimeError):
-    """A merge found batches that no shard has finished yet."""
-
-
-class BatchLog:
-    """Append-only per-batch results of one stage: ``<folder>/<name>-shard<i>.jsonl``, one line per batch."""
-
-    def __init__(self, folder: str | os.PathLike, name: str) -> None:
-        self.folder = Path(folder)
-        self.name = name
-
-    def shard_file(self, shard: int) -> Path:
-        return self.folder / f"{self.name}-shard{shard}.jsonl"
-
-    def done(self) -> dict[int, list[dict[str, Any]]]:
-        """Finished batches from every shard file (whatever shard count wrote them), by batch index."""
-        batches: dict[int, list[dict[str, Any]]] = {}
-        for path in sorted(self.folder.glob(f"{self.name}-shard*.jsonl")):
-            for number, line in enumerate(_complete_lines(path), start=1):
-                try:
-                    row = json.loads(line)
-                    batch, results = int(row["batch"]), row["results"]
-                except (ValueError, KeyError, TypeError) as err:
-                    # only the last line can be torn by a kill (and is cut off before reading); this is damage
-                    raise ValueError(
-                        f"{path}:{number}: not a batch record ({err}); delete {path} to redo its batches"
-                    ) from err
-                batches.setdefault(batch, results)
-        return batches
-
-    def append(self, shard: int, batch: int, results: list[dict[str, Any]]) -> None:
-        path = self.shard_file(shard)
-        _cut_torn_tail(path)
-        append_jsonl(path, [{"batch": batch, "results": results}])
-
-
-def _complete_lines(path: Path) -> list[str]:
-    """Lines that end with a newline; a torn last line (a write cut by a kill) is not a finished batch."""
-    text = path.read_text(encoding="utf-8", errors="replace")  # a torn tail may end inside a character
-    complete = text[: text.rfind("\n") + 1]
-    return [line for line in complete.split("\n") if line.strip()]
-
-
-def _cut_torn_tail(path: Path) -> None:
-    """Truncate a torn last line, so that the next append starts on a line of its own."""
-    if not path.exists():
-        return
-    data = path.read_bytes()
-    if data and not data.endswith(b"\n"):
-        with open(path, "r+b") as handle:
-            handle.truncate(data.rfind(b"\n") + 1)
+#: the batch log and the request types live in batches.py and requests.py; these names stay importable from here
+__all__ = [
+    "BatchLog",
+    "IncompleteError",
+    "SynthesisInput",
+    "SynthesisJob",
+    "SynthesizerGenerator",
+    "make_generator",
+    "merge_batches",
+    "plan_batches",
+    "prompt_cost",
+    "run_in_processes",
+    "run_job",
+    "synthesizer_prompt",
+]
 
 
 def prompt_cost(item: SynthesisInput) -> tuple[int, int]:
@@ -124,48 +78,6 @@ def prompt_cost(item: SynthesisInput) -> tuple[int, int]:
     except OSError:
         width = height = 0  # an unreadable image fails in its batch, with a recorded error
     return (width * height) // (28 * 28), len(item.caption)
-
-
-def plan_batches(costs: Sequence[Any], ids: Sequence[str], batch_size: int) -> list[list[int]]:
-    """Input indices in batches of ``batch_size``, sorted by (cost, id): little padding, fixed membership."""
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    order = sorted(range(len(ids)), key=lambda i: (costs[i], ids[i]))
-    return [order[k : k + batch_size] for k in range(0, len(order), batch_size)]
-
-
-def run_batches(
-    log_: BatchLog,
-    plan: Sequence[Sequence[int]],
-    work: Callable[[list[int]], list[dict[str, Any]]],
-    shards: Sequence[int],
-    num_shards: int,
-    progress: Callable[[int, int], None] | None = None,
-) -> int:
-    """Do every unfinished batch of ``shards``; returns how many batches this call did."""
-    done = set(log_.done())
-    todo = [b for b in range(len(plan)) if b % num_shards in shards and b not in done]
-    for n, b in enumerate(todo, start=1):
-        log_.append(b % num_shards, b, work(list(plan[b])))
-        if progress is not None:
-            progress(n, len(todo))
-    return len(todo)
-
-
-def merge_batches(log_: BatchLog, plan: Sequence[Sequence[int]], ids: Sequence[str]) -> list[dict[str, Any]]:
-    """All results, one per input, sorted by record id; raises :class:`IncompleteError` if a batch is missing."""
-    done = log_.done()
-    missing = [b for b in range(len(plan)) if b not in done]
-    if missing:
-        raise IncompleteError(f"{log_.folder}: {len(missing)} of {len(plan)} batches not done yet (e.g. {missing[:5]})")
-    rows: dict[str, dict[str, Any]] = {}
-    for b, indices in enumerate(plan):
-        results = done[b]
-        if [r["id"] for r in results] != [ids[i] for i in indices]:
-            raise RuntimeError(f"{log_.folder}: batch {b} holds other records than the plan; delete the folder")
-        for row in results:
-            rows[row["id"]] = row
-    return [rows[key] for key in sorted(rows)]
 
 
 # --------------------------------------------------------------------------------------------- generation
@@ -188,6 +100,11 @@ class SynthesisJob:
     progress: bool | str = "auto"
     #: SamplingConfig fields; empty: greedy
     sampling: dict[str, Any] = field(default_factory=dict)
+    #: hf (transformers' generate) or vllm (engine settings in ``vllm``: synthesis.vllm)
+    backend: str = "hf"
+    vllm: dict[str, Any] = field(default_factory=dict)
+    #: extra attempts of a failing batch before its records are tried alone (batches.attempt_batch)
+    retries: int = 2
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -222,9 +139,7 @@ class SynthesizerGenerator:
 
     @torch.inference_mode()
     def __call__(self, items: Sequence[SynthesisInput]) -> list[dict[str, Any]]:
-        rows: list[dict[str, Any]] = [
-            {"id": it.id, "text": None, "finished": False, "new_tokens": 0, "error": None} for it in items
-        ]
+        rows = [empty_row(it.id) for it in items]
         prompts, slots = [], []
         for slot, item in enumerate(items):
             try:
@@ -262,14 +177,33 @@ class SynthesizerGenerator:
         return rows
 
 
-def run_job(job: SynthesisJob, generator: SynthesizerGenerator | None = None) -> dict[str, Any]:
+Generator = SynthesizerGenerator | VLLMSynthesizerGenerator
+
+
+def make_generator(job: SynthesisJob) -> Generator:
+    """The job's engine: transformers' generate on ``job.device``, or one vLLM engine (over the GPUs this process
+    sees: ``tensor_parallel_size`` of them)."""
+    sampling = SamplingConfig(**job.sampling)
+    if job.backend == "vllm":
+        backbone = load_prompt_backbone(**job.backbone)
+        return VLLMSynthesizerGenerator(
+            backbone,
+            engine_checkpoint(backbone.spec),
+            max_new_tokens=job.max_new_tokens,
+            sampling=sampling,
+            engine=job.vllm,
+        )
+    if job.backend != "hf":
+        raise ValueError(f"synthesis.backend must be hf or vllm, got {job.backend!r}")
+    return SynthesizerGenerator(load_backbone(**job.backbone), job.max_new_tokens, job.device, sampling)
+
+
+def run_job(job: SynthesisJob, generator: Generator | None = None) -> dict[str, Any]:
     """Synthesize the job's shards into ``job.folder``; returns this call's throughput numbers."""
     if job.threads:
         torch.set_num_threads(job.threads)
     if generator is None:
-        generator = SynthesizerGenerator(
-            load_backbone(**job.backbone), job.max_new_tokens, job.device, SamplingConfig(**job.sampling)
-        )
+        generator = make_generator(job)
     folder = Path(job.folder)
     folder.mkdir(parents=True, exist_ok=True)
     plan = load_or_write_plan(folder, job.inputs, job.batch_size)
@@ -283,8 +217,12 @@ def run_job(job: SynthesisJob, generator: SynthesizerGenerator | None = None) ->
         records += len(indices)
         return generator([by_index[i] for i in indices])
 
-    finished = log_.done()  # read the batch logs once: they can be large on a resumed run
-    todo_records = sum(len(plan[b]) for b in range(len(plan)) if b % job.num_shards in job.shards and b not in finished)
+    lines = log_.lines()  # read the batch logs once: they can be large on a resumed run
+    todo_records = sum(
+        len(plan[b])
+        for b in range(len(plan))
+        if b % job.num_shards in job.shards and (b not in lines or lines[b]["failed"])
+    )
     bar = progress_bar(todo_records, f"synthesis shards {list(job.shards)}", "record", job.progress)
 
     def progress(n: int, total: int) -> None:
@@ -293,7 +231,16 @@ def run_job(job: SynthesisJob, generator: SynthesizerGenerator | None = None) ->
             log.info("synthesis shards %s: %d/%d batches", job.shards, n, total)
 
     with bar:
-        batches = run_batches(log_, plan, work, job.shards, job.num_shards, progress)
+        batches = run_batches(
+            log_,
+            plan,
+            work,
+            job.shards,
+            job.num_shards,
+            progress,
+            retries=job.retries,
+            failed_row=lambda i, error: failed_generation_row(by_index[i].id, error),
+        )
     seconds = time.perf_counter() - start
     stats = {
         "shards": list(job.shards),
@@ -302,6 +249,7 @@ def run_job(job: SynthesisJob, generator: SynthesizerGenerator | None = None) ->
         "new_tokens": generator.new_tokens - start_tokens,
         "seconds": round(seconds, 3),
         "device": str(job.device),
+        "backend": job.backend,
         "batch_size": job.batch_size,
     }
     if batches:
@@ -323,11 +271,36 @@ def load_or_write_plan(folder: Path, inputs: Sequence[SynthesisInput], batch_siz
     return plan
 
 
+def vllm_process_gpus(devices: Sequence[str], processes: int, tensor_parallel_size: int) -> list[str | None]:
+    """``CUDA_VISIBLE_DEVICES`` of each vLLM worker process: ``tensor_parallel_size`` GPUs of its own (one engine
+    per GPU, or per group of GPUs for a tensor-parallel synthesizer), named as this process sees them (a
+    scheduler's ``CUDA_VISIBLE_DEVICES`` is kept); None each when no GPU is visible (vLLM decides)."""
+    indices = [int(d.split(":", 1)[1]) for d in devices if d.startswith("cuda:")]
+    if not indices:
+        return [None] * processes
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    names = visible.split(",") if visible else [str(i) for i in range(max(indices) + 1)]
+    gpus = [names[i] for i in indices]
+    need = processes * tensor_parallel_size
+    if len(gpus) < need:
+        raise ValueError(
+            f"synthesis.processes={processes} x synthesis.vllm.tensor_parallel_size={tensor_parallel_size} needs "
+            f"{need} GPUs; {len(gpus)} visible"
+        )
+    return [",".join(gpus[p * tensor_parallel_size : (p + 1) * tensor_parallel_size]) for p in range(processes)]
+
+
 def run_in_processes(job: SynthesisJob, devices: Sequence[str], processes: int) -> list[dict[str, Any]]:
-    """One subprocess per shard group (``python -m mllm_da.synthesis.runner``), each on ``devices[i % n]``."""
+    """One subprocess per shard group (``python -m mllm_da.synthesis.runner``), each on ``devices[i % n]`` (vLLM:
+    on its own GPUs, :func:`vllm_process_gpus`)."""
     folder = Path(job.folder)
     folder.mkdir(parents=True, exist_ok=True)
     load_or_write_plan(folder, job.inputs, job.batch_size)  # once, before the workers read it
+    vllm_gpus = (
+        vllm_process_gpus(devices, processes, int(job.vllm.get("tensor_parallel_size") or 1))
+        if job.backend == "vllm"
+        else None
+    )
     procs = []
     for p in range(processes):
         shards = [s for s in job.shards if s % processes == p]
@@ -336,16 +309,17 @@ def run_in_processes(job: SynthesisJob, devices: Sequence[str], processes: int) 
         sub = SynthesisJob(
             **{**asdict(job), "inputs": job.inputs, "shards": shards, "device": devices[p % len(devices)]}
         )
-        spec = folder / f"job-{p}.json"
+        spec = folder / f"job-shards-{'-'.join(map(str, shards))}.json"  # unique: other jobs may share the folder
         atomic_write_json(spec, sub.to_json(), indent=None)
-        procs.append((p, subprocess.Popen([sys.executable, "-m", "mllm_da.synthesis.runner", str(spec)])))
+        gpus = vllm_gpus[p] if vllm_gpus else None
+        env = None if gpus is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpus}
+        cmd = [sys.executable, "-m", "mllm_da.synthesis.runner", str(spec)]
+        procs.append((p, subprocess.Popen(cmd, env=env)))
     failed = [p for p, proc in procs if proc.wait() != 0]
     if failed:
         raise RuntimeError(f"synthesis worker process(es) {failed} failed; rerun to resume (see their output above)")
     return (
-        [json.loads(line) for line in _complete_lines(folder / "runs.jsonl")]
-        if (folder / "runs.jsonl").exists()
-        else []
+        [json.loads(line) for line in complete_lines(folder / "runs.jsonl")] if (folder / "runs.jsonl").exists() else []
     )
 
 

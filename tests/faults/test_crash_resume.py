@@ -36,6 +36,7 @@ from mllm_da.synthesis.runner import (
     SynthesisInput,
     SynthesisJob,
     SynthesizerGenerator,
+    make_generator,
     merge_batches,
     run_job,
 )
@@ -344,8 +345,11 @@ def synth_rows(folder: Path, inputs: list[SynthesisInput]) -> list[dict]:
     return merge_batches(BatchLog(folder, "generations"), plan, [i.id for i in inputs])
 
 
-def synth_job(backbone: dict, inputs: list[SynthesisInput], folder: Path, num_shards: int = 1) -> SynthesisJob:
+def synth_job(
+    backbone: dict, inputs: list[SynthesisInput], folder: Path, num_shards: int = 1, backend: str = "hf"
+) -> SynthesisJob:
     return SynthesisJob(
+        backend=backend,
         backbone=backbone,
         inputs=inputs,
         folder=str(folder),
@@ -365,9 +369,32 @@ def synth_reference(synth_backbone, synth_inputs, synth_generator, tmp_path_fact
     return synth_rows(folder, synth_inputs)
 
 
+FAKE_VLLM = ROOT / "tests" / "fake_vllm"
+
+
+def synth_engine(
+    backend: str, monkeypatch, synth_backbone, synth_inputs, synth_generator, synth_reference, folder: Path
+) -> tuple[object, list[dict], dict[str, str]]:
+    """The backend's generator, its uninterrupted rows and its worker processes' extra environment, so that the
+    same faults run against both backends: transformers, and vLLM through the fake package (tests/fake_vllm,
+    slowed so that a kill lands between batches)."""
+    if backend == "hf":
+        return synth_generator, synth_reference, {}
+    monkeypatch.syspath_prepend(str(FAKE_VLLM))
+    monkeypatch.setitem(sys.modules, "vllm", None)  # so that the fake is unloaded again after the test
+    del sys.modules["vllm"]
+    job = synth_job(synth_backbone, synth_inputs, folder, backend="vllm")
+    generator = make_generator(job)
+    run_job(job, generator)
+    env = {"PYTHONPATH": os.pathsep.join([str(FAKE_VLLM), str(ROOT)]), "FAKE_VLLM_DELAY": "0.1"}
+    return generator, synth_rows(folder, synth_inputs), env
+
+
+@pytest.mark.parametrize("backend", ["hf", "vllm"])
 @pytest.mark.parametrize("case", cases("synth", 1, 6))
 def test_sigkilled_synthesis_resumes_at_random_points(
     case: int,
+    backend: str,
     synth_backbone,
     synth_inputs,
     synth_generator,
@@ -375,13 +402,17 @@ def test_sigkilled_synthesis_resumes_at_random_points(
     work_root: Path,
     tmp_path: Path,
     fault_tally,
+    monkeypatch,
 ):
     """The synthesis worker (``python -m mllm_da.synthesis.runner``) is killed after a random number of batches
     plus a random delay (the existing test kills it right after the first batch), once or twice; the rerun
     finishes with exactly one result per input, equal to the uninterrupted run's."""
+    synth_generator, synth_reference, extra_env = synth_engine(
+        backend, monkeypatch, synth_backbone, synth_inputs, synth_generator, synth_reference, tmp_path / "reference"
+    )
     rng = random.Random(f"{BASE_SEED}/synth/{case}")
     num_shards = 2 if case % 2 else 1  # two shard files written by one worker: the merge reads both
-    job = synth_job(synth_backbone, synth_inputs, tmp_path / "killed", num_shards)
+    job = synth_job(synth_backbone, synth_inputs, tmp_path / "killed", num_shards, backend)
     spec = tmp_path / "job.json"
     spec.write_text(json.dumps(job.to_json()))
     folder = tmp_path / "killed"
@@ -399,7 +430,7 @@ def test_sigkilled_synthesis_resumes_at_random_points(
                 target,
                 kill_when(
                     cmd,
-                    env_for(work_root),
+                    {**env_for(work_root), **extra_env},
                     lambda t=target: batches_on_disk() >= t,
                     rng.uniform(0, 0.5),
                     tmp_path / "synth.log",
@@ -416,7 +447,9 @@ def test_sigkilled_synthesis_resumes_at_random_points(
         if line.strip()
     ]
     assert sorted(batches) == list(range(n)), f"a batch twice or missing (kills {kills})"
-    fault_tally.record("synthesis process", "SIGKILL at random batch", OUTCOME, count=sum(k for _, k in kills))
+    fault_tally.record(
+        f"synthesis process ({backend})", "SIGKILL at random batch", OUTCOME, count=sum(k for _, k in kills)
+    )
 
 
 # ------------------------------------------------------------------------------------------------ atomic writes
@@ -553,19 +586,31 @@ def test_truncated_predictions_are_redone_and_a_damaged_line_names_the_file(
     )
 
 
+@pytest.mark.parametrize("backend", ["hf", "vllm"])
 def test_truncated_synthesis_shard_is_redone_and_damage_names_the_file(
-    synth_backbone, synth_inputs, synth_generator, synth_reference, tmp_path: Path, fault_tally
+    backend: str,
+    synth_backbone,
+    synth_inputs,
+    synth_generator,
+    synth_reference,
+    tmp_path: Path,
+    fault_tally,
+    monkeypatch,
 ):
+    synth_generator, synth_reference, _ = synth_engine(
+        backend, monkeypatch, synth_backbone, synth_inputs, synth_generator, synth_reference, tmp_path / "ref"
+    )
     rng = random.Random(f"{BASE_SEED}/shard")
     reference = tmp_path / "ref"
-    run_job(synth_job(synth_backbone, synth_inputs, reference), synth_generator)
+    if backend == "hf":
+        run_job(synth_job(synth_backbone, synth_inputs, reference), synth_generator)
     for trial in range(6 if FULL else 2):
         folder = tmp_path / f"t{trial}"
         shutil.copytree(reference, folder)
         shard = folder / "generations-shard0.jsonl"
         data = shard.read_bytes()
         shard.write_bytes(data[: rng.randrange(1, len(data))])
-        run_job(synth_job(synth_backbone, synth_inputs, folder), synth_generator)
+        run_job(synth_job(synth_backbone, synth_inputs, folder, backend=backend), synth_generator)
         assert synth_rows(folder, synth_inputs) == synth_reference
     fault_tally.record("output files", "truncated synthesis shard", OUTCOME, count=6 if FULL else 2)
 

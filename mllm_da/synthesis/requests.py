@@ -1,0 +1,35 @@
+"""What a synthesizer is asked, whichever engine answers: one image-caption record, the §2.2 prompt's turns, and
+the row a record gets when its generation failed."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from mllm_da.synthesis.parse import CAPTION_HINT
+from mllm_da.utils.conversation import IMAGE_PLACEHOLDER, Turn
+
+
+@dataclass(frozen=True)
+class SynthesisInput:
+    """One image-caption record to synthesize for; ``image`` is an absolute path."""
+
+    id: str
+    caption: str
+    image: str
+
+
+def synthesizer_prompt(caption: str) -> list[Turn]:
+    """The §2.2 prompt's turns; the backbone appends the open user header after the assistant turn."""
+    return [Turn("user", f"{IMAGE_PLACEHOLDER}\n{CAPTION_HINT}"), Turn("assistant", caption)]
+
+
+def empty_row(record_id: str) -> dict[str, Any]:
+    """A synthesis result row before generation: no text, not finished, no error."""
+    return {"id": record_id, "text": None, "finished": False, "new_tokens": 0, "error": None}
+
+
+def failed_generation_row(record_id: str, error: str) -> dict[str, Any]:
+    """The row of a record whose generation failed after its batch's retries and once alone (kept, not dropped:
+    it is counted as ``failed`` and parses to no task)."""
+    return {**empty_row(record_id), "error": f"generation failed: {error}", "failed": True}
