@@ -70,8 +70,11 @@ class OfflineRun:
         for record in records(path):
             kind = record.WhichOneof("record_type")
             if kind == "run":
-                run.job_type, run.group = record.run.job_type, record.run.run_group
-                run.tags, run.name = list(record.run.tags), record.run.display_name
+                # a later run record (an update) may leave fields empty: keep what was set
+                run.job_type = record.run.job_type or run.job_type
+                run.group = record.run.run_group or run.group
+                run.tags = list(record.run.tags) or run.tags
+                run.name = record.run.display_name or run.name
                 for item in record.run.config.update:
                     _set(run.config, item)
             elif kind == "config":

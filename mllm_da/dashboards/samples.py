@@ -29,6 +29,8 @@ from mllm_da.utils.io import atomic_write_jsonl, read_json, read_jsonl_tolerant
 #: the eval variants a train run writes under eval/step_<n>/, and the column each fills beside the main one
 EVAL_VARIANTS = {"trained_shuffled": "shuffled", "untrained": "untrained"}
 TRAIN_SAMPLE = Path("samples") / "train_data.jsonl"
+#: between the parts of a training conversation that carry loss, in its ``trained`` field
+TRAINED_SEPARATOR = "\n⋯\n"
 
 
 @dataclass(frozen=True)
@@ -330,7 +332,7 @@ def write_training_sample(
                     "id": conv.id,
                     "images": [str(p) for p in conv.images],
                     "text": text,
-                    "trained": "".join(text[a:b] for a, b in spans),
+                    "trained": TRAINED_SEPARATOR.join(text[a:b] for a, b in spans),
                     "source": conv.source,
                 }
             )
