@@ -22,7 +22,7 @@ from mllm_da.training.export import export_merged
 from mllm_da.training.fit import build_model, fit_stages, seed_run
 from mllm_da.training.stages import build_stage_data, stages_of
 from mllm_da.utils.io import atomic_write_text
-from mllm_da.utils.runinfo import finished_run, hydra_job, run_folder
+from mllm_da.utils.runinfo import finished_run, hydra_job, is_rank_zero, run_folder
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +61,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         summary["trainable_parameters"] = model.parameter_counts()
         # a few training conversations as the model sees them (chat template applied), for wandb and the gallery
         staged = [(d.stage.name, d.train) for d in data]
-        write_training_sample(out, staged, model.backbone.render, sample_sizes(cfg).train_rows)
+        if is_rank_zero():
+            write_training_sample(out, staged, model.backbone.render, sample_sizes(cfg).train_rows)
         fitted = fit_stages(cfg, model, data, summary, accumulation_steps(cfg))
         trainer, metrics = fitted.trainer, fitted.metrics
 
