@@ -214,7 +214,11 @@ function draw() {
     const fields = el("div", "fields"), tags = el("div", "tags");
     TAGS[name].forEach(k => { if (row[k]) tags.appendChild(el("span", "tag-" + k, String(row[k]))); });
     const v = verdict(name, row);
-    if (v !== "unjudged") tags.appendChild(el("span", "v-" + v, v === "right" ? "✓ right" : "✗ wrong"));
+    const said = name === "synth" ? "precise " : "";
+    if (v !== "unjudged") tags.appendChild(el("span", "v-" + v, said + (v === "right" ? "✓ right" : "✗ wrong")));
+    if (name === "synth" && typeof row.informative_right === "boolean")
+      tags.appendChild(el("span", "v-" + (row.informative_right ? "right" : "wrong"),
+                          "informative " + (row.informative_right ? "✓ consistent" : "✗ inconsistent")));
     fields.appendChild(tags);
     for (const [key, title] of FIELDS[name]) {
       if (row[key] === null || row[key] === undefined || row[key] === "") continue;
@@ -234,6 +238,7 @@ document.getElementById("scores").textContent = Object.entries(DATA.metrics)
 const sections = Object.keys(DATA.sections);
 sections.forEach(s => { const o = el("option", "", `${DATA.titles[s]} (${DATA.sections[s].length})`);
   o.value = s; sel("section").appendChild(o); });
+if (sections.includes(location.hash.slice(1))) sel("section").value = location.hash.slice(1);  // gallery.html#synth
 sel("section").addEventListener("change", () => { refreshOptions(); draw(); });
 ["benchmark", "question_type", "filter_label", "verdict"].forEach(k => sel(k).addEventListener("change", draw));
 sel("text").addEventListener("input", draw);

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
@@ -25,6 +26,8 @@ from mllm_da.evaluation.sources import open_source
 from mllm_da.synthesis.filter import is_kept
 from mllm_da.synthesis.quality import answer_is, mentions, toy_truth
 from mllm_da.utils.io import atomic_write_jsonl, read_json, read_jsonl_tolerant
+
+log = logging.getLogger(__name__)
 
 #: the eval variants a train run writes under eval/step_<n>/, and the column each fills beside the main one
 EVAL_VARIANTS = {"trained_shuffled": "shuffled", "untrained": "untrained"}
@@ -167,6 +170,10 @@ def benchmark_image_reader(run: RunFolder, name: str, fingerprint: Mapping[str, 
     return image
 
 
+def _no_image(index: int) -> None:
+    return None
+
+
 def eval_rows(run: RunFolder, limit: int) -> list[dict[str, Any]]:
     """Up to ``limit`` scored rows per benchmark (right and wrong in turn) with their images and, where the run
     made them, the predictions on shuffled images and of the untrained model for the same rows."""
@@ -184,7 +191,17 @@ def eval_rows(run: RunFolder, limit: int) -> list[dict[str, Any]]:
             for column, folder in variants.items()
             if (folder / path.name).is_file()
         }
-        image = benchmark_image_reader(run, name, meta.get("benchmark", {}))
+        try:
+            image = benchmark_image_reader(run, name, meta.get("benchmark", {}))
+        except Exception as err:  # the source moved or is not downloaded here: the rows are still worth showing
+            log.warning(
+                "%s: images of benchmark %s not found (%s: %s); rows shown without",
+                run.path,
+                name,
+                type(err).__name__,
+                err,
+            )
+            image = _no_image
         for row in picked:
             item = {
                 "benchmark": name,
