@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test test-all test-faults lint format typecheck contracts check install install-test clean-venv
+.PHONY: demo gallery test test-all test-faults lint format typecheck contracts check install install-test clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ install-test: $(VENV)/.installed-test
 ## post-train the tiny Qwen2-VL on the built-in toy domain (CPU), export it, write summary.json
 demo: install
 	$(BIN)/python train.py experiment=toy/demo
+
+## one run folder (train, synth or evaluate) as one offline HTML page: make gallery RUN=logs/train/runs/<date>
+gallery: install
+	@test -n "$(RUN)" || { echo "usage: make gallery RUN=<run folder> [OUT=<file.html>]"; exit 2; }
+	$(BIN)/python -m mllm_da.dashboards.gallery $(RUN) $(if $(OUT),--out $(OUT))
 
 ## the default test suite (slow tests excluded)
 test: install-test

@@ -101,7 +101,7 @@ def test_all_loggers_instantiate_offline_and_wandb_closes(compose_cfg, tmp_path:
     monkeypatch.setenv("WANDB_MODE", "offline")
     cfg = compose_cfg(["logger=many"], output_dir=tmp_path)
     loggers = instantiate_dict(cfg.logger, instantiate)
-    assert {type(lg).__name__ for lg in loggers} == {"CSVLogger", "WandbLogger", "TensorBoardLogger"}
+    assert {type(lg).__name__ for lg in loggers} == {"CSVLogger", "SweepWandbLogger", "TensorBoardLogger"}
     for lg in loggers:
         lg.log_hyperparams({"lr": 1e-3})
         lg.log_metrics({"train/loss": 1.0}, step=0)

@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from mllm_da.backbones.base import Backbone
 from mllm_da.config_checks import check_eval_config, check_predict_config
+from mllm_da.dashboards.wandb_run import log_run
 from mllm_da.data.domain import prepare_domain
 from mllm_da.evaluation.benchmarks import benchmark_specs
 from mllm_da.evaluation.generation import GeneratorOptions
@@ -102,6 +103,7 @@ def evaluate(cfg: DictConfig) -> dict[str, float]:
             "table": str(out / "scores.md"),
             "predictions": str(out / "predictions"),
         }
+        log_run(cfg, summary)  # sample tables and final scores, with logger=wandb
         return metrics
 
 

@@ -7,13 +7,13 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
-from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mllm_da.config_checks import check_synth_config
+from mllm_da.dashboards.wandb_run import log_run
 from mllm_da.synthesis.pipeline import run_pipeline
 from mllm_da.utils.io import atomic_write_text
-from mllm_da.utils.runinfo import instantiate_dict, run_folder
+from mllm_da.utils.runinfo import instantiate_loggers, run_folder
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
             if key in result.metrics:
                 log.info("%s: %s", key, result.metrics[key])
         log_to_loggers(cfg, result.metrics)
+        log_run(cfg, summary)  # sample tables, final scores and the data's reference, with logger=wandb
         return result.metrics
 
 
@@ -52,7 +53,7 @@ def log_to_loggers(cfg: DictConfig, metrics: Mapping[str, Any]) -> None:
 
     for key, value in metrics.items():
         add(f"synth/{key}", value)
-    for logger in instantiate_dict(cfg.get("logger"), instantiate):
+    for logger in instantiate_loggers(cfg):
         logger.log_hyperparams(OmegaConf.to_container(cfg, resolve=True))
         logger.log_metrics(flat, step=0)
         logger.finalize("success")

@@ -13,6 +13,8 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
 
 from mllm_da.config_checks import accumulation_steps, check_train_config
+from mllm_da.dashboards.samples import write_training_sample
+from mllm_da.dashboards.wandb_run import log_run, sample_sizes
 from mllm_da.data.domain import prepare_domain
 from mllm_da.orchestration.after_training import evaluate_after_training, load_eval_benchmarks
 from mllm_da.orchestration.tasks import provide_synthetic_tasks
@@ -20,7 +22,7 @@ from mllm_da.training.export import export_merged
 from mllm_da.training.fit import build_model, fit_stages, seed_run
 from mllm_da.training.stages import build_stage_data, stages_of
 from mllm_da.utils.io import atomic_write_text
-from mllm_da.utils.runinfo import finished_run, hydra_job, run_folder
+from mllm_da.utils.runinfo import finished_run, hydra_job, is_rank_zero, run_folder
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +59,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         # model, then one fit per stage, each from the weights the one before left
         model = build_model(cfg)
         summary["trainable_parameters"] = model.parameter_counts()
+        # a few training conversations as the model sees them (chat template applied), for wandb and the gallery
+        staged = [(d.stage.name, d.train) for d in data]
+        if is_rank_zero():
+            write_training_sample(out, staged, model.backbone.render, sample_sizes(cfg).train_rows)
         fitted = fit_stages(cfg, model, data, summary, accumulation_steps(cfg))
         trainer, metrics = fitted.trainer, fitted.metrics
 
@@ -69,6 +75,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             summary["eval"] = columns
             summary["artifacts"]["eval"] = str(out / "eval" / f"step_{step}")
         summary["metrics"] = metrics
+        log_run(cfg, summary)  # sample tables, final scores and the data's reference, with logger=wandb
         return metrics
 
 

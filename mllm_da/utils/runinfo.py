@@ -98,8 +98,8 @@ def hydra_job() -> tuple[bool, str | None, list[str]]:
 
 
 def instantiate_loggers(cfg: DictConfig) -> list[Any]:
-    """The configured loggers; in a multirun, wandb runs are grouped by sweep and tagged with the job's axis
-    values (its overrides), and named after them, so a sweep reads as one group on the wandb page."""
+    """The configured loggers; wandb runs are tagged with the entry (task name) and the job's axis values (its
+    overrides) and named after them; in a multirun they are grouped by sweep, so a sweep reads as one group."""
     from hydra.utils import instantiate
 
     node = cfg.get("logger")
@@ -110,13 +110,14 @@ def instantiate_loggers(cfg: DictConfig) -> list[Any]:
     for value in node.values():
         if value is None or "_target_" not in value:
             continue
-        if multirun and value._target_.endswith("WandbLogger"):
+        if value._target_.endswith("WandbLogger"):
             # wandb tags hold at most 64 characters
             axes = [o.lstrip("+~")[:64] for o in overrides if not o.startswith(("hydra.", "paths."))]
             value = cast("dict[str, Any]", OmegaConf.to_container(value, resolve=True))  # a logger node: a mapping
-            value.update(
-                group=f"{cfg.task_name}/{sweep}", tags=[*(value.get("tags") or []), *axes], name=",".join(axes) or None
-            )
+            tags = list(dict.fromkeys([*(value.get("tags") or []), str(cfg.task_name), *axes]))
+            value.update(tags=tags, name=",".join(axes) or None)
+            if multirun:
+                value.update(group=f"{cfg.task_name}/{sweep}")
         loggers.append(instantiate(value))
     return loggers
 
