@@ -242,6 +242,14 @@ def check_synth_config(cfg: DictConfig) -> None:
     device = str(cfg.synthesis.get("device"))
     if device.startswith("cuda") and not torch.cuda.is_available():
         check.add(f"synthesis.device={device} needs a CUDA GPU and none is visible; use synthesis.device=cpu")
+    filter_sharded = cfg.filter.get("shard_index") is not None or cfg.filter.get("merge_only") is True
+    if filter_sharded and cfg.synthesis.get("shard_index") is not None:
+        check.add(
+            "filter.shard_index / filter.merge_only judge the merged synthesis; they cannot go with "
+            "synthesis.shard_index (merge the synthesis first: synthesis.merge_only=true stage=synthesize)"
+        )
+    if filter_sharded and cfg.stage in ("tune_synthesizer", "synthesize"):
+        check.add(f"filter.shard_index / filter.merge_only need stage=filter or stage=all, not stage={cfg.stage}")
     prompt = cfg.filter.get("prompt_file")
     if cfg.filter.get("backend") == "llm" and isinstance(prompt, str) and prompt and not Path(prompt).is_file():
         check.add(f"filter.prompt_file={prompt} does not exist")

@@ -297,10 +297,10 @@ class _RecordingBar:
 @pytest.fixture
 def recording_bars(monkeypatch) -> list[_RecordingBar]:
     from mllm_da.evaluation import generation
-    from mllm_da.synthesis import finishing, runner
+    from mllm_da.synthesis import judging, runner
 
     _RecordingBar.made = []
-    for module in (runner, finishing, generation):
+    for module in (runner, judging, generation):
         monkeypatch.setattr(module, "progress_bar", _RecordingBar)
     return _RecordingBar.made
 

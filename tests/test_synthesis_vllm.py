@@ -266,12 +266,13 @@ def test_llm_filter_on_the_vllm_engine_through_synth_configs(fake_vllm, compose_
         "logger=[]",
     ]
     metrics = synthesize(compose_cfg(overrides, config_name="synth", output_dir=tmp_path / "run"))
-    generate = [c for c in fake_vllm.CALLS if c["event"] == "generate"]
+    generate = logged_calls(tmp_path, "generate")  # the vLLM judge runs in a worker process of its own
     triplets = sum(len(c["prompts"]) for c in generate)
     assert triplets == sum(metrics["labels"].values()) and triplets > 0
     assert [len(c["prompts"]) for c in generate][0] == min(5, triplets)  # filter.batch_size prompts per call
-    init = next(c for c in fake_vllm.CALLS if c["event"] == "init")
+    (init,) = logged_calls(tmp_path, "init")
     assert init["kwargs"]["gpu_memory_utilization"] == 0.4 and init["kwargs"]["dtype"] == "float32"
+    assert init["pid"] != os.getpid() and not fake_vllm.CALLS  # its GPU memory goes back with the process
 
 
 # ------------------------------------------------------------------------------------------ configs

@@ -84,15 +84,7 @@ class SynthesisConfig:
     merge_only: bool = False
 
     def rules(self, path: str) -> list[str]:
-        if self.merge_only and self.shard_index is not None:
-            return [f"{path}.merge_only merges every shard; it cannot go with {path}.shard_index"]
-        if self.shard_index is not None and not self.shard_index < self.num_shards:
-            return [f"{path}.shard_index={self.shard_index} must lie in [0, num_shards={self.num_shards})"]
-        if self.shard_index is not None and self.processes > 1:
-            return [f"{path}.shard_index runs one shard in this process; it cannot go with processes > 1"]
-        if self.processes > self.num_shards:
-            return [f"{path}.processes={self.processes} needs at least as many shards; set {path}.num_shards"]
-        return []
+        return sharding_problems(path, self.num_shards, self.shard_index, self.processes, self.merge_only)
 
 
 @dataclass
@@ -112,6 +104,33 @@ class FilterConfig:
     engine: Literal["hf", "vllm"] = "hf"
     vllm: VLLMEngineConfig = field(default_factory=VLLMEngineConfig)
     batch_retries: int = option(2, ge=0, when=_llm_backend)
+    #: llm only: batches go to shard (batch % num_shards); shard_index judges one shard (a job of a multirun),
+    #: processes > 1 one judge per worker process here, merge_only merges the shards' judgements or refuses
+    num_shards: int = option(1, ge=1)
+    shard_index: int | None = option(None, ge=0)
+    processes: int = option(1, ge=1)
+    merge_only: bool = False
+
+    def rules(self, path: str) -> list[str]:
+        sharded = self.num_shards > 1 or self.shard_index is not None or self.processes > 1 or self.merge_only
+        if sharded and self.backend != "llm":
+            return [f"{path}.num_shards/shard_index/processes/merge_only shard the LLM judge; use filter=llm"]
+        return sharding_problems(path, self.num_shards, self.shard_index, self.processes, self.merge_only)
+
+
+def sharding_problems(
+    path: str, num_shards: int, shard_index: int | None, processes: int, merge_only: bool
+) -> list[str]:
+    """The rules synthesis's and the filter's shard settings share."""
+    if merge_only and shard_index is not None:
+        return [f"{path}.merge_only merges every shard; it cannot go with {path}.shard_index"]
+    if shard_index is not None and not shard_index < num_shards:
+        return [f"{path}.shard_index={shard_index} must lie in [0, num_shards={num_shards})"]
+    if shard_index is not None and processes > 1:
+        return [f"{path}.shard_index runs one shard in this process; it cannot go with processes > 1"]
+    if processes > num_shards:
+        return [f"{path}.processes={processes} needs at least as many shards; set {path}.num_shards"]
+    return []
 
 
 @dataclass

@@ -4,32 +4,51 @@ files of the kept ones (``format``: single-stage, caption-only and synthetic-onl
 from __future__ import annotations
 
 import dataclasses
+import logging
 from collections import Counter
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
+import torch
 from omegaconf import DictConfig
 
 from mllm_da.data.records import write_sharegpt
 from mllm_da.synthesis import filter as consistency
-from mllm_da.synthesis.batches import BatchLog, merge_batches, plan_batches, run_batches
+from mllm_da.synthesis.batches import IncompleteError
 from mllm_da.synthesis.cache import StageDir, file_digest, folder_fingerprint
-from mllm_da.synthesis.engines import VLLMJudge
 from mllm_da.synthesis.formatting import FormattedTask, build_training_sets, format_triplet, load_templates
 from mllm_da.synthesis.inputs import DomainInputs
+from mllm_da.synthesis.judging import (
+    SHARDING_KEYS,
+    FilterJob,
+    judge_in_processes,
+    judge_shards,
+    make_judge,
+    merged_labels,
+    run_filter_job,
+    triplet_rows,
+)
 from mllm_da.synthesis.parse import Triplet
 from mllm_da.synthesis.stage import VERSIONS, StageOutcome, config_container, run_stage
 from mllm_da.utils.devices import resolve_device
 from mllm_da.utils.io import atomic_write_jsonl, read_jsonl_tolerant
-from mllm_da.utils.progress import progress_bar
+
+log = logging.getLogger(__name__)
+
+#: make_judge moved to judging.py with the sharded filter; importable from here as before
+__all__ = ["filter_stage", "format_stage", "llm_labels", "make_judge"]
 
 
-def filter_stage(cfg: DictConfig, synth: StageOutcome) -> StageOutcome:
+def filter_stage(cfg: DictConfig, synth: StageOutcome) -> StageOutcome | None:
+    """Every triplet's label. The ``llm`` judge shards like synthesis (``filter.processes`` here,
+    ``filter.shard_index`` as one job of several, ``filter.merge_only`` to merge); ``None`` while another shard is
+    unfinished."""
     settings = config_container(cfg.filter)
     backend = settings["backend"]
-    # engine settings that do not change labels stay out of the key, so hf judgements keep their folders
-    keyed = {k: v for k, v in settings.items() if k not in ("engine", "vllm", "batch_retries")}
+    # engine and sharding settings do not change labels: they stay out of the key, so judgements keep their folders
+    unkeyed = ("engine", "vllm", "batch_retries", *SHARDING_KEYS)
+    keyed = {k: v for k, v in settings.items() if k not in unkeyed}
     if settings.get("engine") == "vllm":
         keyed["engine"] = "vllm"
     payload: dict[str, Any] = {"version": VERSIONS["filter"], "synthesize": synth.dir.key, "filter": keyed}
@@ -40,22 +59,67 @@ def filter_stage(cfg: DictConfig, synth: StageOutcome) -> StageOutcome:
         if settings["model"]["variant"] == "pretrained" and source and Path(source).is_dir():
             payload["judge"] = folder_fingerprint(source)
     stage = StageDir.for_stage(cfg.paths.cache_dir, "filter", payload)
+    parsed_file = synth.dir.path / "parsed.jsonl"
 
-    def compute() -> dict[str, Any]:
-        rows = [r for r in read_jsonl_tolerant(synth.dir.path / "parsed.jsonl") if r["triplet"] is not None]
-        triplets = [Triplet.from_fields(r["triplet"]) for r in rows]
-        if backend == "none":
-            labels = [consistency.UNFILTERED] * len(rows)
-        elif backend == "heuristic":
-            labels = [consistency.heuristic_label(t) for t in triplets]
-        else:  # llm (check_synth_config refuses other backends)
-            labels = llm_labels(cfg, settings, stage, rows, triplets)
-        judged = [{"id": r["id"], "label": lab, "kept": consistency.is_kept(lab)} for r, lab in zip(rows, labels)]
-        atomic_write_jsonl(stage.path / "judgements.jsonl", judged)
-        kept = sum(j["kept"] for j in judged)
-        return {"stats": {"triplets": len(judged), "kept": kept, "labels": consistency.label_counts(labels)}}
+    def judged(labels_of: Callable[[list[dict[str, Any]], list[Triplet]], list[str]]) -> Callable[[], dict[str, Any]]:
+        def compute() -> dict[str, Any]:
+            rows, triplets = triplet_rows(parsed_file)
+            labels = labels_of(rows, triplets)
+            out = [{"id": r["id"], "label": lab, "kept": consistency.is_kept(lab)} for r, lab in zip(rows, labels)]
+            atomic_write_jsonl(stage.path / "judgements.jsonl", out)
+            kept = sum(j["kept"] for j in out)
+            return {"stats": {"triplets": len(out), "kept": kept, "labels": consistency.label_counts(labels)}}
 
-    return run_stage("filter", stage, compute)
+        return compute
+
+    if backend == "none":
+        return run_stage("filter", stage, judged(lambda rows, _: [consistency.UNFILTERED] * len(rows)))
+    if backend == "heuristic":
+        return run_stage("filter", stage, judged(lambda _, ts: [consistency.heuristic_label(t) for t in ts]))
+    # llm (check_synth_config refuses other backends)
+    num_shards = int(settings.get("num_shards") or 1)
+    shard_index = settings.get("shard_index")
+    processes = int(settings.get("processes") or 1)
+
+    def merged(rows: list[dict[str, Any]], triplets: list[Triplet]) -> list[str]:
+        return merged_labels(settings, stage.path, [r["id"] for r in rows], triplets, num_shards)
+
+    if settings.get("merge_only"):  # the merge step after shard jobs: refuses, naming them, while any is missing
+        return run_stage("filter", stage, judged(merged))
+    if shard_index is None and processes == 1 and settings.get("engine") != "vllm":
+        return run_stage("filter", stage, judged(lambda rows, ts: llm_labels(cfg, settings, stage, rows, ts)))
+    job = FilterJob(
+        settings=dict(settings),
+        cache_dir=str(cfg.paths.cache_dir),
+        parsed_file=str(parsed_file),
+        folder=str(stage.path),
+        num_shards=num_shards,
+        shards=[int(shard_index)] if shard_index is not None else list(range(num_shards)),
+        device=resolve_device(settings.get("device", "auto")),
+        progress=cfg.synthesis.get("progress", "auto"),
+    )
+
+    def judge() -> None:  # a vLLM judge in a process of its own returns its GPU memory before the next stage
+        count = torch.cuda.device_count() if job.device.startswith("cuda") else 0
+        judge_in_processes(job, [f"cuda:{i}" for i in range(count)] or [job.device], processes)
+
+    if shard_index is None:
+
+        def judge_all(rows: list[dict[str, Any]], triplets: list[Triplet]) -> list[str]:
+            judge()
+            return merged(rows, triplets)
+
+        return run_stage("filter", stage, judged(judge_all))
+    # one shard job of several: no lock while judging, then merge if every shard is done
+    if not stage.is_complete() and job.settings.get("engine") == "vllm":
+        judge()
+    elif not stage.is_complete():
+        run_filter_job(job)
+    try:
+        return run_stage("filter", stage, judged(merged))
+    except IncompleteError as err:
+        log.info("filter shard %s done; %s", shard_index, err)
+        return None
 
 
 def llm_labels(
@@ -65,55 +129,12 @@ def llm_labels(
     rows: list[dict[str, Any]],
     triplets: list[Triplet],
 ) -> list[str]:
-    """Judge in resumable batches (same batch log as synthesis), ordered by prompt length."""
-    template = consistency.load_prompt(settings.get("prompt_file"))
-    prompts = [consistency.build_prompt(template, t) for t in triplets]
+    """Judge every batch here, in resumable batches (the synthesis batch log), ordered by prompt length."""
     ids = [r["id"] for r in rows]
-    plan = plan_batches([len(p) for p in prompts], ids, int(settings["batch_size"]))
-    batch_log = BatchLog(stage.path, "judgements")
-    judge: consistency.LLMJudge | VLLMJudge | None = None
-    done = set(batch_log.done())
-    bar = progress_bar(
-        sum(len(b) for i, b in enumerate(plan) if i not in done),
-        "consistency filter",
-        "triplet",
-        cfg.synthesis.get("progress", "auto"),
+    judge_shards(
+        settings, str(cfg.paths.cache_dir), stage.path, ids, triplets, progress=cfg.synthesis.get("progress", "auto")
     )
-
-    def work(indices: list[int]) -> list[dict[str, Any]]:
-        nonlocal judge
-        if judge is None:
-            judge = make_judge(settings, cfg.paths.cache_dir)
-        labels = judge.labels([prompts[i] for i in indices])
-        bar.update(len(indices))
-        return [{"id": ids[i], "label": lab} for i, lab in zip(indices, labels)]
-
-    def failed_row(i: int, error: str) -> dict[str, Any]:
-        bar.update(1)
-        return {"id": ids[i], "label": consistency.FAILED, "error": error}
-
-    with bar:
-        run_batches(batch_log, plan, work, [0], 1, retries=int(settings.get("batch_retries", 2)), failed_row=failed_row)
-    merged = {row["id"]: row["label"] for row in merge_batches(batch_log, plan, ids)}
-    return [merged[i] for i in ids]
-
-
-def make_judge(settings: Mapping[str, Any], cache_dir: str) -> consistency.LLMJudge | VLLMJudge:
-    """The ``llm`` filter's judge on its engine (``filter.engine``: hf, or vllm with ``filter.vllm`` settings)."""
-    engine = settings.get("engine") or "hf"
-    if engine == "vllm":
-        model = settings["model"]
-        return VLLMJudge(
-            consistency.judge_source(settings, cache_dir),
-            max_new_tokens=int(settings["max_new_tokens"]),
-            max_length=int(settings["max_length"]),
-            stop_token=settings.get("stop_token"),
-            dtype=model.get("dtype") or "float32",
-            engine=settings.get("vllm") or {},
-        )
-    if engine != "hf":
-        raise ValueError(f"filter.engine must be hf or vllm, got {engine!r}")
-    return consistency.load_judge(settings, cache_dir, resolve_device(settings.get("device", "auto")))
+    return merged_labels(settings, stage.path, ids, triplets, 1)
 
 
 def format_stage(cfg: DictConfig, data: DomainInputs, judged: StageOutcome, synth: StageOutcome) -> StageOutcome:

@@ -139,8 +139,11 @@ def rule_shortfall(written: Sequence[int], questions: int) -> dict[str, int]:
     }
 
 
-def synthesize_stage(cfg: DictConfig, data: DomainInputs, tuned: StageOutcome | None) -> StageOutcome | None:
-    """Generate (or apply the rules), merge by record id, parse. ``None`` while other shards are unfinished."""
+def synthesize_stage(
+    cfg: DictConfig, data: DomainInputs, tuned: StageOutcome | None, merge_only: bool = False
+) -> StageOutcome | None:
+    """Generate (or apply the rules), merge by record id, parse. ``None`` while other shards are unfinished.
+    ``merge_only`` (or ``synthesis.merge_only``): generate nothing, merge the shards' batches or refuse."""
     settings = cfg.synthesis
     fmt = parse_format(cfg)
     kwargs: dict[str, Any]
@@ -221,7 +224,7 @@ def synthesize_stage(cfg: DictConfig, data: DomainInputs, tuned: StageOutcome | 
         retries=int(settings.get("batch_retries", 2)),
     )
     processes = int(settings.get("processes") or 1)
-    merge_only = bool(settings.get("merge_only", False))
+    merge_only = merge_only or bool(settings.get("merge_only", False))
 
     def generate() -> None:
         if processes > 1 or job.backend == "vllm":  # a vLLM engine in a process of its own returns its GPU memory

@@ -50,6 +50,11 @@ class PipelineResult:
     inputs: dict[str, Any] = field(default_factory=dict)
 
 
+def filter_is_sharded(cfg: DictConfig) -> bool:
+    """A filter shard job (``filter.shard_index``) or the filter's merge step (``filter.merge_only``)."""
+    return cfg.filter.get("shard_index") is not None or bool(cfg.filter.get("merge_only", False))
+
+
 def _rate(part: Any, whole: Any) -> float | None:
     return round(part / whole, 4) if whole else None
 
@@ -119,7 +124,10 @@ def run_pipeline(cfg: DictConfig, stop_after: str | None = None) -> PipelineResu
         "reasons": dict(data.skipped),
         "rejects_path": str(data.rejects_path) if data.rejects_path else None,
     }
-    synth = synthesize_stage(cfg, data, tuned)
+    # a filter shard job or merge step judges a merged synthesis: it never generates (refused, naming the synthesis
+    # shards, while one is missing)
+    judges_shards = stop_after in ("filter", "all") and filter_is_sharded(cfg)
+    synth = synthesize_stage(cfg, data, tuned, merge_only=judges_shards)
     if synth is None:
         result.complete = False
         result.metrics = collect_metrics(result)
@@ -128,7 +136,12 @@ def run_pipeline(cfg: DictConfig, stop_after: str | None = None) -> PipelineResu
     result.files["generations"] = str(synth.dir.path / "generations.jsonl")
     result.files["parsed"] = str(synth.dir.path / "parsed.jsonl")
     if stop_after in ("filter", "all"):
-        judged = result.stages["filter"] = filter_stage(cfg, synth)
+        judged = filter_stage(cfg, synth)
+        if judged is None:  # a filter shard job while other filter shards are unfinished
+            result.complete = False
+            result.metrics = collect_metrics(result)
+            return result
+        result.stages["filter"] = judged
         result.files["judgements"] = str(judged.dir.path / "judgements.jsonl")
         if stop_after == "all":
             formatted = result.stages["format"] = format_stage(cfg, data, judged, synth)
@@ -203,7 +216,11 @@ def synthesis_quality(
     sample = int(cfg.get("quality", {}).get("blind_sample", 0) or 0)
     ordered = sorted(data.inputs, key=lambda it: it.id)[:sample]
     # the control generates: not in one shard's job, nor in the merge step (which generates nothing)
-    generates_here = cfg.synthesis.get("shard_index") is None and not cfg.synthesis.get("merge_only", False)
+    generates_here = (
+        cfg.synthesis.get("shard_index") is None
+        and not cfg.synthesis.get("merge_only", False)
+        and not filter_is_sharded(cfg)
+    )
     if len(ordered) >= 2 and generates_here:
         swapped = [dataclasses.replace(it, image=ordered[(i + 1) % len(ordered)].image) for i, it in enumerate(ordered)]
         blind_data = dataclasses.replace(data, inputs=swapped, digest=digest({"blind": data.digest, "n": len(swapped)}))

@@ -271,7 +271,9 @@ def load_or_write_plan(folder: Path, inputs: Sequence[SynthesisInput], batch_siz
     return plan
 
 
-def vllm_process_gpus(devices: Sequence[str], processes: int, tensor_parallel_size: int) -> list[str | None]:
+def vllm_process_gpus(
+    devices: Sequence[str], processes: int, tensor_parallel_size: int, setting: str = "synthesis"
+) -> list[str | None]:
     """``CUDA_VISIBLE_DEVICES`` of each vLLM worker process: ``tensor_parallel_size`` GPUs of its own (one engine
     per GPU, or per group of GPUs for a tensor-parallel synthesizer), named as this process sees them (a
     scheduler's ``CUDA_VISIBLE_DEVICES`` is kept); None each when no GPU is visible (vLLM decides)."""
@@ -284,7 +286,7 @@ def vllm_process_gpus(devices: Sequence[str], processes: int, tensor_parallel_si
     need = processes * tensor_parallel_size
     if len(gpus) < need:
         raise ValueError(
-            f"synthesis.processes={processes} x synthesis.vllm.tensor_parallel_size={tensor_parallel_size} needs "
+            f"{setting}.processes={processes} x {setting}.vllm.tensor_parallel_size={tensor_parallel_size} needs "
             f"{need} GPUs; {len(gpus)} visible"
         )
     return [",".join(gpus[p * tensor_parallel_size : (p + 1) * tensor_parallel_size]) for p in range(processes)]
@@ -301,7 +303,7 @@ def run_in_processes(job: SynthesisJob, devices: Sequence[str], processes: int) 
         if job.backend == "vllm"
         else None
     )
-    procs = []
+    workers = []
     for p in range(processes):
         shards = [s for s in job.shards if s % processes == p]
         if not shards:
@@ -311,16 +313,23 @@ def run_in_processes(job: SynthesisJob, devices: Sequence[str], processes: int) 
         )
         spec = folder / f"job-shards-{'-'.join(map(str, shards))}.json"  # unique: other jobs may share the folder
         atomic_write_json(spec, sub.to_json(), indent=None)
-        gpus = vllm_gpus[p] if vllm_gpus else None
-        env = None if gpus is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpus}
-        cmd = [sys.executable, "-m", "mllm_da.synthesis.runner", str(spec)]
-        procs.append((p, subprocess.Popen(cmd, env=env)))
-    failed = [p for p, proc in procs if proc.wait() != 0]
-    if failed:
-        raise RuntimeError(f"synthesis worker process(es) {failed} failed; rerun to resume (see their output above)")
+        workers.append((spec, vllm_gpus[p] if vllm_gpus else None))
+    run_workers("mllm_da.synthesis.runner", workers, "synthesis")
     return (
         [json.loads(line) for line in complete_lines(folder / "runs.jsonl")] if (folder / "runs.jsonl").exists() else []
     )
+
+
+def run_workers(module: str, workers: Sequence[tuple[Path, str | None]], what: str) -> None:
+    """``python -m <module> <spec>`` per worker, all at once, each with its ``CUDA_VISIBLE_DEVICES`` (None: this
+    process's); waits for all and raises naming the ones that failed (their batches are on disk: a rerun resumes)."""
+    procs = []
+    for p, (spec, gpus) in enumerate(workers):
+        env = None if gpus is None else {**os.environ, "CUDA_VISIBLE_DEVICES": gpus}
+        procs.append((p, subprocess.Popen([sys.executable, "-m", module, str(spec)], env=env)))
+    failed = [p for p, proc in procs if proc.wait() != 0]
+    if failed:
+        raise RuntimeError(f"{what} worker process(es) {failed} failed; rerun to resume (see their output above)")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -33,7 +33,7 @@ def synthetic_task_file(domain: Any, spec: Mapping[str, Any], policy: str = "ski
     result = run_pipeline(cfg)
     if not result.complete:
         raise RuntimeError(
-            "data_mix synthesis is waiting for other shards (synthesis.shard_index is set); run the "
-            "other shards with synth.py first, or drop shard_index from data_mix.synthesis.overrides"
+            "data_mix synthesis is waiting for other shards (synthesis.shard_index or filter.shard_index is set); "
+            "run the other shards with synth.py first, or drop shard_index from data_mix.synthesis.overrides"
         )
     return Path(result.files["synthetic_only"]), result.metrics
