@@ -169,3 +169,22 @@ def test_every_synthesis_reports_its_quality_in_the_summary(compose_cfg, tmp_pat
     assert quality["all"]["toy_truth"]["precise_accuracy"] == 1.0  # rule answers are right by construction
     assert quality["grounding"] == {"records": 16, "changed_share": 0.0, "question_changed_share": 0.0}
     assert quality["kept"]["diversity"]["tasks"] <= 48
+
+
+@pytest.mark.parametrize(
+    ("informative", "consistent"),
+    [
+        ("There are two shapes: a small red circle and a large blue square. So there are two.", True),
+        ("I see three shapes: a green triangle, a red circle and a blue square, so two.", False),  # another scene
+        ("There are three shapes in the image, so the answer is two.", False),  # a wrong stated count
+        ("There is no green triangle, only a red circle and a blue square: two shapes.", True),  # negated mention
+        ("The image shows a purple square and a red circle: two.", False),
+    ],
+)
+def test_an_informative_answer_must_describe_the_scene_it_was_asked_about(informative: str, consistent: bool):
+    from mllm_da.synthesis.quality import informative_consistent, scene_claims_hold
+
+    assert informative_consistent(informative, "two", CAPTION) is consistent
+    assert scene_claims_hold(informative, SCENE) is consistent
+    report = quality_report([task("How many shapes are there?", "two", informative)])
+    assert report["toy_truth"]["informative_consistency"] == (1.0 if consistent else 0.0)

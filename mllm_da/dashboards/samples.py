@@ -24,7 +24,7 @@ from mllm_da.evaluation.benchmarks import BenchmarkSpec, benchmark_specs
 from mllm_da.evaluation.rows import image_reference
 from mllm_da.evaluation.sources import open_source
 from mllm_da.synthesis.filter import is_kept
-from mllm_da.synthesis.quality import answer_is, mentions, toy_truth
+from mllm_da.synthesis.quality import answer_is, informative_consistent, toy_truth
 from mllm_da.utils.io import atomic_write_jsonl, read_json, read_jsonl_tolerant
 
 log = logging.getLogger(__name__)
@@ -320,7 +320,7 @@ def synth_rows(run: RunFolder, limit: int) -> list[dict[str, Any]]:
             "question_type": truth[0] if truth else "",
             "toy_truth": truth[1] if truth else None,
             "precise_right": answer_is(triplet["precise_A"], truth[1], triplet["Q"]) if truth else None,
-            "informative_right": mentions(triplet["informative_A"], truth[1]) if truth else None,
+            "informative_right": informative_consistent(triplet["informative_A"], truth[1], caption) if truth else None,
         }
         out.append(item)
     return out

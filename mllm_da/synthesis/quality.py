@@ -146,6 +146,35 @@ def mentions(answer: str, truth: str) -> bool | None:
     return any(words[i : i + len(target)] == target for i in range(len(words) - len(target) + 1))
 
 
+_NEGATORS = frozenset({"no", "not", "without", "nor", "neither", "isn", "aren", "t"})
+_OBJECT_MENTION = re.compile(r"\b(" + "|".join(toy.COLOURS) + r") (" + "|".join(toy.SHAPES) + r")s?\b")
+_COUNT_CLAIM = re.compile(r"\bthere (?:is|are) (one|two|three|four|[1-4]) shapes?\b")
+
+
+def scene_claims_hold(answer: str, scene: toy.ToyScene) -> bool:
+    """Whether what a long answer asserts about the scene is true: every colour-shape it says is there (not after
+    a negation such as "no" or "not" in the three words before it) is in the scene, and a stated shape count is the
+    scene's. An answer about some other scene fails even when it ends on the right word."""
+    text = answer.lower()
+    present = {(o.colour, o.shape) for o in scene.objects}
+    for match in _OBJECT_MENTION.finditer(text):
+        before = _words(text[: match.start()])[-3:]
+        if (match.group(1), match.group(2)) not in present and not _NEGATORS.intersection(before):
+            return False
+    counts = {w: k for k, w in toy.COUNT_WORDS.items()} | {str(k): k for k in toy.COUNT_WORDS}
+    return all(counts[m.group(1)] == scene.count for m in _COUNT_CLAIM.finditer(text))
+
+
+def informative_consistent(answer: str, truth: str, caption: str) -> bool | None:
+    """Whether an informative answer is consistent with the scene a toy caption describes: its claims about the
+    scene hold (:func:`scene_claims_hold`) and it says the true answer (:func:`mentions`); None when it holds but
+    never states the answer to a yes/no question."""
+    scene = toy.scene_from_caption(caption)
+    if scene is not None and not scene_claims_hold(answer, scene):
+        return False
+    return mentions(answer, truth)
+
+
 def _rate(flags: Iterable[bool]) -> float | None:
     values = list(flags)
     return round(sum(values) / len(values), 4) if values else None
@@ -164,7 +193,7 @@ def toy_correctness(tasks: Sequence[SynthesizedTask]) -> dict[str, object]:
                     task,
                     kind,
                     answer_is(task.precise, answer, task.question),
-                    mentions(task.informative, answer),
+                    informative_consistent(task.informative, answer, task.caption),
                 )
             )
     out: dict[str, object] = {
