@@ -26,7 +26,7 @@ from mllm_da.backbones.base import Backbone
 from mllm_da.backbones.generate import cut_at_stop_token
 from mllm_da.data.images import BadImageError, load_image
 from mllm_da.synthesis.filter import judge_stop_id, parse_label
-from mllm_da.synthesis.requests import SynthesisInput, empty_row, synthesizer_prompt
+from mllm_da.synthesis.requests import SynthesisInput, empty_row, fill_generated_rows, synthesizer_prompt
 from mllm_da.synthesis.sampling import SamplingConfig, record_seed
 
 log = logging.getLogger(__name__)
@@ -130,15 +130,8 @@ class VLLMSynthesizerGenerator:
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
         if len(outputs) != len(prompts):
             raise RuntimeError(f"vllm returned {len(outputs)} outputs for {len(prompts)} prompts")
-        stops = set(self.stop_ids)
-        for slot, output in zip(slots, outputs):
-            kept, finished = cut_at_stop_token(list(output.outputs[0].token_ids), stops)
-            rows[slot]["text"] = self.backbone.tokenizer.decode(
-                kept, skip_special_tokens=False, clean_up_tokenization_spaces=False
-            )
-            rows[slot]["finished"] = finished
-            rows[slot]["new_tokens"] = len(kept)
-            self.new_tokens += len(kept)
+        generated = [output.outputs[0].token_ids for output in outputs]
+        self.new_tokens += fill_generated_rows(rows, slots, generated, self.stop_ids, self.backbone.tokenizer)
         return rows
 
 

@@ -27,9 +27,9 @@ from mllm_da.synthesis import filter as consistency
 from mllm_da.synthesis.batches import BatchLog, merge_batches, plan_batches, run_batches
 from mllm_da.synthesis.engines import VLLMJudge
 from mllm_da.synthesis.parse import Triplet
-from mllm_da.synthesis.runner import run_workers, vllm_process_gpus
+from mllm_da.synthesis.runner import run_shard_workers, vllm_process_gpus
 from mllm_da.utils.devices import resolve_device
-from mllm_da.utils.io import atomic_write_json, read_jsonl_tolerant
+from mllm_da.utils.io import read_jsonl_tolerant
 from mllm_da.utils.progress import progress_bar
 
 log = logging.getLogger(__name__)
@@ -163,16 +163,13 @@ def judge_in_processes(job: FilterJob, devices: Sequence[str], processes: int) -
         if job.settings.get("engine") == "vllm"
         else None
     )
-    workers = []
-    for p in range(processes):
-        shards = [s for s in job.shards if s % processes == p]
-        if not shards:
-            continue
-        sub = FilterJob(**{**asdict(job), "shards": shards, "device": devices[p % len(devices)]})
-        spec = folder / f"judge-shards-{'-'.join(map(str, shards))}.json"  # unique: other jobs may share the folder
-        atomic_write_json(spec, sub.to_json(), indent=None)
-        workers.append((spec, vllm_gpus[p] if vllm_gpus else None))
-    run_workers("mllm_da.synthesis.judging", workers, "filter")
+
+    def spec(shards: list[int], device: str) -> dict[str, Any]:
+        return FilterJob(**{**asdict(job), "shards": shards, "device": device}).to_json()
+
+    run_shard_workers(
+        "mllm_da.synthesis.judging", folder, "judge", job.shards, processes, devices, vllm_gpus, spec, "filter"
+    )
 
 
 def run_filter_job(job: FilterJob) -> int:

@@ -3,9 +3,11 @@ the row a record gets when its generation failed."""
 
 from __future__ import annotations
 
+from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from mllm_da.backbones.generate import cut_at_stop_token
 from mllm_da.synthesis.parse import CAPTION_HINT
 from mllm_da.utils.conversation import IMAGE_PLACEHOLDER, Turn
 
@@ -33,3 +35,24 @@ def failed_generation_row(record_id: str, error: str) -> dict[str, Any]:
     """The row of a record whose generation failed after its batch's retries and once alone (kept, not dropped:
     it is counted as ``failed`` and parses to no task)."""
     return {**empty_row(record_id), "error": f"generation failed: {error}", "failed": True}
+
+
+def fill_generated_rows(
+    rows: list[dict[str, Any]],
+    slots: Sequence[int],
+    generated: Sequence[Sequence[int]],
+    stop_ids: Collection[int],
+    tokenizer: Any,
+) -> int:
+    """Write each generation into its row: the tokens up to the first stop token, decoded with the special tokens
+    kept (the parser reads the turn markers), whether it stopped, and its length. Returns the tokens kept, so
+    either engine counts its throughput the same way."""
+    stops = set(stop_ids)
+    total = 0
+    for slot, tokens in zip(slots, generated):
+        kept, finished = cut_at_stop_token(list(tokens), stops)
+        rows[slot]["text"] = tokenizer.decode(kept, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        rows[slot]["finished"] = finished
+        rows[slot]["new_tokens"] = len(kept)
+        total += len(kept)
+    return total

@@ -25,14 +25,14 @@ import os
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mllm_da.backbones.generate import cut_at_stop_token, new_tokens
+from mllm_da.backbones.generate import new_tokens
 from mllm_da.backbones.loading import engine_checkpoint, load_backbone, load_prompt_backbone
 from mllm_da.data.images import BadImageError, load_image
 from mllm_da.synthesis.batches import (
@@ -44,7 +44,13 @@ from mllm_da.synthesis.batches import (
     run_batches,
 )
 from mllm_da.synthesis.engines import VLLMSynthesizerGenerator
-from mllm_da.synthesis.requests import SynthesisInput, empty_row, failed_generation_row, synthesizer_prompt
+from mllm_da.synthesis.requests import (
+    SynthesisInput,
+    empty_row,
+    failed_generation_row,
+    fill_generated_rows,
+    synthesizer_prompt,
+)
 from mllm_da.synthesis.sampling import RecordSeededSampler, SamplingConfig, record_seed
 from mllm_da.utils.io import append_jsonl, atomic_write_json, read_json
 from mllm_da.utils.progress import progress_bar
@@ -165,15 +171,7 @@ class SynthesizerGenerator:
             self.max_new_tokens,
             logits_processor=sampler,
         )
-        stops = set(self.stop_ids)
-        for slot, tokens in zip(slots, generated):
-            kept, finished = cut_at_stop_token(tokens, stops)
-            rows[slot]["text"] = self.backbone.tokenizer.decode(
-                kept, skip_special_tokens=False, clean_up_tokenization_spaces=False
-            )
-            rows[slot]["finished"] = finished
-            rows[slot]["new_tokens"] = len(kept)
-            self.new_tokens += len(kept)
+        self.new_tokens += fill_generated_rows(rows, slots, generated, self.stop_ids, self.backbone.tokenizer)
         return rows
 
 
@@ -303,21 +301,41 @@ def run_in_processes(job: SynthesisJob, devices: Sequence[str], processes: int) 
         if job.backend == "vllm"
         else None
     )
-    workers = []
-    for p in range(processes):
-        shards = [s for s in job.shards if s % processes == p]
-        if not shards:
-            continue
-        sub = SynthesisJob(
-            **{**asdict(job), "inputs": job.inputs, "shards": shards, "device": devices[p % len(devices)]}
-        )
-        spec = folder / f"job-shards-{'-'.join(map(str, shards))}.json"  # unique: other jobs may share the folder
-        atomic_write_json(spec, sub.to_json(), indent=None)
-        workers.append((spec, vllm_gpus[p] if vllm_gpus else None))
-    run_workers("mllm_da.synthesis.runner", workers, "synthesis")
+
+    def spec(shards: list[int], device: str) -> dict[str, Any]:
+        return SynthesisJob(**{**asdict(job), "inputs": job.inputs, "shards": shards, "device": device}).to_json()
+
+    run_shard_workers(
+        "mllm_da.synthesis.runner", folder, "job", job.shards, processes, devices, vllm_gpus, spec, "synthesis"
+    )
     return (
         [json.loads(line) for line in complete_lines(folder / "runs.jsonl")] if (folder / "runs.jsonl").exists() else []
     )
+
+
+def run_shard_workers(
+    module: str,
+    folder: Path,
+    prefix: str,
+    shards: Sequence[int],
+    processes: int,
+    devices: Sequence[str],
+    vllm_gpus: Sequence[str | None] | None,
+    spec: Callable[[list[int], str], dict[str, Any]],
+    what: str,
+) -> None:
+    """Split ``shards`` over ``processes`` workers (shard ``s`` to worker ``s % processes``, on ``devices[p % n]``
+    or its own vLLM GPUs), write each worker's job as ``<prefix>-shards-<ids>.json`` (unique: jobs on other nodes
+    may share the folder) and run them with :func:`run_workers`."""
+    workers = []
+    for p in range(processes):
+        group = [s for s in shards if s % processes == p]
+        if not group:
+            continue
+        path = folder / f"{prefix}-shards-{'-'.join(map(str, group))}.json"
+        atomic_write_json(path, spec(group, devices[p % len(devices)]), indent=None)
+        workers.append((path, vllm_gpus[p] if vllm_gpus else None))
+    run_workers(module, workers, what)
 
 
 def run_workers(module: str, workers: Sequence[tuple[Path, str | None]], what: str) -> None:
