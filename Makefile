@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo test test-all test-faults lint format typecheck contracts check install install-test clean-venv
+.PHONY: demo bench-peer test test-all test-faults lint format typecheck contracts check install install-test clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -29,6 +29,11 @@ install-test: $(VENV)/.installed-test
 ## post-train the tiny Qwen2-VL on the built-in toy domain (CPU), export it, write summary.json
 demo: install
 	$(BIN)/python train.py experiment=toy/demo
+
+## our train.py against LLaMA-Factory on the same tiny Qwen2-VL and data (CPU; installs LLaMA-Factory into its own
+## venv, benchmarks/.venv-llamafactory; benchmarks/README.md)
+bench-peer: install
+	$(BIN)/python benchmarks/peer_llamafactory.py
 
 ## the default test suite (slow tests excluded)
 test: install-test
