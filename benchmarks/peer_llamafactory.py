@@ -14,8 +14,11 @@ Then it trains, in interleaved rounds (each round runs every variant once; the o
 
 * ``ours``: ``train.py data_mix=external data_mix.captions=false data_mix.external_file=<that file>`` (the file's
   conversations as they are), everything else as the preset says (length grouping, SDPA, our loader);
-* ``llamafactory defaults``: LLaMA-Factory's SFT with its defaults (gradient checkpointing on, its optimiser);
-* ``llamafactory no grad ckpt``: like for like: gradient checkpointing off, optimiser as ours.
+* ``ours loop adamw``: the same with ``optim.fused=false`` (torch's per-tensor AdamW loop, what train.py used on
+  CPU before it took the fused kernel there too);
+* ``llamafactory defaults``: LLaMA-Factory's SFT with its defaults (gradient checkpointing on; torch's fused
+  AdamW, ``optim=adamw_torch_fused``);
+* ``llamafactory no grad ckpt``: like for like with ``ours``: gradient checkpointing off, the same fused AdamW.
 
 Every run has the same per-step batch, cutoff, fp32, one thread (OMP/MKL/torch threads = 1), learning-rate
 schedule, weight decay, clipping and trained modules (the vision tower too, as our preset does), and the same
@@ -49,7 +52,7 @@ VENV = BENCH / ".venv-llamafactory"
 CONSTRAINTS = BENCH / "llamafactory-constraints.txt"
 STUBS = BENCH / "peer_stubs"
 LLAMAFACTORY = "llamafactory==0.9.5"
-VARIANTS = ("ours", "llamafactory defaults", "llamafactory no grad ckpt")
+VARIANTS = ("ours", "ours loop adamw", "llamafactory defaults", "llamafactory no grad ckpt")
 
 
 def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
@@ -259,7 +262,7 @@ def summarize(rounds: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[
             row[key] = median(values)
             row[f"{key}_range"] = [min(values), max(values)]
         rows.append(row)
-        if variant != "ours":
+        if variant != "ours" and all(variant in r and "ours" in r for r in rounds):
             per_round = {k: [r["ours"]["metrics"][k] / r[variant]["metrics"][k] for r in rounds] for k in keys}
             ratios[f"ours / {variant}"] = {
                 k: {"median": median(v), "min": min(v), "max": max(v), "per_round": v} for k, v in per_round.items()
@@ -276,7 +279,7 @@ def main() -> None:
     parser.add_argument("--cutoff", type=int, default=512)
     parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
     parser.add_argument(
-        "--like-optim", default="adamw_torch", help="LLaMA-Factory's optim in the like-for-like runs: ours on CPU"
+        "--like-optim", default="adamw_torch_fused", help="LLaMA-Factory's optim in the like-for-like runs (ours)"
     )
     parser.add_argument("--ours-overrides", nargs="*", default=[], help="more train.py overrides for ours")
     parser.add_argument("--machine", default=f"cpu-{os.cpu_count()}cores", help="names the results file")
@@ -311,8 +314,10 @@ def main() -> None:
     lf_env = {**env, "PYTHONPATH": str(STUBS)}
 
     def command(variant: str, out: Path) -> tuple[list[str], dict[str, str]]:
-        if variant == "ours":
+        if variant.startswith("ours"):
             overrides = ours_overrides(args, work, data_file, out / "run")
+            if variant == "ours loop adamw":
+                overrides.append("optim.fused=false")
             return [sys.executable, str(BENCH / "peer_run_ours.py"), *overrides], env
         lf = llamafactory_args(args, lf_checkpoint, data_dir, media_dir, out / "run", cfg, "no grad" in variant)
         (out / "args.json").write_text(json.dumps(lf, indent=2))
@@ -347,7 +352,7 @@ def main() -> None:
     table = print_table(
         rows,
         ["variant", "tokens_per_cpu_s", "tokens_per_s", "samples_per_cpu_s", "samples_per_s", "startup_s",
-         "peak_rss_mib", "padding"],
+         "peak_rss_mib", "padding", "mean_real_tokens_per_sample"],
         title,
     )  # fmt: skip
     for name, ratio in ratios.items():
