@@ -18,7 +18,9 @@ Then it trains, in interleaved rounds (each round runs every variant once; the o
   CPU before it took the fused kernel there too);
 * ``llamafactory defaults``: LLaMA-Factory's SFT with its defaults (gradient checkpointing on; torch's fused
   AdamW, ``optim=adamw_torch_fused``);
-* ``llamafactory no grad ckpt``: like for like with ``ours``: gradient checkpointing off, the same fused AdamW.
+* ``llamafactory no grad ckpt``: like for like with ``ours``: gradient checkpointing off, the same fused AdamW;
+* ``llamafactory no grad ckpt frozen vision`` (only when named in ``--variants``): the same with LLaMA-Factory's
+  default ``freeze_vision_tower=true``, which trains less than ours (our tiny preset trains the vision tower).
 
 Every run has the same per-step batch, cutoff, fp32, one thread (OMP/MKL/torch threads = 1), learning-rate
 schedule, weight decay, clipping and trained modules (the vision tower too, as our preset does), and the same
@@ -53,6 +55,8 @@ CONSTRAINTS = BENCH / "llamafactory-constraints.txt"
 STUBS = BENCH / "peer_stubs"
 LLAMAFACTORY = "llamafactory==0.9.5"
 VARIANTS = ("ours", "ours loop adamw", "llamafactory defaults", "llamafactory no grad ckpt")
+#: not run unless asked for (--variants): LLaMA-Factory's default of a frozen vision tower trains less than ours
+EXTRA_VARIANTS = ("llamafactory no grad ckpt frozen vision",)
 
 
 def run(cmd: list[str], **kwargs: Any) -> subprocess.CompletedProcess:
@@ -152,9 +156,17 @@ def check_conversion(ours: Path, converted: Path, lf_python: Path, env: dict[str
 
 # ------------------------------------------------------------------------------------------------------- runs
 def llamafactory_args(
-    args: argparse.Namespace, checkpoint: Path, data_dir: Path, media_dir: Path, out: Path, cfg: Any, like: bool
+    args: argparse.Namespace,
+    checkpoint: Path,
+    data_dir: Path,
+    media_dir: Path,
+    out: Path,
+    cfg: Any,
+    like: bool,
+    frozen_vision: bool = False,
 ) -> dict[str, Any]:
-    """LLaMA-Factory's SFT arguments: the same training as ours; ``like``: its speed defaults made ours too."""
+    """LLaMA-Factory's SFT arguments: the same training as ours; ``like``: its speed defaults made ours too;
+    ``frozen_vision``: its default of a frozen vision tower (less training than ours)."""
     optim = cfg.optim
     lf: dict[str, Any] = {
         "model_name_or_path": str(checkpoint),
@@ -191,6 +203,8 @@ def llamafactory_args(
     if like:
         lf["disable_gradient_checkpointing"] = True
         lf["optim"] = args.like_optim
+    if frozen_vision:
+        lf["freeze_vision_tower"] = True
     return lf
 
 
@@ -252,7 +266,7 @@ def one_run(variant: str, command: list[str], env: dict[str, str], out: Path, lo
 def summarize(rounds: list[dict[str, Any]]) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     rows, ratios = [], {}
     keys = ("tokens_per_cpu_s", "tokens_per_s", "samples_per_cpu_s", "samples_per_s")
-    for variant in VARIANTS:
+    for variant in VARIANTS + EXTRA_VARIANTS:
         runs = [r[variant]["metrics"] for r in rounds if variant in r]
         if not runs:
             continue
@@ -277,7 +291,7 @@ def main() -> None:
     parser.add_argument("--warmup", type=int, default=10, help="steps left out of the rates")
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--cutoff", type=int, default=512)
-    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS)
+    parser.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=VARIANTS + EXTRA_VARIANTS)
     parser.add_argument(
         "--like-optim", default="adamw_torch_fused", help="LLaMA-Factory's optim in the like-for-like runs (ours)"
     )
@@ -319,7 +333,9 @@ def main() -> None:
             if variant == "ours loop adamw":
                 overrides.append("optim.fused=false")
             return [sys.executable, str(BENCH / "peer_run_ours.py"), *overrides], env
-        lf = llamafactory_args(args, lf_checkpoint, data_dir, media_dir, out / "run", cfg, "no grad" in variant)
+        lf = llamafactory_args(
+            args, lf_checkpoint, data_dir, media_dir, out / "run", cfg, "no grad" in variant, "frozen" in variant
+        )
         (out / "args.json").write_text(json.dumps(lf, indent=2))
         return [str(lf_python), str(BENCH / "peer_run_llamafactory.py"), str(out / "args.json")], lf_env
 
