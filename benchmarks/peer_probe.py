@@ -43,7 +43,7 @@ class StepProbe:
                 dtype=str(param.dtype),
                 trainable_parameters=sum(p.numel() for p in module.parameters() if p.requires_grad),
                 gradient_checkpointing=bool(getattr(module, "is_gradient_checkpointing", False)),
-                attn_implementation=str(getattr(module.config, "_attn_implementation", "")),
+                attn_implementation=str(getattr(getattr(module, "config", None), "_attn_implementation", "")),
                 torch_threads=torch.get_num_threads(),
             )
         input_ids = kwargs["input_ids"]
