@@ -8,7 +8,7 @@ export HF_HUB_OFFLINE ?= 1
 export WANDB_MODE ?= offline
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: demo gallery test test-all test-faults lint format typecheck contracts check install install-test clean-venv
+.PHONY: demo gallery bench-peer test test-all test-faults lint format typecheck contracts check install install-test clean-venv
 
 $(BIN)/python:
 	$(PYTHON) -m venv $(VENV)
@@ -34,6 +34,11 @@ demo: install
 gallery: install
 	@test -n "$(RUN)" || { echo "usage: make gallery RUN=<run folder> [OUT=<file.html>]"; exit 2; }
 	$(BIN)/python -m mllm_da.dashboards.gallery $(RUN) $(if $(OUT),--out $(OUT))
+
+## our train.py against LLaMA-Factory on the same tiny Qwen2-VL and data (CPU; installs LLaMA-Factory into its own
+## venv, benchmarks/.venv-llamafactory; benchmarks/README.md)
+bench-peer: install
+	$(BIN)/python benchmarks/peer_llamafactory.py
 
 ## the default test suite (slow tests excluded)
 test: install-test
