@@ -219,6 +219,23 @@ def test_rule_task_answers_match_scene(task_sample) -> None:
             assert task.answer_text == truth, (describe_scene(scene), task)
 
 
+def test_balanced_types_draw_every_question_type_about_equally_often() -> None:
+    from collections import Counter
+
+    from mllm_da.toy.vocabulary import QUESTION_TYPES
+
+    def shares(balanced: bool) -> dict[str, float]:
+        rng = random.Random(3)
+        kinds = Counter(
+            t.question_type for s in scenes(600, seed=4) for t in rule_tasks(s, rng, 1, balanced_types=balanced)
+        )
+        return {kind: kinds[kind] / sum(kinds.values()) for kind in QUESTION_TYPES}
+
+    by_rules, balanced = shares(False), shares(True)
+    assert by_rules["count"] > 0.3  # the rules favour counting
+    assert all(abs(share - 1 / len(QUESTION_TYPES)) < 0.05 for share in balanced.values()), balanced
+
+
 def test_rule_task_formats(task_sample) -> None:
     for _, tasks in task_sample:
         for task in tasks:

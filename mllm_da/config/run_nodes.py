@@ -151,6 +151,7 @@ class SeedDataConfig:
     questions_per_image: int = option(3, ge=1, when=_toy_source)
     question_types: list[str] | None = None
     answer_types: list[str] | None = None
+    balanced_types: bool = False
     blank_fraction: float = option(0.1, ge=0.0, le=1.0)
     dev_fraction: float = option(0.1, ge=0.0, lt=1.0)
     seed: int = option(0, ge=0, when=_toy_source)

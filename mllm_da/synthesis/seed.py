@@ -31,11 +31,14 @@ def toy_seed_examples(
     image_size: int = REFERENCE_SIZE,
     question_types: Sequence[str] | None = None,
     answer_types: Sequence[str] | None = None,
+    balanced_types: bool = False,
 ) -> list[SeedExample]:
     """Seed examples of ``n_images`` toy scenes drawn into ``folder/images``: each task once with its precise (rule)
     answer and once with its informative (rule-written explanation) answer; narrowing as
     :func:`~mllm_da.toy.toy_seed_images` describes."""
-    drawn = toy_seed_images(folder, n_images, questions_per_image, seed, image_size, question_types, answer_types)
+    drawn = toy_seed_images(
+        folder, n_images, questions_per_image, seed, image_size, question_types, answer_types, balanced_types
+    )
     examples = []
     for image in drawn:
         qa = []
@@ -58,6 +61,7 @@ def build_seed(folder: Path, settings: Mapping[str, Any], policy: str = "skip") 
             int(settings["seed"]),
             question_types=settings.get("question_types"),
             answer_types=settings.get("answer_types"),
+            balanced_types=bool(settings.get("balanced_types", False)),
         )
         return write_seed(folder, examples, folder.resolve(), blank, dev)
     if source == "visionflan":

@@ -52,6 +52,8 @@ def seed_stage(cfg: DictConfig) -> tuple[StageOutcome, SeedFiles]:
         "version": VERSIONS["seed"],
         **{k: v for k, v in settings.items() if k not in ignored},
     }
+    if not payload.get("balanced_types"):  # added later: the default keeps the keys of seed sets built before
+        payload.pop("balanced_types", None)
     if settings["source"] == "visionflan":
         vf = settings["visionflan"]
         files = {k: vf[k] for k in ("caption_file", "precise_file", "informative_file")}

@@ -38,12 +38,14 @@ def toy_seed_images(
     image_size: int = REFERENCE_SIZE,
     question_types: Sequence[str] | None = None,
     answer_types: Sequence[str] | None = None,
+    balanced_types: bool = False,
 ) -> list[ToySeedImage]:
     """Draw ``n_images`` toy scenes into ``folder/images`` (an image already there is kept) with their tasks.
 
     ``question_types`` / ``answer_types`` (None: all) narrow the kinds of question asked. A tiny synthesizer decodes
     greedily, so it writes the seed set's most common question shape for every image; narrowing the seed set picks
-    which shape that is (the toy demo asks for counts, what a tiny model learns from pixels first). The task name
+    which shape that is (the toy demo asks for counts, what a tiny model learns from pixels first).
+    ``balanced_types`` draws every question type equally often (:func:`~mllm_da.toy.tasks.rule_tasks`). The task name
     (for the per-task split) is the first task's kind, e.g. ``count_open``.
     """
     if n_images < 1 or questions_per_image < 1:
@@ -64,6 +66,7 @@ def toy_seed_images(
             questions_per_image,
             answer_types or ANSWER_TYPES,
             question_types or QUESTION_TYPES,
+            balanced_types,
         )
         answered = tuple((task, informative_answer(scene, task, text_rng)) for task in tasks)
         task_name = f"{tasks[0].question_type}_{tasks[0].answer_type}".lower()

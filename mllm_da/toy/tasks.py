@@ -201,12 +201,14 @@ def rule_tasks(
     n: int,
     answer_types: Collection[str] = ANSWER_TYPES,
     question_types: Collection[str] = QUESTION_TYPES,
+    balanced_types: bool = False,
 ) -> list[ToyTask]:
     """Up to ``n`` tasks with distinct questions, answered from the scene by rule (the "manual rules" baseline).
 
-    A kind of question is drawn by weight; a yes/no kind flips a fair coin for the answer first, and is drawn
-    only while it has questions with either answer left, so CLOSED answers are balanced. Fewer than ``n`` come
-    back only when the scene runs out of such questions (e.g. MC only on a one-object scene).
+    A kind of question is drawn by weight (``balanced_types``: every question type equally often, its weight shared
+    by its answer forms, instead of the rules' weights that favour counting); a yes/no kind flips a fair coin for the
+    answer first, and is drawn only while it has questions with either answer left, so CLOSED answers are balanced.
+    Fewer than ``n`` come back only when the scene runs out of such questions (e.g. MC only on a one-object scene).
     """
     unknown = set(answer_types) - set(ANSWER_TYPES)
     if unknown or not answer_types:
@@ -217,6 +219,8 @@ def rule_tasks(
     if n < 0:
         raise ValueError(f"n must be >= 0, got {n}")
     families = [f for f in _FAMILIES if f.answer_type in answer_types and f.question_type in question_types]
+    forms = Counter(f.question_type for f in families)
+    weight = {f: 1.0 / forms[f.question_type] if balanced_types else f.weight for f in families}
     pools = {f: f.candidates(scene) for f in families}
     used: set[str] = set()
     tasks: list[ToyTask] = []
@@ -225,7 +229,7 @@ def rule_tasks(
         live = {f: cands for f, cands in live.items() if _drawable(f, cands)}
         if not live:
             break
-        family = rng.choices(list(live), weights=[f.weight for f in live])[0]
+        family = rng.choices(list(live), weights=[weight[f] for f in live])[0]
         candidates = live[family]
         if family.answer_type == "CLOSED":
             want = "yes" if rng.random() < 0.5 else "no"
