@@ -13,8 +13,9 @@ from omegaconf import OmegaConf
 from mllm_da.synthesis.tuning import compose_config
 
 
-def sweep_jobs(work_root, experiment: str) -> tuple[dict, list]:
-    """The sweep's axes and each job's config, composed as Hydra's basic sweeper and launcher do."""
+def sweep_jobs(work_root, experiment: str, mixes: tuple[str, ...] = ("synthetic", "synthetic_unfiltered")):
+    """The sweep's axes and the config of each seed's job with each of ``mixes``, composed as Hydra's basic sweeper
+    and launcher do."""
     overrides = [f"paths.root_dir={work_root}", f"experiment={experiment}"]
     with initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
         hydra = GlobalHydra.instance().hydra
@@ -23,7 +24,7 @@ def sweep_jobs(work_root, experiment: str) -> tuple[dict, list]:
         jobs = [
             hydra.config_loader.load_sweep_config(master, [*overrides, f"seed={seed}", f"data_mix={mix}"])
             for seed in axes["seed"]
-            for mix in ("synthetic", "synthetic_unfiltered")
+            for mix in mixes
         ]
     return axes, jobs
 
@@ -53,6 +54,7 @@ def test_the_ablation_sweeps_three_seeds_of_stage_mode_by_task_source(work_root)
 
 @pytest.mark.parametrize("experiment", ["toy/data_source", "toy/stage_mode"])
 def test_the_presets_built_on_the_ablation_keep_its_seeds_and_synthesizer(work_root, experiment: str):
-    axes, jobs = sweep_jobs(work_root, experiment)
+    axes, jobs = sweep_jobs(work_root, experiment, mixes=("synthetic",))
     assert axes["seed"] == ["0", "1", "2"]
-    assert synth_config(jobs[0]) == synth_config(sweep_jobs(work_root, "toy/ablation")[1][0])
+    _, ablation = sweep_jobs(work_root, "toy/ablation", mixes=("synthetic",))
+    assert synth_config(jobs[0]) == synth_config(ablation[0])
