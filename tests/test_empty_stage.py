@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 from conftest import small_run_overrides
 
+from mllm_da.config_checks import check_train_config
 from mllm_da.orchestration.train import train
 
 
@@ -45,3 +46,10 @@ def test_a_task_stage_without_tasks_fails_naming_the_stage(compose_cfg, tmp_path
     summary = json.loads((tmp_path / "run" / "summary.json").read_text())
     assert summary["status"] == "failed" and "stage2_tasks" in summary["error"]
     assert "stages" not in summary, "it fails before any stage trains"
+
+
+def test_captions_only_in_two_stages_is_refused_naming_the_task_stage(compose_cfg, tmp_path: Path):
+    """The toy ablation's caption_only × two_stage jobs: refused by the config check, before any data is read."""
+    cfg = compose_cfg(["experiment=toy/ablation", "stage_mode=two_stage", "data_mix=caption_only"], output_dir=tmp_path)
+    with pytest.raises(Exception, match=r"task-only stage \(stage2_tasks\) but data_mix=caption_only has no tasks"):
+        check_train_config(cfg)

@@ -10,7 +10,9 @@ from hydra.core.global_hydra import GlobalHydra
 from hydra.types import RunMode
 from omegaconf import OmegaConf
 
+from mllm_da.config_checks import check_train_config
 from mllm_da.synthesis.tuning import compose_config
+from mllm_da.utils.typed_config import ConfigError
 
 
 def sweep_jobs(work_root, experiment: str, mixes: tuple[str, ...] = ("synthetic", "synthetic_unfiltered")):
@@ -58,3 +60,25 @@ def test_the_presets_built_on_the_ablation_keep_its_seeds_and_synthesizer(work_r
     assert axes["seed"] == ["0", "1", "2"]
     _, ablation = sweep_jobs(work_root, "toy/ablation", mixes=("synthetic",))
     assert synth_config(jobs[0]) == synth_config(ablation[0])
+
+
+def test_every_ablation_job_passes_the_config_check_but_captions_only_in_two_stages(compose_cfg, tmp_path):
+    """The synthesizer overrides the preset sets for every mix must not break the mixes that do not synthesize."""
+    refused = {}
+    for stage_mode in ("single_stage", "two_stage"):
+        for mix in ("synthetic", "synthetic_unfiltered", "rule_based", "caption_only"):
+            cfg = compose_cfg(
+                ["experiment=toy/ablation", f"stage_mode={stage_mode}", f"data_mix={mix}"], output_dir=tmp_path
+            )
+            try:
+                check_train_config(cfg)
+            except ConfigError as err:
+                refused[(stage_mode, mix)] = str(err)
+    assert list(refused) == [("two_stage", "caption_only")], refused
+    assert "(stage2_tasks)" in refused[("two_stage", "caption_only")]
+
+
+def test_a_synthetic_mix_without_its_synthesizer_is_refused(compose_cfg, tmp_path):
+    cfg = compose_cfg(["experiment=toy/ablation", "data_mix.synthesis.synthesizer=null"], output_dir=tmp_path)
+    with pytest.raises(ConfigError, match=r"tasks=synthetic but data_mix.synthesis.synthesizer is not set"):
+        check_train_config(cfg)
