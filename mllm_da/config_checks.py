@@ -148,7 +148,7 @@ def _check_machine(check: _Problems, trainer: Any) -> None:
 
 def _check_mix_vs_domain(check: _Problems, mix: Any) -> None:
     domain = check.cfg.domain
-    if mix.tasks == "rule_based" and not domain.get("rule_tasks") and not mix.synthesis:
+    if mix.tasks == "rule_based" and not domain.get("rule_tasks") and not (mix.synthesis and mix.synthesis.synthesizer):
         check.add(
             f"data_mix={mix.name} needs rule-based tasks but domain={domain.name} has no rule_tasks file and "
             "the mix has no synthesis node for the rule-based synthesizer; use data_mix=rule_based, "
@@ -165,8 +165,8 @@ def _check_stages_vs_mix(check: _Problems, stage_mode: Any, mix: Any) -> None:
     for stage in stage_mode.stages:
         if stage.tasks and not stage.captions and mix.tasks == "none":
             check.add(
-                f"stage_mode={stage_mode.name} has a task-only stage but data_mix={mix.name} has no tasks; "
-                "pick a data_mix with tasks (e.g. rule_based, synthetic)"
+                f"stage_mode={stage_mode.name} has a task-only stage ({stage.name}) but data_mix={mix.name} has no "
+                "tasks; pick a data_mix with tasks (e.g. rule_based, synthetic)"
             )
         if stage.captions and not stage.tasks and not mix.captions:
             check.add(

@@ -20,6 +20,7 @@ from typing import Any
 
 import yaml
 
+from mllm_da.report_quality import quality_table
 from mllm_da.stats import Interval, mean_interval, paired_comparison
 from mllm_da.utils.io import atomic_open, atomic_write_text
 from mllm_da.utils.tables import markdown_table
@@ -328,6 +329,14 @@ def write_report(
         text += (
             "\n## Paired on the same benchmark rows\n\nRow scores averaged over each condition's seeds; "
             "McNemar only for right/wrong rows of one seed each.\n\n" + paired + "\n"
+        )
+    synthetic_sets = quality_table([job.folder for job in jobs])
+    if synthetic_sets:
+        text += (
+            "\n## Synthetic task sets\n\nOf the tasks each set trains on (kept by its filter), against the toy truth "
+            "where the captions are toy scenes; jobs that differ only in seed or stage mode share one set.\n\n"
+            + synthetic_sets
+            + "\n"
         )
     text += "\nLosses of multi-stage jobs:\n" + "\n".join(staged) + "\n" if staged else ""
     buffer = io.StringIO()

@@ -31,8 +31,10 @@ def preset_names(group: str) -> list[str]:
     return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
 
 
-def _is_preset(group: str):
+def _is_preset(group: str, unset_ok: bool = False):
     def check(value: Any) -> str | None:
+        if value is None and unset_ok:
+            return None
         names = preset_names(group)
         return None if value in names else f"={value!r} is not a preset; choose one of {names}"
 
@@ -90,10 +92,11 @@ class DataConfig:
 
 @dataclass
 class SynthesisRef:
-    """``data_mix.synthesis``: the synth.py presets that make a mix's synthetic (or rule-made) tasks."""
+    """``data_mix.synthesis``: the synth.py presets that make a mix's synthetic (or rule-made) tasks. Unset presets
+    are refused only where the mix synthesizes (an experiment may set ``overrides`` for every mix it sweeps)."""
 
-    synthesizer: str = option(check=_is_preset("synthesizer"))
-    filter: str = option(check=_is_preset("filter"))
+    synthesizer: str | None = option(None, check=_is_preset("synthesizer", unset_ok=True))
+    filter: str | None = option(None, check=_is_preset("filter", unset_ok=True))
     overrides: list[str] = field(default_factory=list)
     paths: dict[str, Any] = field(default_factory=dict)
 
@@ -125,6 +128,10 @@ class DataMixConfig:
             return [f"data_mix={self.name} has neither captions ({path}.captions=false) nor tasks: no data"]
         if self.tasks == "synthetic" and self.synthesis is None:
             return [f"data_mix={self.name} has tasks=synthetic but no 'synthesis' node; start from data_mix=synthetic"]
+        if self.tasks == "synthetic" and self.synthesis is not None:
+            unset = [k for k in ("synthesizer", "filter") if getattr(self.synthesis, k) is None]
+            if unset:
+                return [f"data_mix={self.name} has tasks=synthetic but {path}.synthesis.{unset[0]} is not set"]
         if self.tasks == "mixed" and not self.components:
             return [f"data_mix={self.name}: no components ({path}.components)"]
         return []

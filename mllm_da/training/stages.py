@@ -53,8 +53,24 @@ def build_stage_data(
     for stage, mix in zip(stages, mixes):
         rejects = out / "rejects" / (stage.name if two_or_more else "")
         conversations = mix.build(domain, policy=cfg.data.bad_records, rejects_dir=rejects)
+        if not conversations:
+            raise ValueError(empty_stage_message(stage, mix))
         data.append(StageData(stage, mix, *split_train_val(conversations, cfg.data.val_fraction)))
     return data
+
+
+def empty_stage_message(stage: Stage, mix: AnyMix) -> str:
+    """Why a stage has nothing to train on, named before any stage trains (a two-stage run's task stage over a
+    synthesis that kept no triplet, say), with what the mix read."""
+    part = " and ".join(p for p, on in (("captions", stage.captions), ("tasks", stage.tasks)) if on) or "nothing"
+    mixed = mix.reports.get("mixed", {})
+    synthesis = mix.reports.get("synthesis") or {}
+    kept = f"; its synthesis kept {synthesis['kept']} triplet(s)" if "kept" in synthesis else ""
+    return (
+        f"stage {stage.name} ({part} of data_mix={mix.name}) has no training conversation: the mix gave "
+        f"{mixed.get('conversations', 0)} conversation(s), {mixed.get('with_tasks', 0)} with tasks{kept}. "
+        "Use stage_mode=single_stage, or a task source that yields tasks for these images"
+    )
 
 
 def stage_steps(cfg: DictConfig, stage: Stage) -> int:
