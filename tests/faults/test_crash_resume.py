@@ -704,6 +704,7 @@ AUDITED = [
     ("mllm_da/toy/images.py", "image.save(buffer", "in memory, then atomic_write_bytes"),
     ("mllm_da/utils/io.py", 'open(path / ".lock", "w")', "locked_dir: a lock file, holds nothing"),
     ("mllm_da/data/images.py", "value.save(buffer", "in memory"),
+    ("mllm_da/dashboards/gallery.py", "picture.save(buffer", "thumbnail JPEG in memory"),
     ("mllm_da/backbones/convert_llava.py", "model.save_pretrained(tmp", "converter: inside atomic_dir"),
     ("mllm_da/backbones/convert_llava.py", "processor.save_pretrained(tmp)", "converter: inside atomic_dir"),
 ]
