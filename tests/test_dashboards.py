@@ -239,7 +239,13 @@ def test_synth_run_logs_its_tasks_with_images_and_a_reference_to_its_files(compo
     references whose metadata carries their sha256; the gallery shows them filterable by filter label."""
     monkeypatch.setenv("WANDB_DATA_DIR", str(tmp_path / "wandb-data"))
     cfg = compose_cfg(
-        ["synthesizer=rules", "logger=wandb", "logger.wandb.log_samples.synth_rows=6", *SMALL_DOMAIN],
+        [
+            "synthesizer=rules",
+            "logger=wandb",
+            "logger.wandb.log_samples.synth_rows=6",
+            *SMALL_DOMAIN,
+            f"paths.cache_dir={tmp_path / 'cache'}",  # its own cache: other tests check a first synthesis computes
+        ],
         config_name="synth",
         output_dir=tmp_path / "synth",
     )
