@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import struct
+import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,6 +33,8 @@ def records(path: Path) -> Iterator[Any]:
             continue
         _, length, kind = CHUNK.unpack_from(data, pos)
         chunk = data[pos + CHUNK.size : pos + CHUNK.size + length]
+        if len(chunk) < length:  # a tail still being written
+            return
         pos += CHUNK.size + length
         if kind == 0:
             continue
@@ -64,10 +67,17 @@ class OfflineRun:
     artifacts: list[dict[str, Any]] = field(default_factory=list)
 
     @classmethod
-    def read(cls, folder: Path) -> OfflineRun:
+    def read(cls, folder: Path, timeout: float = 60.0) -> OfflineRun:
+        """The run as recorded once wandb has written its ``exit`` record: ``wandb.finish()`` can return before
+        wandb's writer process has flushed the file (seen on a loaded machine), so wait for it up to ``timeout``."""
         (path,) = folder.glob("run-*.wandb")
+        deadline = time.monotonic() + timeout
+        found = list(records(path))
+        while not any(r.WhichOneof("record_type") == "exit" for r in found) and time.monotonic() < deadline:
+            time.sleep(0.25)
+            found = list(records(path))
         run = cls(folder)
-        for record in records(path):
+        for record in found:
             kind = record.WhichOneof("record_type")
             if kind == "run":
                 # a later run record (an update) may leave fields empty: keep what was set
