@@ -245,7 +245,9 @@ def synthesis_folders(run: RunFolder) -> dict[str, Path]:
     walk(run.summary.get("stages", []))
     folders: dict[str, Path] = {}
     for value in named:
-        folder = run.resolve(value).parent
+        folder = run.resolve(value)  # a stage folder (summary "stages") or a file in one (artifacts)
+        if not (folder.is_dir() and folder.name.split("-", 1)[0] in ("synthesize", "filter", "format")):
+            folder = folder.parent
         stage = folder.name.split("-", 1)[0]
         if stage in ("synthesize", "filter", "format") and folder.is_dir():
             folders.setdefault(stage, folder)
