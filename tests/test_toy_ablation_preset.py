@@ -51,7 +51,7 @@ def test_the_ablation_sweeps_three_seeds_of_stage_mode_by_task_source(work_root)
     synth = [synth_config(job) for job in jobs]
     assert all(s == synth[0] for s in synth), "the synthesizer must not depend on the training seed"
     assert synth[0]["seed"] == 0 and synth[0]["seed_data"]["questions_per_image"] == 1
-    assert synth[0]["seed_data"]["balanced_types"] is True and synth[0]["tune"]["steps"] == 3000
+    assert synth[0]["seed_data"]["balanced_types"] is True and synth[0]["tune"]["steps"] == 9000
     assert synth[0]["synthesis"]["sampling"]["temperature"] == 0.7
 
 
