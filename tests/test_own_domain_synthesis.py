@@ -83,6 +83,15 @@ def test_synth_summary_counts_input_records_read_kept_and_rejected_by_reason(com
     assert read["reasons"] == {"bad_image": 1}
     assert read["rejects_path"] and "broken.png" in Path(read["rejects_path"]).read_text(encoding="utf-8")
 
+    # the dashboards find the converted captions and their pictures (the toy truth is unknown here)
+    from mllm_da.dashboards.samples import RunFolder, synth_rows
+
+    rows = synth_rows(RunFolder.open(tmp_path / "run"), 4)
+    assert len(rows) == 4
+    for row in rows:
+        assert row["caption"] and Path(row["image"]).is_file() and Path(row["image"]).parent == root / "images"
+        assert row["toy_truth"] is None and row["precise_right"] is None
+
 
 def test_evaluate_summary_counts_benchmark_rows_read_kept_and_refused(compose_cfg, tmp_path):
     import json

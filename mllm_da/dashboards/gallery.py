@@ -212,7 +212,14 @@ function draw() {
     img.alt = row.question || row.instruction || row.id || "";
     card.appendChild(img);
     const fields = el("div", "fields"), tags = el("div", "tags");
-    TAGS[name].forEach(k => { if (row[k]) tags.appendChild(el("span", "tag-" + k, String(row[k]))); });
+    // a custom benchmark's question type is its answer type: one badge, not the same word twice
+    const shownTags = new Set();
+    TAGS[name].forEach(k => {
+      if (row[k] && !shownTags.has(String(row[k]))) {
+        shownTags.add(String(row[k]));
+        tags.appendChild(el("span", "tag-" + k, String(row[k])));
+      }
+    });
     const v = verdict(name, row);
     const said = name === "synth" ? "precise " : "";
     if (v !== "unjudged") tags.appendChild(el("span", "v-" + v, said + (v === "right" ? "✓ right" : "✗ wrong")));

@@ -274,7 +274,10 @@ def synthesis_files(run: RunFolder) -> list[Path]:
 def _captions(run: RunFolder) -> dict[str, tuple[str, Path | None]]:
     """Each domain record's caption and image (record id → (caption, image path))."""
     domain = run.config.get("domain") or {}
-    pairs = domain.get("image_caption_pairs")
+    # a custom domain's converted file: in the config of runs since 2026-12-04, else in what the summary says it read
+    pairs = domain.get("image_caption_pairs") or ((run.summary.get("data") or {}).get("image_caption_pairs") or {}).get(
+        "path"
+    )
     if not pairs or not run.resolve(pairs).is_file():
         return {}
     root = domain.get("image_root") or domain.get("root")

@@ -25,6 +25,8 @@ def synthesize(cfg: DictConfig) -> dict[str, Any]:
         atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         check_synth_config(cfg)
         result = run_pipeline(cfg)
+        # again, now that a custom domain has filled in the files it found: the dashboards read them from here
+        atomic_write_text(out / "config.yaml", OmegaConf.to_yaml(cfg, resolve=True))
         summary["metrics"] = result.metrics
         summary["stages"] = {name: outcome.describe() for name, outcome in result.stages.items()}
         summary["artifacts"] = result.files
