@@ -39,10 +39,12 @@ class Job:
     axes: dict[str, str] = field(default_factory=dict)
     #: the names of its stages in training order (summary.json's ``stages``); empty for a single stage or unknown
     stages: list[str] = field(default_factory=list)
+    #: its folder under the sweep folder (``3``, or ``synthetic/3`` for sweeps run in parts under one folder)
+    name: str = ""
 
     @property
     def label(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.axes.items()) or self.folder.name
+        return ", ".join(f"{k}={v}" for k, v in self.axes.items()) or self.name or self.folder.name
 
 
 def read_overrides(folder: Path) -> dict[str, str]:
@@ -76,6 +78,7 @@ def read_jobs(sweep: Path) -> list[Job]:
                 metrics,
                 str(summary.get("error", ""))[:200],
                 stages=stages if len(stages) > 1 else [],
+                name=path.parent.relative_to(sweep).as_posix(),
             )
         )
     if not jobs:
@@ -129,9 +132,7 @@ def cell(value: float | None) -> str:
 def rows(jobs: Sequence[Job], metrics: Sequence[str]) -> tuple[list[str], list[list[str]]]:
     axes = list(jobs[0].axes)
     header = ["job", *axes, "status", *(column_name(m, jobs) for m in metrics)]
-    body = [
-        [job.folder.name, *job.axes.values(), job.status, *(cell(job.metrics.get(m)) for m in metrics)] for job in jobs
-    ]
+    body = [[job.name, *job.axes.values(), job.status, *(cell(job.metrics.get(m)) for m in metrics)] for job in jobs]
     return header, body
 
 
@@ -312,9 +313,9 @@ def write_report(
     metrics = metric_names(jobs, all_metrics)
     header, body = rows(jobs, metrics)
     table = markdown_table(header, body)
-    failed = [f"- job {j.folder.name} ({j.label}): {j.error}" for j in jobs if j.status != "ok"]
+    failed = [f"- job {j.name} ({j.label}): {j.error}" for j in jobs if j.status != "ok"]
     staged = [
-        f"- job {j.folder.name} ({j.label}): {', '.join(m for m in STAGE_LOSSES if m in metrics)} of its last "
+        f"- job {j.name} ({j.label}): {', '.join(m for m in STAGE_LOSSES if m in metrics)} of its last "
         f"stage, {last_stage(j)}"
         for j in jobs
         if last_stage(j) and any(m in metrics for m in STAGE_LOSSES)
@@ -330,7 +331,7 @@ def write_report(
             "\n## Paired on the same benchmark rows\n\nRow scores averaged over each condition's seeds; "
             "McNemar only for right/wrong rows of one seed each.\n\n" + paired + "\n"
         )
-    synthetic_sets = quality_table([job.folder for job in jobs])
+    synthetic_sets = quality_table([job.folder for job in jobs], [job.name for job in jobs])
     if synthetic_sets:
         text += (
             "\n## Synthetic task sets\n\nOf the tasks each set trains on (kept by its filter), against the toy truth "
@@ -343,7 +344,7 @@ def write_report(
     writer = csv.writer(buffer)
     writer.writerow(header)
     writer.writerows(
-        [[job.folder.name, *job.axes.values(), job.status, *(job.metrics.get(m, "") for m in metrics)] for job in jobs]
+        [[job.name, *job.axes.values(), job.status, *(job.metrics.get(m, "") for m in metrics)] for job in jobs]
     )
     paths = {
         "markdown": atomic_write_text(out / "report.md", text),

@@ -75,10 +75,11 @@ def quality_row(mix: str, jobs: Sequence[str], synthesis: Mapping[str, Any]) -> 
     ]
 
 
-def quality_table(job_folders: Sequence[Path]) -> str:
-    """The Markdown table of every distinct synthetic set the jobs in ``job_folders`` trained on ('' if none)."""
+def quality_table(job_folders: Sequence[Path], names: Sequence[str] | None = None) -> str:
+    """The Markdown table of every distinct synthetic set the jobs in ``job_folders`` trained on ('' if none),
+    naming each job by ``names`` (default: its folder's name)."""
     sets: dict[str, tuple[str, dict[str, Any], list[str]]] = {}
-    for folder in job_folders:
+    for folder, name in zip(job_folders, names or [f.name for f in job_folders]):
         path = folder / "summary.json"
         try:
             found = job_synthesis(json.loads(path.read_text()))
@@ -88,7 +89,7 @@ def quality_table(job_folders: Sequence[Path]) -> str:
             continue
         mix, synthesis = found
         key = json.dumps([mix, synthesis.get("quality")], sort_keys=True, default=str)
-        sets.setdefault(key, (mix, synthesis, []))[2].append(folder.name)
+        sets.setdefault(key, (mix, synthesis, []))[2].append(name)
     if not sets:
         return ""
     return markdown_table(HEADER, [quality_row(mix, jobs, s) for mix, s, jobs in sets.values()])

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -41,6 +42,19 @@ def test_axes_are_the_overrides_that_vary(sweep: Path):
     jobs = read_jobs(sweep)
     assert [j.folder.name for j in jobs] == ["0", "1", "10"]
     assert jobs[0].axes == {"data_mix": "rule_based", "stage_mode": "single_stage"}
+
+
+def test_a_sweep_run_in_parts_under_one_folder_names_each_job_by_its_part(sweep: Path, tmp_path_factory):
+    """Two multiruns sent to sub-folders of one sweep folder (e.g. synthetic mixes on one core, the others on the
+    other) are one report whose job column tells apart the two job 0s."""
+    parent = tmp_path_factory.mktemp("parts")
+    for part in ("synthetic", "other"):
+        shutil.copytree(sweep, parent / part)
+    jobs = read_jobs(parent)
+    assert [j.name for j in jobs] == [f"{p}/{n}" for p in ("other", "synthetic") for n in ("0", "1", "10")]
+    assert main([str(parent)]) == 0
+    table = (parent / "report.md").read_text()
+    assert "| other/0 " in table and "| synthetic/0 " in table and "- job other/10 (" in table
 
 
 def test_report_files(sweep: Path, capsys):
