@@ -52,3 +52,39 @@ def test_bad_settings_are_refused():
     with pytest.raises(ValueError, match="top_p"):
         SamplingConfig(top_p=0)
     assert SamplingConfig().greedy and not SamplingConfig(temperature=0.7).greedy
+
+
+def test_greedy_answers_samples_the_first_turn_only():
+    """With ``greedy_answers`` a row is sampled until it has written a turn end; from then on its scores are the
+    model's own (the greedy pick), while a row still in its first turn keeps being sampled."""
+    turn_end = 9
+    config = SamplingConfig(temperature=1.0, greedy_answers=True)
+    logits = torch.log(torch.tensor([[0.4, 0.35, 0.25] + [1e-9] * 7]))
+    seeds = [record_seed(0, f"r{i}") for i in range(400)]
+    sampler = RecordSeededSampler(config, seeds, turn_end_ids=[turn_end])
+    prompt = torch.zeros((len(seeds), 4), dtype=torch.long)
+    first = sampler(prompt, logits.repeat(len(seeds), 1)).argmax(dim=-1)
+    assert set(first.tolist()) == {0, 1, 2}  # sampled: not always the top token
+    # half the rows have ended their first turn: those answer greedily, the others are still sampled
+    written = torch.where(torch.arange(len(seeds))[:, None] % 2 == 0, turn_end, 1)
+    second = sampler(torch.cat([prompt, written], dim=1), logits.repeat(len(seeds), 1)).argmax(dim=-1)
+    assert (second[0::2] == 0).all() and set(second[1::2].tolist()) == {0, 1, 2}
+    # a turn end in the prompt does not count: only what the row wrote
+    fresh = RecordSeededSampler(config, seeds, turn_end_ids=[turn_end])
+    assert len(set(fresh(torch.full((len(seeds), 4), turn_end), logits.repeat(len(seeds), 1)).argmax(-1).tolist())) == 3
+    with pytest.raises(ValueError, match="turn end"):
+        RecordSeededSampler(config, seeds)
+
+
+def test_greedy_answers_is_refused_for_vllm_and_left_out_of_old_cache_keys(compose_cfg):
+    from mllm_da.synthesis.generate import sampling_settings
+
+    sampled = ["synthesis.sampling.temperature=0.7"]
+    assert "greedy_answers" not in sampling_settings(compose_cfg(sampled, config_name="synth"))
+    both = compose_cfg([*sampled, "synthesis.sampling.greedy_answers=true"], config_name="synth")
+    assert sampling_settings(both)["greedy_answers"] is True
+    vllm = compose_cfg(
+        [*sampled, "synthesis.sampling.greedy_answers=true", "synthesis.backend=vllm"], config_name="synth"
+    )
+    with pytest.raises(ValueError, match="greedy_answers"):
+        sampling_settings(vllm)

@@ -55,8 +55,17 @@ def sampling_settings(cfg: DictConfig) -> dict[str, Any]:
         temperature=float(node.get("temperature", 0.0)),
         top_p=float(node.get("top_p", 1.0)),
         seed=int(node.get("seed", cfg.seed)),
+        greedy_answers=bool(node.get("greedy_answers", False)),
     )
-    return {} if config.greedy else dataclasses.asdict(config)
+    if config.greedy_answers and backend(cfg) != "hf":
+        raise ValueError(
+            "synthesis.sampling.greedy_answers: only synthesis.backend=hf decodes so (vLLM samples a request "
+            "with one setting throughout)"
+        )
+    settings = {} if config.greedy else dataclasses.asdict(config)
+    if not config.greedy_answers:  # sets sampled before the option existed keep their cache keys
+        settings.pop("greedy_answers", None)
+    return settings
 
 
 def backend(cfg: DictConfig) -> str:

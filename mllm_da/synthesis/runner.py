@@ -160,7 +160,11 @@ class SynthesizerGenerator:
             []
             if self.sampling.greedy
             else [
-                RecordSeededSampler(self.sampling, [record_seed(self.sampling.seed, items[slot].id) for slot in slots])
+                RecordSeededSampler(
+                    self.sampling,
+                    [record_seed(self.sampling.seed, items[slot].id) for slot in slots],
+                    turn_end_ids=self.backbone.stop_token_ids(),
+                )
             ]
         )
         generated = new_tokens(

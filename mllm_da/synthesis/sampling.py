@@ -6,6 +6,10 @@ independent of batching, sharding and resumption, each record draws from its own
 record id. :class:`RecordSeededSampler` does this inside ``model.generate`` as a logits processor: it applies the
 temperature and the top-p cut and adds Gumbel noise drawn from the record's stream, so that the greedy pick that
 follows is a sample from the tempered, truncated distribution (the Gumbel-max trick).
+
+With ``greedy_answers`` only the first turn (the hint and the instruction) is sampled: from the first turn end a
+row has written on, its scores pass through untouched, so the answers (and the instruction repeated under the other
+hint) are the synthesizer's likeliest ones. Variety in what is asked, no sampling noise in what is answered.
 """
 
 from __future__ import annotations
@@ -24,6 +28,8 @@ class SamplingConfig:
     temperature: float = 0.0
     top_p: float = 1.0
     seed: int = 0
+    #: sample the first turn only, then decode greedily (see the module doc); needs the turn end's token ids
+    greedy_answers: bool = False
 
     def __post_init__(self) -> None:
         if self.temperature < 0:
@@ -49,9 +55,12 @@ class RecordSeededSampler:
     ``(seeds[i], t)``, so a record's tokens do not depend on which other records share its batch.
     """
 
-    def __init__(self, config: SamplingConfig, seeds: Sequence[int]) -> None:
+    def __init__(self, config: SamplingConfig, seeds: Sequence[int], turn_end_ids: Sequence[int] = ()) -> None:
+        if config.greedy_answers and not turn_end_ids:
+            raise ValueError("synthesis.sampling.greedy_answers needs the chat format's turn end token")
         self.config = config
         self.seeds = list(seeds)
+        self.turn_end_ids = torch.tensor(list(turn_end_ids) if config.greedy_answers else [], dtype=torch.long)
         self._start: int | None = None
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
@@ -66,7 +75,12 @@ class RecordSeededSampler:
             generator = torch.Generator().manual_seed(seed + step)
             uniform = torch.rand(logits.shape[1], generator=generator).clamp_(1e-20, 1.0 - 1e-7)
             noise[row] = -torch.log(-torch.log(uniform)).to(logits.device)
-        return (logits + noise).to(scores.dtype)
+        sampled = (logits + noise).to(scores.dtype)
+        if len(self.turn_end_ids):
+            written = input_ids[:, self._start :]
+            answering = torch.isin(written, self.turn_end_ids.to(written.device)).any(dim=1)
+            sampled = torch.where(answering[:, None], scores, sampled)
+        return sampled
 
 
 def _top_p(logits: torch.Tensor, top_p: float) -> torch.Tensor:
