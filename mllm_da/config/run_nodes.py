@@ -42,6 +42,7 @@ class SamplingConfig:
     temperature: float = option(0.0, ge=0.0)
     top_p: float = option(1.0, gt=0.0, le=1.0)
     seed: int = option(0, ge=0)
+    greedy_answers: bool = False
 
 
 @dataclass
