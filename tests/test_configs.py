@@ -130,3 +130,14 @@ def test_optuna_search_space_composes():
     assert cfg.hydra.sweeper._target_.endswith("OptunaSweeper")
     assert set(cfg.hydra.sweeper.params) == {"optim.lr", "optim.warmup_ratio"}
     assert cfg.optimized_metric == "val/loss"
+
+
+def test_config_hash_ignores_where_things_are_cached(compose_cfg):
+    """A cache moved elsewhere (``paths.cache_dir``, which the backbone's cache_dir copies) is the same experiment:
+    the same hash, so the same tuned synthesizer and the same finished sweep jobs; the seed still changes it."""
+    from mllm_da.utils.runinfo import config_hash
+
+    here, there = compose_cfg(["paths.cache_dir=/a/cache"]), compose_cfg(["paths.cache_dir=/b/cache"])
+    assert here.model.backbone.cache_dir != there.model.backbone.cache_dir
+    assert config_hash(here) == config_hash(there)
+    assert config_hash(compose_cfg(["paths.cache_dir=/a/cache", "seed=1"])) != config_hash(here)

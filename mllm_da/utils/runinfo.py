@@ -22,11 +22,21 @@ log = logging.getLogger(__name__)
 
 
 def config_hash(cfg: DictConfig) -> str:
-    """Hash of the resolved config minus paths and Hydra's own settings: equal hashes, equal experiments."""
+    """Hash of the resolved config minus paths and Hydra's own settings: equal hashes, equal experiments. Where
+    things are cached is no part of an experiment: every ``cache_dir`` (the backbone's copies ``paths.cache_dir``)
+    is left out too, so a cache moved elsewhere still holds the same runs and tuned synthesizers."""
     data = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=False)
     assert isinstance(data, dict)
     data = {k: v for k, v in data.items() if k not in ("paths", "hydra", "ckpt_path")}
-    return hashlib.sha256(json.dumps(data, sort_keys=True, default=str).encode()).hexdigest()[:16]
+    return hashlib.sha256(json.dumps(_without_cache_dirs(data), sort_keys=True, default=str).encode()).hexdigest()[:16]
+
+
+def _without_cache_dirs(value: Any) -> Any:
+    if isinstance(value, dict):
+        return {k: _without_cache_dirs(v) for k, v in value.items() if k != "cache_dir"}
+    if isinstance(value, list):
+        return [_without_cache_dirs(v) for v in value]
+    return value
 
 
 def close_wandb() -> None:
