@@ -13,6 +13,7 @@ import io
 import json
 import math
 import re
+import sys
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -258,6 +259,23 @@ def row_scores(job: Job) -> dict[str, dict[str, float]]:
     return out
 
 
+def baseline_condition(conditions: Sequence[dict[str, str]], baseline: str) -> str:
+    """The label of the one condition ``baseline`` names: ``key=value`` pairs in any order (each must hold), or
+    else a substring of the label. A name that fits none or several is refused, naming the conditions."""
+    labels = [condition_label(tuple(c.items())) for c in conditions]
+    if "=" in baseline:
+        wanted = dict(part.strip().split("=", 1) for part in baseline.split(",") if part.strip())
+        found = [label for label, c in zip(labels, conditions) if all(c.get(k) == v for k, v in wanted.items())]
+    else:
+        found = [label for label in labels if baseline in label]
+    if len(found) != 1:
+        raise ValueError(
+            f"--baseline {baseline!r} names {len(found)} of the sweep's conditions (one is needed): "
+            + "; ".join(found or labels)
+        )
+    return found[0]
+
+
 def paired_table(jobs: Sequence[Job], baseline: str | None = None) -> str:
     """Each condition against the baseline condition (the first, or the one whose label contains ``baseline``) on
     the same benchmark rows: the mean difference of row scores (averaged over a condition's seeds) with its 95 %
@@ -266,7 +284,7 @@ def paired_table(jobs: Sequence[Job], baseline: str | None = None) -> str:
     if len(groups) < 2:
         return ""
     labels = {condition_label(k): members for k, members in groups.items()}
-    base = next((name for name in labels if baseline and baseline in name), next(iter(labels)))
+    base = baseline_condition([dict(k) for k in groups], baseline) if baseline else next(iter(labels))
     scores = {name: [row_scores(j) for j in members] for name, members in labels.items()}
 
     def averaged(name: str, task: str) -> dict[str, float]:
@@ -363,11 +381,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument(
         "--baseline",
         default=None,
-        help="the condition the paired tests compare against (a substring of its label, e.g. "
-        "data_mix=caption_only); default: the first",
+        help="the condition the paired tests compare against: key=value pairs in any order (e.g. "
+        "'stage_mode=single_stage, data_mix=synthetic') or a substring of its label; default: the first",
     )
     args = parser.parse_args(argv)
-    result = write_report(args.sweep, args.out, args.all_metrics, args.baseline)
+    try:
+        result = write_report(args.sweep, args.out, args.all_metrics, args.baseline)
+    except (OSError, ValueError) as err:  # a wrong folder or baseline: say which, no traceback
+        print(f"report: {err}", file=sys.stderr)
+        return 2
     print(result["table"])
     print("\n".join(f"written: {result[k]}" for k in ("markdown", "csv", "png") if k in result))
     return 0

@@ -68,7 +68,7 @@ def quality_row(mix: str, jobs: Sequence[str], synthesis: Mapping[str, Any]) -> 
         _value(truth.get("precise_accuracy")),
         _value(truth.get("informative_consistency")),
         f"{_value(filter_truth.get('keep_precision'))} / {_value(filter_truth.get('keep_recall'))}"
-        if filter_truth
+        if filter_truth.get("keep_precision") is not None  # none kept by a filter: no filter ran (unfiltered)
         else "–",
         _value((kept.get("copied") or {}).get("precise_share")),
         _value((quality.get("grounding") or {}).get("changed_share")),

@@ -173,3 +173,25 @@ def test_seeds_are_aggregated_with_intervals_and_a_real_paired_difference_is_fou
     rule_low, rule_high = (float(x) for x in rule.split("[")[1].split("]")[0].split(","))
     assert rule_low < 0 < rule_high, rule  # no true difference: the interval spans 0
     assert (tmp_path / "report.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_the_baseline_is_named_by_its_pairs_in_any_order_and_a_wrong_name_is_refused():
+    from mllm_da.report import baseline_condition
+
+    conditions = [
+        {"data_mix": "synthetic", "stage_mode": "single_stage"},
+        {"data_mix": "synthetic_unfiltered", "stage_mode": "single_stage"},
+        {"data_mix": "synthetic", "stage_mode": "two_stage"},
+    ]
+    picked = baseline_condition(conditions, "stage_mode=single_stage, data_mix=synthetic")
+    assert picked == "data_mix=synthetic, stage_mode=single_stage"  # not the unfiltered one, whose label contains it
+    assert baseline_condition(conditions, "unfiltered") == "data_mix=synthetic_unfiltered, stage_mode=single_stage"
+    with pytest.raises(ValueError, match="names 2 of the sweep's conditions"):
+        baseline_condition(conditions, "data_mix=synthetic")
+    with pytest.raises(ValueError, match="names 0 .*data_mix=synthetic, stage_mode=two_stage"):
+        baseline_condition(conditions, "data_mix=rule_based")
+
+
+def test_a_baseline_that_names_no_condition_is_one_line_not_a_traceback(sweep: Path, capsys):
+    assert main([str(sweep), "--baseline", "data_mix=synthetic"]) == 2
+    assert "report: --baseline 'data_mix=synthetic' names 0" in capsys.readouterr().err
