@@ -62,24 +62,28 @@ class RecordSeededSampler:
         self.seeds = list(seeds)
         self.turn_end_ids = torch.tensor(list(turn_end_ids) if config.greedy_answers else [], dtype=torch.long)
         self._start: int | None = None
+        #: rows that have written a turn end (greedy_answers): updated from each step's newest token only
+        self._answering = torch.zeros(len(self.seeds), dtype=torch.bool)
 
     def __call__(self, input_ids: torch.LongTensor, scores: torch.FloatTensor) -> torch.Tensor:
         if self._start is None:
             self._start = input_ids.shape[1]
         step = input_ids.shape[1] - self._start
+        if len(self.turn_end_ids) and step > 0:  # the prompt's own turn ends do not count
+            self._answering |= torch.isin(input_ids[:, -1].cpu(), self.turn_end_ids)
         logits = scores.float() / self.config.temperature
         if self.config.top_p < 1:
             logits = _top_p(logits, self.config.top_p)
-        noise = torch.empty_like(logits)
+        noise = torch.zeros_like(logits)
         for row, seed in enumerate(self.seeds):
+            if self._answering[row]:
+                continue  # its scores pass through below: no noise to draw
             generator = torch.Generator().manual_seed(seed + step)
             uniform = torch.rand(logits.shape[1], generator=generator).clamp_(1e-20, 1.0 - 1e-7)
             noise[row] = -torch.log(-torch.log(uniform)).to(logits.device)
         sampled = (logits + noise).to(scores.dtype)
-        if len(self.turn_end_ids):
-            written = input_ids[:, self._start :]
-            answering = torch.isin(written, self.turn_end_ids.to(written.device)).any(dim=1)
-            sampled = torch.where(answering[:, None], scores, sampled)
+        if self._answering.any():
+            sampled = torch.where(self._answering.to(scores.device)[:, None], scores, sampled)
         return sampled
 
 
