@@ -45,6 +45,7 @@ from mllm_da.synthesis.parse import (
     pairs_to_turns,
     parse_output,
 )
+from mllm_da.synthesis.requests import first_turn_prefill, synthesizer_prompt
 from mllm_da.synthesis.rules import render_output, rule_output
 from mllm_da.synthesis.runner import (
     BatchLog,
@@ -680,3 +681,32 @@ def test_a_changed_caption_file_changes_the_input_key(compose_cfg, tmp_path: Pat
     record["messages"][1]["content"] = "Another caption."
     pairs.write_text(json.dumps([record]))
     assert read_domain_inputs(cfg).digest != first.digest
+
+
+def test_first_hint_starts_every_output_with_that_hint(synth_inputs, synth_backbone):
+    """``synthesis.first_hint``: the hint is written into the prompt after the open user header, the model goes on
+    from it, and the row's text holds it, so the parser reads the first turn as if the model had written it."""
+    backbone = load_backbone(**synth_backbone)
+    prefill = first_turn_prefill("informative")
+    assert prefill == INFORMATIVE_HINT + "\n" and first_turn_prefill(None) == ""
+    prompt = synthesizer_prompt(synth_inputs[0].caption)
+    ids = backbone.generation_prompt_ids(prompt, prefill)
+    plain = backbone.generation_prompt_ids(prompt)
+    assert ids[: len(plain) - 1] == plain[:-1] and len(ids) > len(plain)  # the hint comes after the open header
+    assert backbone.tokenizer.decode(ids).endswith(backbone.chat_format.user_prefix + prefill)
+    rows = SynthesizerGenerator(backbone, max_new_tokens=6, prefill=prefill)(synth_inputs[:3])
+    plain_rows = SynthesizerGenerator(backbone, max_new_tokens=6)(synth_inputs[:3])
+    assert all(r["text"].startswith(prefill) and 0 < r["new_tokens"] <= 6 for r in rows)
+    assert [r["text"] for r in rows] != [r["text"] for r in plain_rows]
+    with pytest.raises(ValueError, match="first_hint"):
+        first_turn_prefill("both")
+
+
+def test_first_hint_is_read_from_the_config_and_refused_for_rules(compose_cfg):
+    from mllm_da.synthesis.generate import first_hint
+
+    assert first_hint(compose_cfg([], config_name="synth")) is None
+    assert first_hint(compose_cfg(["synthesis.first_hint=precise"], config_name="synth")) == "precise"
+    rules = compose_cfg(["synthesizer=rules", "synthesis.first_hint=informative"], config_name="synth")
+    with pytest.raises(ValueError, match="first_hint"):
+        first_hint(rules)

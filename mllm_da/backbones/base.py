@@ -315,23 +315,24 @@ class Backbone(ABC):
         batch["use_cache"] = False  # transformers detects packed segments only without a KV cache
         return batch
 
-    def generation_prompt_ids(self, turns: Sequence[Turn]) -> list[int]:
+    def generation_prompt_ids(self, turns: Sequence[Turn], prefill: str = "") -> list[int]:
         """A generation prompt's token ids (one image token per image, not yet expanded): the turns rendered
-        with the open assistant header, or the open user header after an assistant turn (reference §2.2). Any
+        with the open assistant header, or the open user header after an assistant turn (reference §2.2), then
+        ``prefill``, text the continuation is made to start with (tokenised with the rest, as in training). Any
         engine (transformers or vLLM) gets these same ids."""
         text, _ = self.render(turns, add_generation_prompt=turns[-1].role == "user")
         if turns[-1].role == "assistant":
             text += self.chat_format.user_prefix
-        return list(self.tokenizer(text, add_special_tokens=False)["input_ids"])
+        return list(self.tokenizer(text + prefill, add_special_tokens=False)["input_ids"])
 
     def generation_batch(
-        self, prompts: Sequence[tuple[Sequence[Turn], Sequence[Image.Image]]]
+        self, prompts: Sequence[tuple[Sequence[Turn], Sequence[Image.Image]]], prefill: str = ""
     ) -> dict[str, torch.Tensor]:
         """A left-padded batch of prompts ending with the open assistant header (or an open user header when
-        the last turn is an assistant turn, as the synthesizer prompt of reference §2.2 needs)."""
+        the last turn is an assistant turn, as the synthesizer prompt of reference §2.2 needs), then ``prefill``."""
         samples = []
         for turns, images in prompts:
-            ids = self.generation_prompt_ids(turns)
+            ids = self.generation_prompt_ids(turns, prefill)
             extra = sum(self.num_image_tokens(i.width, i.height) - 1 for i in images)
             samples.append(EncodedSample(ids, [IGNORE_INDEX] * len(ids), list(images), len(ids) + extra))
         batch = self.collate(samples, padding_side="left")

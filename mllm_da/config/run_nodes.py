@@ -74,6 +74,8 @@ class SynthesisConfig:
     device: str = "auto"
     progress: Progress = "auto"
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
+    #: the hint every synthesizer output is made to start with; null: the synthesizer picks (the reference)
+    first_hint: Literal["informative", "precise"] | None = None
     reference_answer_cut: bool = False
     threads: int | None = option(None, ge=1)
     #: hf (transformers' generate) or vllm (one engine per worker process, settings in vllm)

@@ -80,11 +80,13 @@ class VLLMSynthesizerGenerator:
         max_new_tokens: int = 512,
         sampling: SamplingConfig | None = None,
         engine: Mapping[str, Any] | None = None,
+        prefill: str = "",
     ) -> None:
         vllm = import_vllm()
         self.backbone = backbone
         self.max_new_tokens = max_new_tokens
         self.sampling = sampling or SamplingConfig()
+        self.prefill = prefill
         self.stop_ids = backbone.stop_token_ids(synthesizer=True)
         if not self.stop_ids:
             raise ValueError(f"{backbone.family}: the chat format's synthesizer_end is not a token of the tokenizer")
@@ -121,7 +123,7 @@ class VLLMSynthesizerGenerator:
             except BadImageError as err:
                 rows[slot]["error"] = str(err)
                 continue
-            ids = self.backbone.generation_prompt_ids(synthesizer_prompt(item.caption))
+            ids = self.backbone.generation_prompt_ids(synthesizer_prompt(item.caption), self.prefill)
             prompts.append({"prompt_token_ids": ids, "multi_modal_data": {"image": image}})
             params.append(self.sampling_params(item.id))
             slots.append(slot)
@@ -131,7 +133,9 @@ class VLLMSynthesizerGenerator:
         if len(outputs) != len(prompts):
             raise RuntimeError(f"vllm returned {len(outputs)} outputs for {len(prompts)} prompts")
         generated = [output.outputs[0].token_ids for output in outputs]
-        self.new_tokens += fill_generated_rows(rows, slots, generated, self.stop_ids, self.backbone.tokenizer)
+        self.new_tokens += fill_generated_rows(
+            rows, slots, generated, self.stop_ids, self.backbone.tokenizer, self.prefill
+        )
         return rows
 
 

@@ -68,6 +68,14 @@ def sampling_settings(cfg: DictConfig) -> dict[str, Any]:
     return settings
 
 
+def first_hint(cfg: DictConfig) -> str | None:
+    """``synthesis.first_hint`` (null: the synthesizer picks; the rule synthesizer writes its own order)."""
+    hint = cfg.synthesis.get("first_hint")
+    if hint is not None and cfg.synthesizer.kind == "rules":
+        raise ValueError("synthesis.first_hint: the rule synthesizer writes its own turns; set it to null")
+    return None if hint is None else str(hint)
+
+
 def backend(cfg: DictConfig) -> str:
     """``synthesis.backend``: hf (transformers' generate) or vllm."""
     return str(cfg.synthesis.get("backend") or "hf")
@@ -155,6 +163,7 @@ def synthesize_stage(
     ``merge_only`` (or ``synthesis.merge_only``): generate nothing, merge the shards' batches or refuse."""
     settings = cfg.synthesis
     fmt = parse_format(cfg)
+    hint = first_hint(cfg)
     kwargs: dict[str, Any]
     if cfg.synthesizer.kind == "rules":
         kwargs, identity = {}, {"rules": rule_questions(cfg), "rules_version": RULES_VERSION}
@@ -167,6 +176,8 @@ def synthesize_stage(
             generation["sampling"] = sampling
         if backend(cfg) != "hf":  # another engine's kernels may pick other tokens: its own folder (hf keeps its keys)
             generation["backend"] = backend(cfg)
+        if hint:  # sets whose synthesizer picked its first hint keep their keys
+            generation["first_hint"] = hint
     payload = {
         "version": VERSIONS["synthesize"],
         "inputs": data.digest,
@@ -231,6 +242,7 @@ def synthesize_stage(
         backend=backend(cfg),
         vllm=vllm_settings(cfg.synthesis.get("vllm")),
         retries=int(settings.get("batch_retries", 2)),
+        first_hint=hint,
     )
     processes = int(settings.get("processes") or 1)
     merge_only = merge_only or bool(settings.get("merge_only", False))

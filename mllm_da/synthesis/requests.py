@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mllm_da.backbones.generate import cut_at_stop_token
-from mllm_da.synthesis.parse import CAPTION_HINT
+from mllm_da.synthesis.parse import CAPTION_HINT, INFORMATIVE_HINT, PRECISE_HINT
 from mllm_da.utils.conversation import IMAGE_PLACEHOLDER, Turn
 
 
@@ -24,6 +24,21 @@ class SynthesisInput:
 def synthesizer_prompt(caption: str) -> list[Turn]:
     """The §2.2 prompt's turns; the backbone appends the open user header after the assistant turn."""
     return [Turn("user", f"{IMAGE_PLACEHOLDER}\n{CAPTION_HINT}"), Turn("assistant", caption)]
+
+
+#: ``synthesis.first_hint`` → the text the synthesizer's output is made to start with
+FIRST_HINT_PREFILLS = {"informative": INFORMATIVE_HINT + "\n", "precise": PRECISE_HINT + "\n"}
+
+
+def first_turn_prefill(first_hint: str | None) -> str:
+    """What the synthesizer's first user turn is made to start with: nothing (it picks the hint itself, the
+    reference), or the named hint, so that e.g. the informative answer, which reasons about the image, is written
+    before the precise one and the precise answer can follow from it (a departure; docs/synthesis.md)."""
+    if first_hint is None:
+        return ""
+    if first_hint not in FIRST_HINT_PREFILLS:
+        raise ValueError(f"synthesis.first_hint must be null, informative or precise, got {first_hint!r}")
+    return FIRST_HINT_PREFILLS[first_hint]
 
 
 def empty_row(record_id: str) -> dict[str, Any]:
@@ -43,15 +58,17 @@ def fill_generated_rows(
     generated: Sequence[Sequence[int]],
     stop_ids: Collection[int],
     tokenizer: Any,
+    prefill: str = "",
 ) -> int:
-    """Write each generation into its row: the tokens up to the first stop token, decoded with the special tokens
-    kept (the parser reads the turn markers), whether it stopped, and its length. Returns the tokens kept, so
-    either engine counts its throughput the same way."""
+    """Write each generation into its row: ``prefill`` (the prompt's forced start of the output) and the tokens
+    up to the first stop token, decoded with the special tokens kept (the parser reads the turn markers), whether
+    it stopped, and its length. Returns the tokens kept, so either engine counts its throughput the same way."""
     stops = set(stop_ids)
     total = 0
     for slot, tokens in zip(slots, generated):
         kept, finished = cut_at_stop_token(list(tokens), stops)
-        rows[slot]["text"] = tokenizer.decode(kept, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        text = tokenizer.decode(kept, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+        rows[slot]["text"] = prefill + text
         rows[slot]["finished"] = finished
         rows[slot]["new_tokens"] = len(kept)
         total += len(kept)

@@ -49,6 +49,7 @@ from mllm_da.synthesis.requests import (
     empty_row,
     failed_generation_row,
     fill_generated_rows,
+    first_turn_prefill,
     synthesizer_prompt,
 )
 from mllm_da.synthesis.sampling import RecordSeededSampler, SamplingConfig, record_seed
@@ -111,6 +112,8 @@ class SynthesisJob:
     vllm: dict[str, Any] = field(default_factory=dict)
     #: extra attempts of a failing batch before its records are tried alone (batches.attempt_batch)
     retries: int = 2
+    #: synthesis.first_hint: the hint every output is made to start with (null: the synthesizer picks)
+    first_hint: str | None = None
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -132,10 +135,12 @@ class SynthesizerGenerator:
         max_new_tokens: int = 512,
         device: str = "cpu",
         sampling: SamplingConfig | None = None,
+        prefill: str = "",
     ) -> None:
         self.backbone = backbone
         self.max_new_tokens = max_new_tokens
         self.sampling = sampling or SamplingConfig()
+        self.prefill = prefill
         self.device = torch.device(device)
         self.stop_ids = backbone.stop_token_ids(synthesizer=True)
         if not self.stop_ids:
@@ -155,7 +160,7 @@ class SynthesizerGenerator:
                 rows[slot]["error"] = str(err)
         if not prompts:
             return rows
-        batch = self.backbone.generation_batch(prompts)
+        batch = self.backbone.generation_batch(prompts, self.prefill)
         sampler = (
             []
             if self.sampling.greedy
@@ -175,7 +180,9 @@ class SynthesizerGenerator:
             self.max_new_tokens,
             logits_processor=sampler,
         )
-        self.new_tokens += fill_generated_rows(rows, slots, generated, self.stop_ids, self.backbone.tokenizer)
+        self.new_tokens += fill_generated_rows(
+            rows, slots, generated, self.stop_ids, self.backbone.tokenizer, self.prefill
+        )
         return rows
 
 
@@ -186,6 +193,7 @@ def make_generator(job: SynthesisJob) -> Generator:
     """The job's engine: transformers' generate on ``job.device``, or one vLLM engine (over the GPUs this process
     sees: ``tensor_parallel_size`` of them)."""
     sampling = SamplingConfig(**job.sampling)
+    prefill = first_turn_prefill(job.first_hint)
     if job.backend == "vllm":
         backbone = load_prompt_backbone(**job.backbone)
         return VLLMSynthesizerGenerator(
@@ -194,10 +202,11 @@ def make_generator(job: SynthesisJob) -> Generator:
             max_new_tokens=job.max_new_tokens,
             sampling=sampling,
             engine=job.vllm,
+            prefill=prefill,
         )
     if job.backend != "hf":
         raise ValueError(f"synthesis.backend must be hf or vllm, got {job.backend!r}")
-    return SynthesizerGenerator(load_backbone(**job.backbone), job.max_new_tokens, job.device, sampling)
+    return SynthesizerGenerator(load_backbone(**job.backbone), job.max_new_tokens, job.device, sampling, prefill)
 
 
 def run_job(job: SynthesisJob, generator: Generator | None = None) -> dict[str, Any]:
