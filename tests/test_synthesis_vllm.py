@@ -416,3 +416,31 @@ def test_shards_as_separate_jobs_merge_only_when_all_are_done(
         json.loads(line)["batch"] for p in stage.glob("generations-shard*.jsonl") for line in p.read_text().splitlines()
     )
     assert sorted(batches) == list(range(6)) and set(batches.values()) == {1}  # no batch twice, none missing
+
+
+def test_the_self_check_is_a_second_greedy_call_of_the_engine(fake_vllm, synth_backbone, synth_inputs):
+    from test_self_check import triplet_prefill
+
+    from mllm_da.backbones.loading import engine_checkpoint
+    from mllm_da.synthesis.engines import VLLMSynthesizerGenerator
+    from mllm_da.synthesis.parse import LLAMA3
+    from mllm_da.synthesis.requests import SelfCheck, self_check_turns
+
+    backbone = load_prompt_backbone(**synth_backbone)
+    question = "Is there a red circle?"
+    generator = VLLMSynthesizerGenerator(
+        backbone,
+        engine_checkpoint(backbone.spec),
+        max_new_tokens=4,
+        prefill=triplet_prefill(question),
+        self_check=SelfCheck(LLAMA3, 6),
+    )
+    rows = generator(synth_inputs[:3])
+    calls = [c for c in fake_vllm.CALLS if c["event"] == "generate"]
+    assert len(calls) == 2  # the outputs, then the self-checks
+    for prompt, item in zip(calls[1]["prompts"], synth_inputs[:3]):
+        assert prompt["prompt_token_ids"] == backbone.generation_prompt_ids(self_check_turns(item.caption, question))
+    for params in calls[1]["params"]:
+        assert params["temperature"] == 0.0 and params["max_tokens"] == 6
+        assert params["stop_token_ids"] == backbone.stop_token_ids()
+    assert all(isinstance(r["self_check"], str) for r in rows)

@@ -62,6 +62,15 @@ class VLLMEngineConfig:
 
 
 @dataclass
+class SelfCheckConfig:
+    """``synthesis.self_check``: the synthesizer answers each triplet's question once more, directly and greedily;
+    the filter keeps a triplet only when that answer agrees with its precise answer."""
+
+    enabled: bool = False
+    max_new_tokens: int = option(32, ge=1)
+
+
+@dataclass
 class SynthesisConfig:
     """``synthesis``: batches, shards and decoding of the synthesizer's generation."""
 
@@ -76,6 +85,7 @@ class SynthesisConfig:
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     #: the hint every synthesizer output is made to start with; null: the synthesizer picks (the reference)
     first_hint: Literal["informative", "precise"] | None = None
+    self_check: SelfCheckConfig = field(default_factory=SelfCheckConfig)
     reference_answer_cut: bool = False
     threads: int | None = option(None, ge=1)
     #: hf (transformers' generate) or vllm (one engine per worker process, settings in vllm)

@@ -26,7 +26,14 @@ from mllm_da.backbones.base import Backbone
 from mllm_da.backbones.generate import cut_at_stop_token
 from mllm_da.data.images import BadImageError, load_image
 from mllm_da.synthesis.filter import judge_stop_id, parse_label
-from mllm_da.synthesis.requests import SynthesisInput, empty_row, fill_generated_rows, synthesizer_prompt
+from mllm_da.synthesis.requests import (
+    SelfCheck,
+    SynthesisInput,
+    answer_self_checks,
+    empty_row,
+    fill_generated_rows,
+    synthesizer_prompt,
+)
 from mllm_da.synthesis.sampling import SamplingConfig, record_seed
 
 log = logging.getLogger(__name__)
@@ -81,12 +88,14 @@ class VLLMSynthesizerGenerator:
         sampling: SamplingConfig | None = None,
         engine: Mapping[str, Any] | None = None,
         prefill: str = "",
+        self_check: SelfCheck | None = None,
     ) -> None:
         vllm = import_vllm()
         self.backbone = backbone
         self.max_new_tokens = max_new_tokens
         self.sampling = sampling or SamplingConfig()
         self.prefill = prefill
+        self.self_check = self_check
         self.stop_ids = backbone.stop_token_ids(synthesizer=True)
         if not self.stop_ids:
             raise ValueError(f"{backbone.family}: the chat format's synthesizer_end is not a token of the tokenizer")
@@ -136,7 +145,28 @@ class VLLMSynthesizerGenerator:
         self.new_tokens += fill_generated_rows(
             rows, slots, generated, self.stop_ids, self.backbone.tokenizer, self.prefill
         )
+        if self.self_check is not None:
+            images = {slot: prompt["multi_modal_data"]["image"] for slot, prompt in zip(slots, prompts)}
+            self.new_tokens += answer_self_checks(rows, items, images, self.self_check, self.backbone, self._greedy)
         return rows
+
+    def _greedy(self, prompts: list[tuple[list[Any], Any]], stop_ids: list[int], max_new: int) -> list[Any]:
+        """Greedy generation of (turns, image) prompts in one call (the self-check's engine call)."""
+        params = self._sampling_params(
+            temperature=0.0,
+            max_tokens=max_new,
+            stop_token_ids=list(stop_ids),
+            skip_special_tokens=False,
+            include_stop_str_in_output=False,
+        )
+        requests = [
+            {"prompt_token_ids": self.backbone.generation_prompt_ids(turns), "multi_modal_data": {"image": image}}
+            for turns, image in prompts
+        ]
+        outputs = self.llm.generate(requests, params, use_tqdm=False)
+        if len(outputs) != len(requests):
+            raise RuntimeError(f"vllm returned {len(outputs)} outputs for {len(requests)} self-check prompts")
+        return [output.outputs[0].token_ids for output in outputs]
 
 
 class VLLMJudge:

@@ -12,6 +12,10 @@ Three backends (``filter=`` presets):
   (``filter.prompt_file``) in that form, the reference's included, drops straight in.
 * ``heuristic`` — no model, for CPU runs; see :func:`heuristic_label` for exactly what it checks.
 * ``none`` — keeps every triplet (label ``"unfiltered"``).
+
+With ``synthesis.self_check`` the synthesizer has answered each triplet's question a second time, directly; the
+``llm`` and ``heuristic`` filters then also drop a triplet whose second answer disagrees with its precise answer
+(:func:`self_checked_label`), and ``none`` still keeps everything.
 """
 
 from __future__ import annotations
@@ -30,6 +34,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 from mllm_da.backbones.base import spec_hash
 from mllm_da.backbones.llava_next import llama3_tokenizer, llama_text_config
 from mllm_da.backbones.loading import check_checkpoint_folder
+from mllm_da.synthesis.answers import answers_agree
 from mllm_da.synthesis.parse import Triplet
 from mllm_da.utils.io import build_dir_once
 
@@ -40,6 +45,8 @@ UNFILTERED = "unfiltered"
 #: the label of a triplet whose judging failed after its batch's retries and once alone (not kept)
 FAILED = "failed"
 PROMPT_FIELDS = {"Q", "informative_A", "precise_A"}
+#: the label of a triplet the filter would keep whose self-check answer disagrees with its precise answer
+SELF_CHECK_NO = "self_check_no"
 
 DEFAULT_PROMPT = r"""You will see a question about a picture and two answers to it: an informative answer that explains in detail, and a precise answer that states only the result. Judge whether the precise answer agrees with the informative answer.
 
@@ -123,6 +130,20 @@ _ARTICLES = {"a", "an", "the"}
 
 def _words(text: str) -> list[str]:
     return [w for w in re.sub(r"[^0-9a-z]+", " ", text.lower()).split() if w not in _ARTICLES]
+
+
+def self_check_agrees(row: Mapping[str, Any], triplet: Triplet) -> bool | None:
+    """Whether a parsed row's self-check answer states the triplet's precise answer
+    (:func:`~mllm_da.synthesis.answers.answers_agree`); None when the set was synthesized without a self-check."""
+    if "self_check" not in row:
+        return None
+    answer = row["self_check"]
+    return answer is not None and answers_agree(answer, triplet.precise, triplet.question)
+
+
+def self_checked_label(label: str, agrees: bool | None) -> str:
+    """A label the filter keeps becomes :data:`SELF_CHECK_NO` when the self-check disagrees; others stay."""
+    return SELF_CHECK_NO if agrees is False and is_kept(label) else label
 
 
 def heuristic_label(triplet: Triplet) -> str:
@@ -258,6 +279,6 @@ def load_judge(settings: Mapping[str, Any], cache_dir: str, device: str) -> LLMJ
 
 def label_counts(labels: Sequence[str]) -> dict[str, int]:
     """Counts per label, with anything outside yes/no/open (and the backends' own labels) as ``other``."""
-    known = {"yes", "no", "open", UNFILTERED, "too_long", FAILED}
+    known = {"yes", "no", "open", UNFILTERED, "too_long", FAILED, SELF_CHECK_NO}
     counts = Counter(label if label in known else "other" for label in labels)
     return dict(sorted(counts.items()))

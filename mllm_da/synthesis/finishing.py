@@ -65,10 +65,17 @@ def filter_stage(cfg: DictConfig, synth: StageOutcome) -> StageOutcome | None:
         def compute() -> dict[str, Any]:
             rows, triplets = triplet_rows(parsed_file)
             labels = labels_of(rows, triplets)
+            stats: dict[str, Any] = {}
+            agrees = [consistency.self_check_agrees(r, t) for r, t in zip(rows, triplets)]
+            checked = [a for a in agrees if a is not None]
+            if checked:  # synthesized with synthesis.self_check
+                stats["self_check"] = {"checked": len(checked), "agreed": sum(checked)}
+                if backend != "none":
+                    labels = [consistency.self_checked_label(lab, a) for lab, a in zip(labels, agrees)]
             out = [{"id": r["id"], "label": lab, "kept": consistency.is_kept(lab)} for r, lab in zip(rows, labels)]
             atomic_write_jsonl(stage.path / "judgements.jsonl", out)
             kept = sum(j["kept"] for j in out)
-            return {"stats": {"triplets": len(out), "kept": kept, "labels": consistency.label_counts(labels)}}
+            return {"stats": {"triplets": len(out), "kept": kept, "labels": consistency.label_counts(labels), **stats}}
 
         return compute
 

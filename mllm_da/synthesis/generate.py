@@ -20,6 +20,7 @@ from mllm_da.synthesis.batches import BatchLog, IncompleteError, merge_batches
 from mllm_da.synthesis.cache import StageDir, folder_fingerprint
 from mllm_da.synthesis.inputs import DomainInputs
 from mllm_da.synthesis.parse import LLAMA3, ParseFormat, extract_triplet, parse_output
+from mllm_da.synthesis.requests import SelfCheck
 from mllm_da.synthesis.rules import RULES_VERSION, render_output, rule_pairs
 from mllm_da.synthesis.runner import SynthesisJob, run_in_processes, run_job
 from mllm_da.synthesis.sampling import SamplingConfig
@@ -76,6 +77,16 @@ def first_hint(cfg: DictConfig) -> str | None:
     return None if hint is None else str(hint)
 
 
+def self_check(cfg: DictConfig) -> SelfCheck | None:
+    """``synthesis.self_check``: None when off; refused for the rule synthesizer (no model to ask)."""
+    node = cfg.synthesis.get("self_check") or {}
+    if not node.get("enabled", False):
+        return None
+    if cfg.synthesizer.kind == "rules":
+        raise ValueError("synthesis.self_check: the rule synthesizer has no model to ask again; set enabled=false")
+    return SelfCheck(parse_format(cfg), int(node.get("max_new_tokens", 32)))
+
+
 def backend(cfg: DictConfig) -> str:
     """``synthesis.backend``: hf (transformers' generate) or vllm."""
     return str(cfg.synthesis.get("backend") or "hf")
@@ -98,7 +109,9 @@ def parse_format(cfg: DictConfig) -> ParseFormat:
     return dataclasses.replace(ParseFormat.from_chat_format(chat), reference_cut=reference_cut)
 
 
-def _parse_rows(rows: Sequence[dict[str, Any]], fmt: ParseFormat) -> tuple[list[dict[str, Any]], dict[str, Any]]:
+def _parse_rows(
+    rows: Sequence[dict[str, Any]], fmt: ParseFormat, self_checked: bool = False
+) -> tuple[list[dict[str, Any]], dict[str, Any]]:
     parsed_rows: list[dict[str, Any]] = []
     stats: Counter[str] = Counter()
     for row in rows:
@@ -121,6 +134,8 @@ def _parse_rows(rows: Sequence[dict[str, Any]], fmt: ParseFormat) -> tuple[list[
                 "error": row.get("error"),
             }
         )
+        if self_checked:  # the synthesizer's second, direct answer to the triplet's question (None: no triplet)
+            parsed_rows[-1]["self_check"] = row.get("self_check")
     return parsed_rows, dict(stats)
 
 
@@ -164,6 +179,7 @@ def synthesize_stage(
     settings = cfg.synthesis
     fmt = parse_format(cfg)
     hint = first_hint(cfg)
+    check = self_check(cfg)
     kwargs: dict[str, Any]
     if cfg.synthesizer.kind == "rules":
         kwargs, identity = {}, {"rules": rule_questions(cfg), "rules_version": RULES_VERSION}
@@ -178,6 +194,8 @@ def synthesize_stage(
             generation["backend"] = backend(cfg)
         if hint:  # sets whose synthesizer picked its first hint keep their keys
             generation["first_hint"] = hint
+        if check is not None:  # sets without a self-check keep their keys
+            generation["self_check"] = {"max_new_tokens": check.max_new_tokens}
     payload = {
         "version": VERSIONS["synthesize"],
         "inputs": data.digest,
@@ -189,7 +207,7 @@ def synthesize_stage(
 
     def finish(rows: list[dict[str, Any]], throughput: dict[str, Any]) -> dict[str, Any]:
         atomic_write_jsonl(stage.path / "generations.jsonl", rows)
-        parsed, stats = _parse_rows(rows, fmt)
+        parsed, stats = _parse_rows(rows, fmt, check is not None)
         atomic_write_jsonl(stage.path / "parsed.jsonl", parsed)
         return {"stats": stats, "throughput": throughput, "skipped_inputs": data.skipped}
 
@@ -243,6 +261,7 @@ def synthesize_stage(
         vllm=vllm_settings(cfg.synthesis.get("vllm")),
         retries=int(settings.get("batch_retries", 2)),
         first_hint=hint,
+        self_check=check.to_json() if check is not None else {},
     )
     processes = int(settings.get("processes") or 1)
     merge_only = merge_only or bool(settings.get("merge_only", False))

@@ -98,6 +98,9 @@ def collect_metrics(result: PipelineResult) -> dict[str, Any]:
                 "labels": f["labels"],
             }
         )
+        if "self_check" in f:
+            check = f["self_check"]
+            metrics["self_check_agreement"] = _rate(check["agreed"], check["checked"])
     if "format" in stages:
         metrics.update({f"format_{k}": v for k, v in stages["format"].meta["stats"].items()})
     return metrics

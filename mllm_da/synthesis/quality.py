@@ -17,6 +17,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 
 from mllm_da import toy
+from mllm_da.synthesis.answers import answer_words, question_options
+from mllm_da.synthesis.answers import words as _words
 
 #: question forms for domains without a known truth, tried in order (first match wins)
 QUESTION_FORMS: tuple[tuple[str, re.Pattern[str]], ...] = (
@@ -28,8 +30,6 @@ QUESTION_FORMS: tuple[tuple[str, re.Pattern[str]], ...] = (
     ("describe", re.compile(r"^\s*(describe|explain|summari[sz]e|write|tell)\b", re.I)),
     ("what_which_who", re.compile(r"^\s*(what|which|who|whose|when)\b", re.I)),
 )
-_WORD = re.compile(r"[a-z0-9]+")
-_OPTION_LINE = re.compile(r"^([A-Z])[.)]\s*(.+?)\s*$")
 
 
 @dataclass(frozen=True)
@@ -47,10 +47,6 @@ class SynthesizedTask:
 def question_form(question: str) -> str:
     """A coarse form of a question (:data:`QUESTION_FORMS`), ``other`` when none matches."""
     return next((name for name, pattern in QUESTION_FORMS if pattern.search(question)), "other")
-
-
-def _words(text: str) -> list[str]:
-    return _WORD.findall(text.lower())
 
 
 def entropy_bits(counts: Mapping[str, int]) -> float:
@@ -90,13 +86,6 @@ def copied_from_caption(answer: str, caption: str) -> bool:
 # --------------------------------------------------------------------------------------------- toy truth
 
 
-def _options(question: str) -> tuple[str, dict[str, str]]:
-    """A question's first line and its lettered option lines (``A. red``), if any."""
-    lines = [line.strip() for line in question.strip().splitlines() if line.strip()]
-    options = {m.group(1): m.group(2) for m in map(_OPTION_LINE.match, lines[1:]) if m}
-    return (lines[0] if lines else ""), options
-
-
 def _toy_candidates(scene: toy.ToyScene) -> dict[str, tuple[str, str]]:
     """Every question the toy rules can ask of ``scene`` → (question type, truth in words)."""
     table: dict[str, tuple[str, str]] = {}
@@ -115,19 +104,14 @@ def toy_truth(caption: str, question: str) -> tuple[str, str] | None:
     scene = toy.scene_from_caption(caption)
     if scene is None:
         return None
-    first, _ = _options(question)
+    first, _ = question_options(question)
     return _toy_candidates(scene).get(first.strip().lower())
 
 
 def answer_is(answer: str, truth: str, question: str = "") -> bool:
     """Whether a short answer states ``truth``: equal words once an MC letter is read as its option, digits as
-    count words, and a leading yes/no taken as the answer."""
-    _, options = _options(question)
-    text = answer.strip().rstrip(".").strip()
-    if text.upper() in options:
-        text = options[text.upper()]
-    words = _words(text)
-    words = [toy.COUNT_WORDS.get(int(w), w) if w.isdigit() and int(w) in toy.COUNT_WORDS else w for w in words]
+    number words (:func:`~mllm_da.synthesis.answers.answer_words`), and a leading yes/no taken as the answer."""
+    words = answer_words(answer, question)
     if truth in toy.YES_NO:
         return bool(words) and words[0] == truth
     return " ".join(words) == truth or words == _words(truth)

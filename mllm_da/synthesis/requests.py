@@ -3,12 +3,20 @@ the row a record gets when its generation failed."""
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+import dataclasses
+from collections.abc import Callable, Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
 from mllm_da.backbones.generate import cut_at_stop_token
-from mllm_da.synthesis.parse import CAPTION_HINT, INFORMATIVE_HINT, PRECISE_HINT
+from mllm_da.synthesis.parse import (
+    CAPTION_HINT,
+    INFORMATIVE_HINT,
+    PRECISE_HINT,
+    ParseFormat,
+    extract_triplet,
+    parse_output,
+)
 from mllm_da.utils.conversation import IMAGE_PLACEHOLDER, Turn
 
 
@@ -24,6 +32,43 @@ class SynthesisInput:
 def synthesizer_prompt(caption: str) -> list[Turn]:
     """The §2.2 prompt's turns; the backbone appends the open user header after the assistant turn."""
     return [Turn("user", f"{IMAGE_PLACEHOLDER}\n{CAPTION_HINT}"), Turn("assistant", caption)]
+
+
+@dataclass(frozen=True)
+class SelfCheck:
+    """``synthesis.self_check``: after each output, ask the synthesizer its triplet's question once more under the
+    precise hint (greedy, up to ``max_new_tokens``, stopping at the turn end); ``fmt`` finds the triplet."""
+
+    fmt: ParseFormat
+    max_new_tokens: int = 32
+
+    def to_json(self) -> dict[str, Any]:
+        return {"fmt": dataclasses.asdict(self.fmt), "max_new_tokens": self.max_new_tokens}
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any] | None) -> SelfCheck | None:
+        """The self-check a job's JSON describes; None (off) for an empty one."""
+        return cls(ParseFormat(**data["fmt"]), int(data["max_new_tokens"])) if data else None
+
+
+def self_check_turns(caption: str, question: str) -> list[Turn]:
+    """The synthesizer prompt with its own question asked back under the precise hint, as a finished user turn:
+    the synthesizer answers it once more, directly, in the format it was tuned on (``synthesis.self_check``)."""
+    return [*synthesizer_prompt(caption), Turn("user", f"{PRECISE_HINT}\n{question}")]
+
+
+def self_check_questions(
+    rows: Sequence[dict[str, Any]], slots: Sequence[int], fmt: ParseFormat
+) -> list[tuple[int, str]]:
+    """``(slot, question)`` of each row among ``slots`` whose generated text holds a triplet: the ones that get a
+    self-check, asked the triplet's question."""
+    checked = []
+    for slot in slots:
+        text = rows[slot]["text"]
+        triplet = extract_triplet(parse_output(text, fmt)) if text is not None else None
+        if triplet is not None:
+            checked.append((slot, triplet.question))
+    return checked
 
 
 #: ``synthesis.first_hint`` → the text the synthesizer's output is made to start with
@@ -73,3 +118,48 @@ def fill_generated_rows(
         rows[slot]["new_tokens"] = len(kept)
         total += len(kept)
     return total
+
+
+def fill_self_checks(
+    rows: list[dict[str, Any]],
+    slots: Sequence[int],
+    generated: Sequence[Sequence[int]],
+    stop_ids: Collection[int],
+    tokenizer: Any,
+) -> int:
+    """Write each self-check answer (the tokens up to the turn end, special tokens dropped, stripped) into its
+    row's ``self_check``; returns the tokens kept."""
+    stops = set(stop_ids)
+    total = 0
+    for slot, tokens in zip(slots, generated):
+        kept, _ = cut_at_stop_token(list(tokens), stops)
+        rows[slot]["self_check"] = tokenizer.decode(kept, skip_special_tokens=True).strip()
+        total += len(kept)
+    return total
+
+
+#: an engine's greedy generation for the self-check: (prompts of (turns, image), stop ids, max new tokens) -> the
+#: new token ids of each prompt
+SelfCheckGenerate = Callable[[list[tuple[list[Turn], Any]], list[int], int], Sequence[Sequence[int]]]
+
+
+def answer_self_checks(
+    rows: list[dict[str, Any]],
+    items: Sequence[SynthesisInput],
+    images: Mapping[int, Any],
+    check: SelfCheck,
+    backbone: Any,
+    generate: SelfCheckGenerate,
+) -> int:
+    """Ask each generated triplet's question once more (``synthesis.self_check``) through ``generate`` and write
+    the answers into the rows; ``images`` maps the generated rows' slots to their image. Returns the tokens."""
+    checks = self_check_questions(rows, list(images), check.fmt)
+    if not checks:
+        return 0
+    turn_end = backbone.stop_token_ids()
+    generated = generate(
+        [(self_check_turns(items[slot].caption, question), images[slot]) for slot, question in checks],
+        turn_end,
+        check.max_new_tokens,
+    )
+    return fill_self_checks(rows, [slot for slot, _ in checks], generated, turn_end, backbone.tokenizer)

@@ -45,7 +45,9 @@ from mllm_da.synthesis.batches import (
 )
 from mllm_da.synthesis.engines import VLLMSynthesizerGenerator
 from mllm_da.synthesis.requests import (
+    SelfCheck,
     SynthesisInput,
+    answer_self_checks,
     empty_row,
     failed_generation_row,
     fill_generated_rows,
@@ -114,6 +116,8 @@ class SynthesisJob:
     retries: int = 2
     #: synthesis.first_hint: the hint every output is made to start with (null: the synthesizer picks)
     first_hint: str | None = None
+    #: synthesis.self_check as SelfCheck.to_json(); empty: off
+    self_check: dict[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
         return asdict(self)
@@ -136,11 +140,13 @@ class SynthesizerGenerator:
         device: str = "cpu",
         sampling: SamplingConfig | None = None,
         prefill: str = "",
+        self_check: SelfCheck | None = None,
     ) -> None:
         self.backbone = backbone
         self.max_new_tokens = max_new_tokens
         self.sampling = sampling or SamplingConfig()
         self.prefill = prefill
+        self.self_check = self_check
         self.device = torch.device(device)
         self.stop_ids = backbone.stop_token_ids(synthesizer=True)
         if not self.stop_ids:
@@ -183,7 +189,15 @@ class SynthesizerGenerator:
         self.new_tokens += fill_generated_rows(
             rows, slots, generated, self.stop_ids, self.backbone.tokenizer, self.prefill
         )
+        if self.self_check is not None:
+            images = {slot: image for slot, (_, (image,)) in zip(slots, prompts)}
+            self.new_tokens += answer_self_checks(rows, items, images, self.self_check, self.backbone, self._greedy)
         return rows
+
+    def _greedy(self, prompts: list[tuple[list[Any], Any]], stop_ids: list[int], max_new: int) -> list[list[int]]:
+        """Greedy generation of (turns, image) prompts in one batch (the self-check's engine call)."""
+        batch = self.backbone.generation_batch([(turns, [image]) for turns, image in prompts])
+        return new_tokens(self.backbone.model, self.backbone.tokenizer, batch, stop_ids, max_new)
 
 
 Generator = SynthesizerGenerator | VLLMSynthesizerGenerator
@@ -194,6 +208,7 @@ def make_generator(job: SynthesisJob) -> Generator:
     sees: ``tensor_parallel_size`` of them)."""
     sampling = SamplingConfig(**job.sampling)
     prefill = first_turn_prefill(job.first_hint)
+    self_check = SelfCheck.from_json(job.self_check)
     if job.backend == "vllm":
         backbone = load_prompt_backbone(**job.backbone)
         return VLLMSynthesizerGenerator(
@@ -203,10 +218,13 @@ def make_generator(job: SynthesisJob) -> Generator:
             sampling=sampling,
             engine=job.vllm,
             prefill=prefill,
+            self_check=self_check,
         )
     if job.backend != "hf":
         raise ValueError(f"synthesis.backend must be hf or vllm, got {job.backend!r}")
-    return SynthesizerGenerator(load_backbone(**job.backbone), job.max_new_tokens, job.device, sampling, prefill)
+    return SynthesizerGenerator(
+        load_backbone(**job.backbone), job.max_new_tokens, job.device, sampling, prefill, self_check
+    )
 
 
 def run_job(job: SynthesisJob, generator: Generator | None = None) -> dict[str, Any]:
