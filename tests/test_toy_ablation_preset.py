@@ -53,6 +53,7 @@ def test_the_ablation_sweeps_three_seeds_of_stage_mode_by_task_source(work_root)
     assert synth[0]["seed"] == 0 and synth[0]["seed_data"]["questions_per_image"] == 1
     assert synth[0]["seed_data"]["balanced_types"] is True and synth[0]["tune"]["steps"] == 9000
     assert synth[0]["synthesis"]["sampling"]["temperature"] == 0.7
+    assert synth[0]["synthesis"]["first_hint"] == "informative" and synth[0]["synthesis"]["self_check"]["enabled"]
 
 
 @pytest.mark.parametrize("experiment", ["toy/data_source", "toy/stage_mode"])
