@@ -710,3 +710,29 @@ def test_first_hint_is_read_from_the_config_and_refused_for_rules(compose_cfg):
     rules = compose_cfg(["synthesizer=rules", "synthesis.first_hint=informative"], config_name="synth")
     with pytest.raises(ValueError, match="first_hint"):
         first_hint(rules)
+
+
+def test_a_moved_cache_keeps_its_tuned_synthesizer(compose_cfg, tmp_path: Path):
+    """The tune key leaves out where the seed set lies (a folder in the cache, named by its own key), and a reused
+    tuning points at its export where the cache is now, so a cache copied elsewhere is reused, not retuned."""
+    from mllm_da.synthesis.cache import StageDir
+    from mllm_da.synthesis.seed_format import SeedFiles
+    from mllm_da.synthesis.stage import StageOutcome
+    from mllm_da.synthesis.tuning import tune_config, tune_payload, tune_stage
+
+    def seed_files(root: Path) -> SeedFiles:
+        return SeedFiles(root / "train.json", root / "dev.json", root / "images", root / "blank.png")
+
+    cfg = compose_cfg([f"paths.cache_dir={tmp_path / 'new'}"], config_name="synth")
+    here, there = seed_files(tmp_path / "new" / "seed"), seed_files(tmp_path / "old" / "seed")
+    payload = tune_payload("seedkey", tune_config(cfg, here))
+    assert payload == tune_payload("seedkey", tune_config(cfg, there))
+    assert payload != tune_payload("otherkey", tune_config(cfg, here))
+    longer = compose_cfg([f"paths.cache_dir={tmp_path / 'new'}", "tune.steps=301"], config_name="synth")
+    assert payload != tune_payload("seedkey", tune_config(longer, here))
+    moved = StageDir.for_stage(tmp_path / "new", "tune", payload)  # tuned elsewhere, then copied here
+    moved.path.mkdir(parents=True, exist_ok=True)
+    moved.complete({"export": str(tmp_path / "old" / "tune" / "run" / "export"), "metrics": {}})
+    seed_stage = StageOutcome("seed", StageDir(tmp_path / "new" / "seed", "seed", "seedkey"), {}, True)
+    outcome = tune_stage(cfg, seed_stage, here)
+    assert outcome.reused and outcome.meta["export"] == str(moved.path / "run" / "export")

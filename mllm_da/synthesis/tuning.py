@@ -8,6 +8,7 @@ conversation is one "caption" record) and ``data.mask_mode=synthesizer``; it cal
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
@@ -119,10 +120,19 @@ def tune_config(cfg: DictConfig, seed: SeedFiles) -> DictConfig:
     return train_cfg
 
 
+def tune_payload(seed_key: str, train_cfg: DictConfig) -> dict[str, Any]:
+    """The tune stage's key: the seed set's key and the tuning config without the seed set's location (a folder
+    in the cache, which the seed key already identifies), so a cache moved or copied elsewhere keeps its tuned
+    synthesizers."""
+    keyed = copy.deepcopy(train_cfg)
+    with open_dict(keyed):
+        point_domain(keyed, "synthesizer_seed", "<seed set>", "<seed set>/train")
+    return {"version": VERSIONS["tune"], "seed": seed_key, "train": config_hash(keyed)}
+
+
 def tune_stage(cfg: DictConfig, seed_outcome: StageOutcome, seed: SeedFiles) -> StageOutcome:
     train_cfg = tune_config(cfg, seed)
-    payload = {"version": VERSIONS["tune"], "seed": seed_outcome.dir.key, "train": config_hash(train_cfg)}
-    stage = StageDir.for_stage(cfg.paths.cache_dir, "tune", payload)
+    stage = StageDir.for_stage(cfg.paths.cache_dir, "tune", tune_payload(seed_outcome.dir.key, train_cfg))
     run_dir = stage.path / "run"
     with open_dict(train_cfg):
         train_cfg.paths.output_dir = str(run_dir)
@@ -133,7 +143,10 @@ def tune_stage(cfg: DictConfig, seed_outcome: StageOutcome, seed: SeedFiles) -> 
         if last.exists():  # a killed tuning run continues from its last checkpoint
             train_cfg.ckpt_path = str(last)
 
-    return run_stage("tune", stage, lambda: train_synthesizer(train_cfg))
+    outcome = run_stage("tune", stage, lambda: train_synthesizer(train_cfg))
+    # the export is always the run folder's: found where the cache is now, not where it was when tuned
+    outcome.meta["export"] = str(run_dir / "export")
+    return outcome
 
 
 def train_synthesizer(train_cfg: DictConfig) -> dict[str, Any]:
