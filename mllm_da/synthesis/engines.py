@@ -126,6 +126,7 @@ class VLLMSynthesizerGenerator:
     def __call__(self, items: Sequence[SynthesisInput]) -> list[dict[str, Any]]:
         rows = [empty_row(it.id) for it in items]
         prompts, params, slots = [], [], []
+        images: dict[int, Any] = {}
         for slot, item in enumerate(items):
             try:
                 image = load_image(item.image)
@@ -136,6 +137,7 @@ class VLLMSynthesizerGenerator:
             prompts.append({"prompt_token_ids": ids, "multi_modal_data": {"image": image}})
             params.append(self.sampling_params(item.id))
             slots.append(slot)
+            images[slot] = image
         if not prompts:
             return rows
         outputs = self.llm.generate(prompts, params, use_tqdm=False)
@@ -146,7 +148,6 @@ class VLLMSynthesizerGenerator:
             rows, slots, generated, self.stop_ids, self.backbone.tokenizer, self.prefill
         )
         if self.self_check is not None:
-            images = {slot: prompt["multi_modal_data"]["image"] for slot, prompt in zip(slots, prompts)}
             self.new_tokens += answer_self_checks(rows, items, images, self.self_check, self.backbone, self._greedy)
         return rows
 
