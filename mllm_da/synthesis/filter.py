@@ -21,7 +21,6 @@ With ``synthesis.self_check`` the synthesizer has answered each triplet's questi
 from __future__ import annotations
 
 import logging
-import re
 import string
 from collections import Counter
 from collections.abc import Mapping, Sequence
@@ -34,7 +33,7 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, LlamaConfig
 from mllm_da.backbones.base import spec_hash
 from mllm_da.backbones.llava_next import llama3_tokenizer, llama_text_config
 from mllm_da.backbones.loading import check_checkpoint_folder
-from mllm_da.synthesis.answers import answers_agree
+from mllm_da.synthesis.answers import ARTICLES, answers_agree, words
 from mllm_da.synthesis.parse import Triplet
 from mllm_da.utils.io import build_dir_once
 
@@ -125,11 +124,8 @@ def is_kept(label: str) -> bool:
     return label in (KEEP_LABEL, UNFILTERED)
 
 
-_ARTICLES = {"a", "an", "the"}
-
-
 def _words(text: str) -> list[str]:
-    return [w for w in re.sub(r"[^0-9a-z]+", " ", text.lower()).split() if w not in _ARTICLES]
+    return [w for w in words(text) if w not in ARTICLES]
 
 
 def self_check_agrees(row: Mapping[str, Any], triplet: Triplet) -> bool | None:
